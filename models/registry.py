@@ -1,0 +1,82 @@
+"""Turn a ``--model SPEC`` string into an :class:`EmotionModel`.
+
+Accepted specs:
+
+- ``None`` / ``"default"``: the shipped default (Whisper base encoder + trained heads).
+- ``"hf:ID_OR_DIR"`` or a directory whose ``config.json`` names a ``*ForSequenceClassification`` /
+  ``*ForAudioClassification`` architecture: a Hugging Face audio classifier.
+- ``"vit-va:DIR"`` or a directory holding a ``.pth`` state dict and a ViT config: the ViT
+  valence/arousal regressor on mel-spectrogram images.
+- ``"pooled:DIR"`` or a directory holding ``model.safetensors`` + ``pooled_config.json``: the
+  pooled-embedding transformer classifier.
+- ``"onnx:DIR"``: any of the above after ``emotion-monitor export``, served by ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from emotion_monitor.models.base import EmotionModel, ModelError
+
+KINDS = ("default", "hf", "vit-va", "pooled", "onnx")
+
+
+def _detect_kind(path: Path) -> str:
+    """Guess the adapter for a local directory from the files it holds."""
+    if (path / "pooled_config.json").exists():
+        return "pooled"
+    if any(path.glob("*.pth")):
+        return "vit-va"
+    if (path / "onnx_model.json").exists():
+        return "onnx"
+    config = path / "config.json"
+    if config.exists():
+        try:
+            archs = json.loads(config.read_text()).get("architectures") or []
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{config}: unreadable config.json ({exc})") from exc
+        if any(a.endswith(("ForSequenceClassification", "ForAudioClassification")) for a in archs):
+            return "hf"
+    raise ModelError(
+        f"{path}: cannot tell which kind of model this directory holds; "
+        f"prefix the spec with one of {', '.join(k + ':' for k in KINDS)}"
+    )
+
+
+def parse_spec(spec: str | None) -> tuple[str, str | None]:
+    """Split a spec into (kind, location)."""
+    if spec is None or spec == "default":
+        return "default", None
+    kind, sep, rest = spec.partition(":")
+    if sep and kind in KINDS:
+        return kind, rest
+    path = Path(spec)
+    if path.is_dir():
+        return _detect_kind(path), spec
+    # Anything else is taken as a Hugging Face hub id; loading it offline fails with a clear error.
+    return "hf", spec
+
+
+def load_model(spec: str | None = None, device: str = "auto") -> EmotionModel:
+    """Load the model a spec names; ``device`` is "auto", "cpu" or "cuda"."""
+    kind, location = parse_spec(spec)
+    if kind == "default":
+        from emotion_monitor.models.default_model import load_default
+
+        return load_default(device=device)
+    if kind == "hf":
+        from emotion_monitor.models.hf_classifier import load_hf_classifier
+
+        return load_hf_classifier(location, device=device)
+    if kind == "vit-va":
+        from emotion_monitor.models.vit_va import load_vit_va
+
+        return load_vit_va(location, device=device)
+    if kind == "pooled":
+        from emotion_monitor.models.pooled_classifier import load_pooled_classifier
+
+        return load_pooled_classifier(location, device=device)
+    from emotion_monitor.models.onnx_adapter import load_onnx_model
+
+    return load_onnx_model(location, device=device)
