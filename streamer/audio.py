@@ -1,0 +1,195 @@
+"""Audio conversions done at the edges: decoding files, PCM formats, mu-law, resampling.
+
+Everything past this module speaks one currency: 16 kHz mono float32 in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+SAMPLE_FORMATS = ("s16le", "f32le")
+
+
+class AudioError(ValueError):
+    """Audio could not be read or converted; the message names the file or frame and why."""
+
+
+def pcm_to_float(data: bytes, sample_format: str, channels: int = 1) -> np.ndarray:
+    """Decode interleaved PCM bytes into float32 of shape (frames, channels)."""
+    if sample_format == "s16le":
+        width, dtype, scale = 2, "<i2", 1 / 32768.0
+    elif sample_format == "f32le":
+        width, dtype, scale = 4, "<f4", 1.0
+    else:
+        raise AudioError(f"unknown sample format {sample_format!r}; use one of {SAMPLE_FORMATS}")
+    if channels < 1:
+        raise AudioError(f"channels must be >= 1, got {channels}")
+    if len(data) % (width * channels):
+        raise AudioError(
+            f"{len(data)} bytes is not a whole number of {sample_format} frames "
+            f"of {channels} channel(s)"
+        )
+    samples = np.frombuffer(data, dtype=dtype).astype(np.float32) * scale
+    return samples.reshape(-1, channels)
+
+
+# ITU-T G.711 mu-law, written out from the standard's segment/quantisation definition.
+def _mulaw_table() -> np.ndarray:
+    codes = ~np.arange(256, dtype=np.int32) & 0xFF
+    sign = codes & 0x80
+    exponent = (codes >> 4) & 0x07
+    mantissa = codes & 0x0F
+    magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84
+    return (np.where(sign, -magnitude, magnitude) / 32768.0).astype(np.float32)
+
+
+MULAW_TO_FLOAT = _mulaw_table()
+
+
+def mulaw_decode(data: bytes) -> np.ndarray:
+    """G.711 mu-law bytes -> float32 samples."""
+    return MULAW_TO_FLOAT[np.frombuffer(data, dtype=np.uint8)]
+
+
+def mulaw_encode(samples: np.ndarray) -> bytes:
+    """float32 samples -> G.711 mu-law bytes (used by tests and the telephone augmentation)."""
+    x = np.clip(np.asarray(samples, dtype=np.float64) * 32768.0, -32635, 32635)
+    sign = np.where(x < 0, 0x80, 0x00)
+    magnitude = np.abs(x).astype(np.int64) + 0x84
+    exponent = np.floor(np.log2(magnitude)).astype(np.int64) - 7
+    exponent = np.clip(exponent, 0, 7)
+    mantissa = (magnitude >> (exponent + 3)) & 0x0F
+    return (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8).tobytes()
+
+
+def resample(samples: np.ndarray, rate_in: int, rate_out: int = SAMPLE_RATE) -> np.ndarray:
+    """Polyphase resampling along axis 0 (anti-aliased); returns float32."""
+    if rate_in <= 0 or rate_out <= 0:
+        raise AudioError(f"impossible sample rate {rate_in} -> {rate_out}")
+    samples = np.asarray(samples, dtype=np.float32)
+    if rate_in == rate_out:
+        return samples
+    from scipy.signal import resample_poly
+
+    g = gcd(rate_in, rate_out)
+    return resample_poly(samples, rate_out // g, rate_in // g, axis=0).astype(np.float32)
+
+
+def to_mono(frames: np.ndarray) -> np.ndarray:
+    """(frames, channels) or (frames,) -> (frames,) by averaging channels."""
+    frames = np.asarray(frames, dtype=np.float32)
+    return frames if frames.ndim == 1 else frames.mean(axis=1, dtype=np.float32)
+
+
+class StreamResampler:
+    """Chunk-by-chunk resampler whose output does not depend on how the input was chunked.
+
+    It keeps a short history and resamples overlapping blocks with a windowed-sinc polyphase
+    filter, emitting only the samples whose full filter support has arrived.
+    """
+
+    def __init__(self, rate_in: int, rate_out: int = SAMPLE_RATE, half_taps: int = 16):
+        if rate_in <= 0 or rate_out <= 0:
+            raise AudioError(f"impossible sample rate {rate_in} -> {rate_out}")
+        g = gcd(rate_in, rate_out)
+        self.up, self.down = rate_out // g, rate_in // g
+        self.rate_in, self.rate_out = rate_in, rate_out
+        self._half = half_taps
+        self._buf = np.zeros(half_taps, dtype=np.float32)  # zero history before the start
+        self._consumed = 0  # input samples dropped from the front of _buf (excluding padding)
+        self._next_out = 0  # index of the next output sample
+        self._cutoff = min(1.0, rate_out / rate_in)  # anti-aliasing when downsampling
+        self._window = np.hanning(2 * half_taps + 2)[1:-1]
+
+    def process(self, chunk: np.ndarray) -> np.ndarray:
+        """Feed mono float32 samples; returns the output samples now fully determined."""
+        if self.up == self.down:
+            return np.asarray(chunk, dtype=np.float32)
+        self._buf = np.concatenate([self._buf, np.asarray(chunk, dtype=np.float32)])
+        return self._emit(final=False)
+
+    def flush(self) -> np.ndarray:
+        """Emit the tail (the missing future is taken as silence)."""
+        if self.up == self.down:
+            return np.zeros(0, dtype=np.float32)
+        self._buf = np.concatenate([self._buf, np.zeros(self._half, dtype=np.float32)])
+        return self._emit(final=True)
+
+    def _emit(self, final: bool) -> np.ndarray:
+        # Input sample i lives at buffer index i + h - consumed; output n sits at input position
+        # n * down / up (exact integer arithmetic, so long streams do not drift).
+        h, up, down = self._half, self.up, self.down
+        if final:  # every output before the end of the input
+            end_input = self._consumed + len(self._buf) - 2 * h
+            last = (end_input * up - 1) // down
+        else:  # every output whose h future samples have arrived
+            newest = len(self._buf) - 1 - 2 * h + self._consumed
+            last = ((newest + 1) * up - 1) // down
+        first = self._next_out
+        if last < first:
+            return np.zeros(0, dtype=np.float32)
+        n = np.arange(first, last + 1, dtype=np.int64)
+        base = (n * down) // up
+        frac = ((n * down) % up) / up
+        idx = (base + h - self._consumed)[:, None] + np.arange(-h + 1, h + 1)[None, :]
+        offsets = frac[:, None] - np.arange(-h + 1, h + 1)[None, :]
+        w = np.sinc(offsets * self._cutoff) * self._window * self._cutoff
+        out = np.einsum("ij,ij->i", self._buf[idx], w).astype(np.float32)
+        self._next_out = last + 1
+        # Keep what the next output still needs: from its base - h + 1 onwards.
+        next_base = (self._next_out * down) // up
+        keep_from = max(0, next_base + 1 - self._consumed)
+        self._buf = self._buf[keep_from:]
+        self._consumed += keep_from
+        return out
+
+
+def _ffmpeg_decode(path: Path) -> np.ndarray:
+    if shutil.which("ffmpeg") is None:
+        raise AudioError(f"{path}: cannot decode (soundfile failed and ffmpeg is not installed)")
+    cmd = [
+        "ffmpeg",
+        "-nostdin",
+        "-v",
+        "error",
+        "-i",
+        str(path),
+        "-f",
+        "f32le",
+        "-ac",
+        "1",
+        "-ar",
+        str(SAMPLE_RATE),
+        "-",
+    ]
+    proc = subprocess.run(cmd, capture_output=True)
+    if proc.returncode != 0:
+        reason = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise AudioError(f"{path}: cannot decode ({reason[-1] if reason else 'ffmpeg failed'})")
+    return np.frombuffer(proc.stdout, dtype="<f4").copy()
+
+
+def load_audio(path: str | Path) -> np.ndarray:
+    """Decode a whole file (wav/flac/ogg/mp3/m4a...) to 16 kHz mono float32.
+
+    soundfile handles wav/flac/ogg/mp3; anything else goes through ffmpeg. A missing or
+    undecodable file raises AudioError naming the file and the reason.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a directory, not an audio file")
+    import soundfile as sf
+
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception:  # soundfile raises several types; ffmpeg gets a second try
+        return _ffmpeg_decode(path)
+    return resample(to_mono(data), rate, SAMPLE_RATE)

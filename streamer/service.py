@@ -1,0 +1,167 @@
+"""The one place where threads meet asyncio: an inference worker thread owning the engine.
+
+Sources (websocket handlers, telephony adapters, a microphone thread) call :meth:`push` from any
+thread or coroutine; the worker drains everything that arrived, feeds the engine, runs one batched
+step across all streams and hands the resulting messages to listeners. An asyncio listener is
+called on its own loop via ``call_soon_threadsafe``, so handlers never touch the engine directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+from emotion_monitor.streamer.engine import Engine, StreamLimitError
+from emotion_monitor.streamer.events import PROTOCOL_VERSION
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[list[dict]], None]
+
+
+class MonitorService:
+    """Runs an :class:`Engine` on a worker thread and broadcasts its messages.
+
+    Messages are protocol-v1 dicts: ``event`` (see :class:`Event`), ``stream_started`` and
+    ``stream_ended``. The inbox is bounded: when it is full the oldest audio chunk is dropped
+    and counted in ``stats["chunks_dropped"]`` (the engine's own pending-window queue is
+    bounded the same way), so a slow model never makes memory grow.
+    """
+
+    def __init__(self, engine: Engine, inbox_size: int = 8192):
+        self.engine = engine
+        self._inbox: deque = deque()
+        self._inbox_size = inbox_size
+        self._cond = threading.Condition()
+        self._listeners: list[tuple[Listener, asyncio.AbstractEventLoop | None]] = []
+        self._streams: dict[str, dict] = {}  # stream id -> metadata, for open streams
+        self._thread: threading.Thread | None = None
+        self._running = False
+        self.stats = {"chunks_dropped": 0, "streams_started": 0, "streams_ended": 0}
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> MonitorService:
+        """Start the worker thread (idempotent)."""
+        if self._thread is None:
+            self._running = True
+            self._thread = threading.Thread(target=self._work, name="emotion-worker", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Flush every open stream, then stop the worker."""
+        for stream in list(self._streams):
+            self.end_stream(stream)
+        with self._cond:
+            self._running = False
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    # -- listeners --------------------------------------------------------------------------
+
+    def add_listener(self, fn: Listener, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Call ``fn(messages)`` for every batch; on ``loop`` when given, else on the worker."""
+        self._listeners.append((fn, loop))
+
+    def remove_listener(self, fn: Listener) -> None:
+        self._listeners = [(f, lp) for f, lp in self._listeners if f is not fn]
+
+    # -- streams ----------------------------------------------------------------------------
+
+    @property
+    def streams(self) -> dict[str, dict]:
+        """Open streams and their metadata (a copy)."""
+        with self._cond:
+            return {k: dict(v) for k, v in self._streams.items()}
+
+    def open_stream(self, stream: str, **meta) -> None:
+        """Register a stream before its audio arrives; refuses beyond ``max_streams``.
+
+        Raises:
+            StreamLimitError: the maximum number of concurrent streams is reached.
+            ValueError: a stream with this id is already open.
+        """
+        with self._cond:
+            if stream in self._streams:
+                raise ValueError(f"stream {stream!r} is already open")
+            limit = self.engine.settings.max_streams
+            if len(self._streams) >= limit:
+                raise StreamLimitError(
+                    f"stream {stream!r} refused: already serving the maximum of {limit} streams"
+                )
+            self._streams[stream] = dict(meta)
+            self.stats["streams_started"] += 1
+            self._inbox.append(("start", stream, dict(meta)))
+            self._cond.notify()
+
+    def push(self, stream: str, samples: np.ndarray, track: str = "main") -> None:
+        """Queue 16 kHz mono float32 samples of an open stream (any thread)."""
+        with self._cond:
+            if stream not in self._streams:
+                raise KeyError(f"stream {stream!r} is not open; call open_stream first")
+            if len(self._inbox) >= self._inbox_size:
+                self._inbox.popleft()
+                self.stats["chunks_dropped"] += 1
+            self._inbox.append(("audio", stream, track, np.asarray(samples, np.float32)))
+            self._cond.notify()
+
+    def end_stream(self, stream: str) -> None:
+        """Analyse the rest of a stream, announce its end and free its state."""
+        with self._cond:
+            if self._streams.pop(stream, None) is None:
+                return
+            self.stats["streams_ended"] += 1
+            self._inbox.append(("end", stream))
+            self._cond.notify()
+
+    # -- worker -----------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._inbox and self._running:
+                    self._cond.wait(0.5)
+                if not self._inbox and not self._running:
+                    return
+                items = list(self._inbox)
+                self._inbox.clear()
+            try:
+                self._publish(self._handle(items))
+            except Exception:  # keep serving every other stream; the traceback goes to the log
+                log.exception("inference worker failed on a batch")
+
+    def _handle(self, items: list) -> list[dict]:
+        messages: list[dict] = []
+        for item in items:
+            kind, stream = item[0], item[1]
+            if kind == "start":
+                messages.append(_message("stream_started", stream=stream, meta=item[2]))
+            elif kind == "audio":
+                self.engine.feed(stream, item[3], track=item[2])
+            else:
+                messages += [e.to_dict() for e in self.engine.step()]
+                messages += [e.to_dict() for e in self.engine.flush(stream)]
+                messages.append(_message("stream_ended", stream=stream))
+        messages += [e.to_dict() for e in self.engine.step()]
+        return messages
+
+    def _publish(self, messages: list[dict]) -> None:
+        if not messages:
+            return
+        for fn, loop in list(self._listeners):
+            if loop is None:
+                fn(messages)
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(fn, messages)
+
+
+def _message(kind: str, **fields) -> dict:
+    return {"type": kind, "v": PROTOCOL_VERSION, "time": time.time(), **fields}
