@@ -238,13 +238,26 @@ class Engine:
             batch = []
             while self._pending and len(batch) < self.settings.max_batch:
                 batch.append(self._pending.popleft())
-            speech = [w for w in batch if w.speech]
-            predictions = self.model.predict([w.samples for w in speech]) if speech else []
-            by_window = {id(w): p for w, p in zip(speech, predictions)}
+            predictions = self._predict([w for w in batch if w.speech])
             done = self.clock()
             for w in batch:
-                events.append(self._event(w, by_window.get(id(w)), done))
+                events.append(self._event(w, predictions.get(id(w)), done))
         return events
+
+    def _predict(self, windows: list[_Window]) -> dict[int, Prediction]:
+        """Run the model on speech windows, one call per window length.
+
+        Grouping by length means no window is ever padded next to a longer one, so a window's
+        prediction does not depend on which other windows happened to share its batch.
+        """
+        by_length: dict[int, list[_Window]] = {}
+        for w in windows:
+            by_length.setdefault(len(w.samples), []).append(w)
+        out: dict[int, Prediction] = {}
+        for group in by_length.values():
+            for w, p in zip(group, self.model.predict([w.samples for w in group])):
+                out[id(w)] = p
+        return out
 
     def _event(self, w: _Window, pred: Prediction | None, done: float) -> Event:
         stream, track = w.key

@@ -1,0 +1,47 @@
+"""Shared fixtures: the shared dataset, real speech clips and the (session-wide) default model."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+RAVDESS = SHARED / "datasets" / "ravdess_speech_16k"
+
+
+def ravdess_rows(split: str | None = None) -> list[dict]:
+    """Rows of the RAVDESS manifest (optionally one split)."""
+    with open(RAVDESS / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [r for r in rows if split is None or r["split"] == split]
+
+
+def ravdess_clip(emotion: str, intensity: str = "strong", speaker: str = "Actor_19",
+                 sentence_index: int = 0) -> Path:
+    """Path of a RAVDESS test-split clip with the given emotion and intensity."""
+    rows = [
+        r for r in ravdess_rows()
+        if r["emotion"] == emotion and r["speaker"] == speaker
+        and (emotion == "neutral" or r["intensity"] == intensity)
+    ]
+    if not rows:
+        pytest.skip(f"no RAVDESS clip for {emotion}/{intensity}/{speaker}")
+    return RAVDESS / rows[sentence_index % len(rows)]["path"]
+
+
+def load_clip(path: Path) -> np.ndarray:
+    """A clip as 16 kHz mono float32."""
+    from emotion_monitor.streamer.audio import load_audio
+
+    return load_audio(path)
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The shipped default model, loaded once for the whole test session."""
+    from emotion_monitor.models import load_model
+
+    return load_model(None, device="cpu")

@@ -1,0 +1,163 @@
+"""The streaming core on real speech with the shipped default model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import load_clip, ravdess_clip
+from emotion_monitor.streamer.engine import Engine, StreamLimitError
+from emotion_monitor.streamer.events import QUADRANTS, Event, quadrant
+from emotion_monitor.streamer.settings import Settings
+
+
+def speech_with_pause() -> np.ndarray:
+    """Two real utterances (angry, then sad) with 1.5 s of silence between them."""
+    angry = load_clip(ravdess_clip("angry"))
+    sad = load_clip(ravdess_clip("sad"))
+    return np.concatenate([angry, np.zeros(24_000, np.float32), sad])
+
+
+def run_chunked(model, audio: np.ndarray, chunk_sizes, settings=None) -> list[Event]:
+    engine = Engine(model, settings or Settings())
+    events, i = [], 0
+    for n in chunk_sizes:
+        if i >= len(audio):
+            break
+        events += engine.push("s", audio[i : i + n])
+        i += n
+    if i < len(audio):
+        events += engine.push("s", audio[i:])
+    return events + engine.flush("s")
+
+
+def comparable(event: Event) -> dict:
+    """Event fields that must not depend on timing or chunking (latency excluded)."""
+    d = event.to_dict()
+    d.pop("latency_ms")
+    return d
+
+
+def assert_events_close(a: list[Event], b: list[Event], tol: float = 1e-4) -> None:
+    assert len(a) == len(b) and a
+    for x, y in zip(a, b):
+        dx, dy = comparable(x), comparable(y)
+        for key, vx in dx.items():
+            vy = dy[key]
+            if isinstance(vx, float):
+                assert vy == pytest.approx(vx, abs=tol), key
+            elif isinstance(vx, dict):
+                assert vx.keys() == vy.keys()
+                for k in vx:
+                    assert vy[k] == pytest.approx(vx[k], abs=tol), (key, k)
+            else:
+                assert vx == vy, key
+
+
+def test_chunk_size_invariance(default_model):
+    audio = speech_with_pause()
+    whole = run_chunked(default_model, audio, [len(audio)])
+    rng = np.random.default_rng(7)
+    random_chunks = run_chunked(default_model, audio, rng.integers(1, 4000, size=10_000))
+    tiny_chunks = run_chunked(default_model, audio, [160] * 10_000)
+    assert_events_close(whole, random_chunks)
+    assert_events_close(whole, tiny_chunks)
+
+
+def test_event_fields_and_sequence(default_model):
+    audio = speech_with_pause()
+    events = run_chunked(default_model, audio, [8000] * 1000)
+    assert [e.seq for e in events] == list(range(len(events)))
+    # windows every hop of stream time, plus one tail window ending at the end of the audio
+    assert [e.t0 for e in events[:-1]] == [0.5 * i for i in range(len(events) - 1)]
+    assert events[-1].t1 == pytest.approx(len(audio) / 16000)
+    speech = [e for e in events if e.speech]
+    assert speech, "real speech must open the gate"
+    for e in speech:
+        assert set(e.classes) == set(default_model.labels)
+        assert sum(e.classes.values()) == pytest.approx(1.0, abs=1e-3)
+        assert -1 <= e.valence <= 1 and -1 <= e.arousal <= 1
+        assert e.label == max(e.classes, key=e.classes.get)
+        assert e.confidence == pytest.approx(e.classes[e.label])
+        assert e.quadrant in QUADRANTS
+        assert e.quadrant == quadrant(e.valence_smooth, e.arousal_smooth)
+        assert e.latency_ms >= 0
+    silent = [e for e in events if not e.speech]
+    assert silent, "the 1.5 s pause must produce a non-speech window"
+    for e in silent:
+        assert e.valence is None and e.arousal is None and e.classes is None and e.label is None
+
+
+def test_silence_and_noise_give_no_speech(default_model):
+    rng = np.random.default_rng(0)
+    silence = np.zeros(16000 * 4, np.float32)
+    noise = (rng.standard_normal(16000 * 4) * 0.05).astype(np.float32)
+    for audio in (silence, noise):
+        events = run_chunked(default_model, audio, [4000] * 100)
+        assert events and not any(e.speech for e in events)
+        assert all(e.classes is None and e.valence is None for e in events)
+
+
+def test_smoothing_follows_time_constant(default_model):
+    audio = speech_with_pause()
+    fast = run_chunked(default_model, audio, [len(audio)], Settings(vad=False, smoothing_tau=0))
+    slow = run_chunked(default_model, audio, [len(audio)], Settings(vad=False, smoothing_tau=5))
+    # tau = 0 means no smoothing at all; a long tau keeps the smoothed track inside the raw range
+    for e in fast:
+        assert e.valence_smooth == pytest.approx(e.valence)
+    raw = [e.arousal for e in slow]
+    smooth = [e.arousal_smooth for e in slow]
+    assert np.std(np.diff(smooth)) < np.std(np.diff(raw))
+    assert min(raw) - 1e-6 <= min(smooth) and max(smooth) <= max(raw) + 1e-6
+
+
+def test_nonfinite_samples_are_counted_and_clipping_flagged(default_model):
+    audio = load_clip(ravdess_clip("angry")).copy()
+    audio[1000:1010] = np.nan
+    audio[2000] = np.inf
+    audio[20000:20100] = 1.0
+    engine = Engine(default_model, Settings())
+    events = engine.push("s", audio) + engine.flush("s")
+    assert engine.stats["nonfinite_samples"] == 11
+    assert all(np.isfinite([e.valence for e in events if e.speech]))
+    assert any(e.clipped for e in events)
+    assert engine.stats["clipped_windows"] >= 1
+
+
+def test_streams_are_batched_kept_apart_and_freed(default_model):
+    clips = {"a": load_clip(ravdess_clip("angry")), "b": load_clip(ravdess_clip("calm"))}
+    engine = Engine(default_model, Settings(max_streams=2))
+    batched: dict[str, list[Event]] = {"a": [], "b": []}
+    for i in range(0, 40_000, 4000):
+        for name, audio in clips.items():
+            engine.feed(name, audio[i : i + 4000])
+        for e in engine.step():
+            batched[e.stream].append(e)
+    with pytest.raises(StreamLimitError, match="maximum of 2 streams"):
+        engine.feed("c", clips["a"])
+    for e in engine.flush():
+        batched[e.stream].append(e)
+    assert engine.streams == []
+    # every stream gives the same events alone as when batched with others
+    for name, audio in clips.items():
+        alone = run_chunked(default_model, audio, [len(audio)])
+        assert_events_close(alone, batched[name])
+
+
+def test_settings_reject_impossible_windows():
+    with pytest.raises(ValueError, match="hop"):
+        Settings(window=1.0, hop=2.0)
+    with pytest.raises(ValueError, match="window"):
+        Settings(window=0)
+
+
+def test_quadrants_cover_the_plane():
+    assert quadrant(0.8, 0.2) == "HAPPY"
+    assert quadrant(0.3, 0.9) == "EXCITED"
+    assert quadrant(-0.3, 0.9) == "TENSE"
+    assert quadrant(-0.8, 0.3) == "ANGRY"
+    assert quadrant(-0.8, -0.3) == "SAD"
+    assert quadrant(-0.3, -0.9) == "BORED"
+    assert quadrant(0.3, -0.9) == "CALM"
+    assert quadrant(0.8, -0.3) == "CONTENT"
+    assert quadrant(None, 0.1) is None
