@@ -1,0 +1,146 @@
+"""Small helpers shared by the adapters for published checkpoints (HF, ViT, pooled, ONNX).
+
+Kept free of torch at import time: the torch-using helpers import it inside the function.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from emotion_monitor.models.base import ModelError, Prediction
+
+#: Abbreviations and synonyms seen in published checkpoints' id2label -> project vocabulary.
+#: Only unambiguous ones: IEMOCAP's "exc" (excited) or "fru" (frustrated) have no vocabulary entry
+#: and stay as they are.
+LABEL_ALIASES: dict[str, str] = {
+    "ang": "angry",
+    "anger": "angry",
+    "hap": "happy",
+    "happiness": "happy",
+    "neu": "neutral",
+    "sad": "sad",
+    "sadness": "sad",
+    "fea": "fear",
+    "fearful": "fear",
+    "dis": "disgust",
+    "disgusted": "disgust",
+    "sur": "surprise",
+    "surprised": "surprise",
+    "cal": "calm",
+    "bor": "boredom",
+    "bored": "boredom",
+}
+
+
+def normalise_labels(raw: Sequence[str]) -> tuple[str, ...]:
+    """Lower-case labels and map common abbreviations to the project vocabulary.
+
+    A mapping that would make two outputs share a name (say "hap" and "happy") is not applied to
+    either of them, so every output keeps a distinct label.
+    """
+    lowered = [str(r).strip().lower() for r in raw]
+    mapped = [LABEL_ALIASES.get(x, x) for x in lowered]
+    counts: dict[str, int] = {}
+    for m in mapped:
+        counts[m] = counts.get(m, 0) + 1
+    out = [m if counts[m] == 1 else low for m, low in zip(mapped, lowered)]
+    if len(set(out)) != len(out):
+        raise ModelError(f"duplicate class labels after lower-casing: {list(raw)}")
+    return tuple(out)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable softmax over the last axis, float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def class_predictions(logits: np.ndarray, labels: Sequence[str]) -> list[Prediction]:
+    """Logits of shape (batch, classes) -> one Prediction with class probabilities per row."""
+    probs = softmax(logits)
+    return [Prediction(classes={lab: float(p) for lab, p in zip(labels, row)}) for row in probs]
+
+
+def va_predictions(values: np.ndarray) -> list[Prediction]:
+    """(batch, 2) valence/arousal in [-1, 1] -> Predictions without classes."""
+    v = np.clip(np.asarray(values, dtype=np.float64), -1.0, 1.0)
+    return [Prediction(valence=float(a), arousal=float(b)) for a, b in v]
+
+
+def predict_grouped(
+    windows: Sequence[np.ndarray], run: Callable[[list[np.ndarray]], list[Prediction]]
+) -> list[Prediction]:
+    """Run ``run`` on groups of equal-length windows and return predictions in input order.
+
+    Why groups instead of padding: wav2vec2-base-style checkpoints (group-norm feature encoder,
+    ``return_attention_mask=False``) were trained without masks, so zero padding would shift their
+    outputs. Batching equal lengths is exact for every architecture, and the engine's windows are
+    almost always of one length, so batches stay full.
+    """
+    out: list[Prediction | None] = [None] * len(windows)
+    groups: dict[int, list[int]] = {}
+    for i, w in enumerate(windows):
+        groups.setdefault(len(w), []).append(i)
+    for idx in groups.values():
+        for i, p in zip(idx, run([np.asarray(windows[i], dtype=np.float32) for i in idx])):
+            out[i] = p
+    return out  # type: ignore[return-value]
+
+
+def zero_mean_unit_var(batch: np.ndarray) -> np.ndarray:
+    """Per-row normalisation of raw audio, as the wav2vec2 feature extractor does it."""
+    batch = np.asarray(batch, dtype=np.float32)
+    mean = batch.mean(axis=-1, keepdims=True)
+    var = batch.var(axis=-1, keepdims=True)
+    return ((batch - mean) / np.sqrt(var + 1e-7)).astype(np.float32)
+
+
+def resolve_torch_device(device: str) -> str:
+    """"auto" -> "cuda" when torch sees a GPU, else "cpu"; explicit names are checked."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} requested but torch sees no CUDA GPU")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ModelError(f"unknown device {device!r}; use auto, cpu or cuda")
+    return device
+
+
+def read_json(path: Path) -> dict:
+    """Read a JSON object, raising ModelError naming the file on any problem."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise ModelError(f"{path}: missing") from exc
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: unreadable JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: expected a JSON object")
+    return data
+
+
+@dataclass
+class ExportPlan:
+    """What :mod:`adapter_export` needs to write an adapter to ONNX.
+
+    ``module`` maps one float32 tensor (named ``input_name``) to one output tensor; ``example`` is a
+    batch for tracing; ``meta`` goes into ``onnx_model.json`` (preprocessing, labels, outputs);
+    ``extra_files`` are (source, name) pairs copied next to the ONNX file.
+    """
+
+    module: object
+    example: np.ndarray
+    input_name: str
+    dynamic_axes: dict[str, dict[int, str]]
+    meta: dict
+    extra_files: list[tuple[Path, str]] = field(default_factory=list)
+    save_extractor: object | None = None

@@ -1,0 +1,147 @@
+"""Hugging Face audio-classification checkpoints (wav2vec2, HuBERT, AST) as an EmotionModel.
+
+Spec: ``hf:ID_OR_DIR`` or a directory whose ``config.json`` names a ``*ForSequenceClassification``
+or ``*ForAudioClassification`` architecture. Audio goes through the checkpoint's own feature
+extractor (``AutoFeatureExtractor``) at 16 kHz; labels come from ``config.id2label``.
+Nothing is downloaded: a hub id works only when it is already in the local Hugging Face cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from emotion_monitor.models.adapter_common import (
+    ExportPlan,
+    class_predictions,
+    normalise_labels,
+    predict_grouped,
+    resolve_torch_device,
+)
+from emotion_monitor.models.base import SAMPLE_RATE, EmotionModel, ModelError, Prediction
+
+#: Architectures exercised by the tests; others loadable by AutoModelForAudioClassification work
+#: through the same code but are untested.
+TESTED_ARCHITECTURES = (
+    "Wav2Vec2ForSequenceClassification",
+    "HubertForSequenceClassification",
+    "ASTForAudioClassification",
+)
+
+
+class HFAudioClassifier(EmotionModel):
+    """A transformers audio classifier plus its feature extractor."""
+
+    has_valence_arousal = False
+
+    def __init__(self, model, extractor, location: str, device: str):
+        self.model = model
+        self.extractor = extractor
+        self.location = location
+        self.device = device
+        self.architecture = type(model).__name__
+        id2label = model.config.id2label or {}
+        raw = [id2label.get(i, id2label.get(str(i), f"label_{i}")) for i in range(model.config.num_labels)]
+        self.labels = normalise_labels(raw)
+        self.name = f"hf:{Path(location).name or location}"
+        # Extractors of layer-norm wav2vec2 models ask for a mask; group-norm ones must not get one.
+        self._wants_mask = bool(getattr(extractor, "return_attention_mask", False))
+
+    def _features(self, batch: list[np.ndarray]) -> dict:
+        kwargs = {"sampling_rate": SAMPLE_RATE, "return_tensors": "np"}
+        if self.architecture.startswith("AST"):
+            return dict(self.extractor(batch, **kwargs))  # pads/truncates to its max_length itself
+        return dict(
+            self.extractor(batch, padding=True, return_attention_mask=self._wants_mask, **kwargs)
+        )
+
+    def _run(self, batch: list[np.ndarray]) -> list[Prediction]:
+        import torch
+
+        feats = {k: torch.from_numpy(np.asarray(v)).to(self.device) for k, v in self._features(batch).items()}
+        with torch.inference_mode():
+            logits = self.model(**feats).logits.float().cpu().numpy()
+        return class_predictions(logits, self.labels)
+
+    def predict(self, windows: Sequence[np.ndarray]) -> list[Prediction]:
+        """Class probabilities per window (equal-length windows are batched together)."""
+        if not windows:
+            return []
+        return predict_grouped(windows, self._run)
+
+    def describe(self) -> dict:
+        """Name, labels and what the model outputs."""
+        d = super().describe()
+        d.update(
+            kind="hf",
+            architecture=self.architecture,
+            outputs=f"probabilities over {len(self.labels)} classes; no valence/arousal",
+        )
+        return d
+
+    def export_plan(self) -> ExportPlan:
+        """Describe the ONNX export: the classifier on extractor features, extraction outside."""
+        import torch
+
+        class Logits(torch.nn.Module):
+            def __init__(self, model):
+                super().__init__()
+                self.model = model
+
+            def forward(self, x):
+                return self.model(x).logits
+
+        module = Logits(self.model.to("cpu")).eval()
+        meta = {"kind": "hf", "architecture": self.architecture, "labels": list(self.labels),
+                "outputs": "logits", "name": self.name}
+        if self.architecture.startswith("AST"):
+            # The AST extractor (Kaldi-style fbank) is reused as saved, so ORT sees the same input.
+            example = self._features([np.zeros(SAMPLE_RATE, np.float32)] * 2)["input_values"]
+            meta["preprocess"] = {"kind": "hf_feature_extractor"}
+            return ExportPlan(module, example.astype(np.float32), "input_values",
+                              {"input_values": {0: "batch"}, "output": {0: "batch"}}, meta,
+                              save_extractor=self.extractor)
+        # Batches hold equal lengths (predict_grouped), so a mask would be all ones: export without.
+        meta["preprocess"] = {
+            "kind": "waveform",
+            "do_normalize": bool(getattr(self.extractor, "do_normalize", False)),
+        }
+        example = np.random.default_rng(0).standard_normal((2, SAMPLE_RATE)).astype(np.float32)
+        return ExportPlan(module, example, "input_values",
+                          {"input_values": {0: "batch", 1: "samples"}, "output": {0: "batch"}}, meta)
+
+
+def load_hf_classifier(location: str, device: str = "auto") -> HFAudioClassifier:
+    """Load a local directory or an already-cached hub id; never downloads."""
+    from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClassification
+
+    local = Path(location).is_dir()
+    try:
+        config = AutoConfig.from_pretrained(location, local_files_only=True)
+    except OSError as exc:
+        if local:
+            raise ModelError(f"{location}: not a Hugging Face checkpoint directory ({exc})") from exc
+        raise ModelError(
+            f"{location!r} is not a local directory and not in the Hugging Face cache; it cannot be "
+            "downloaded here. Download it elsewhere (e.g. `huggingface-cli download "
+            f"{location} --local-dir DIR`) and pass --model DIR"
+        ) from exc
+    archs = config.architectures or []
+    if not any(a.endswith(("ForSequenceClassification", "ForAudioClassification")) for a in archs):
+        raise ModelError(f"{location}: config names {archs or 'no architecture'}, "
+                         "not an audio classification model")
+    try:
+        extractor = AutoFeatureExtractor.from_pretrained(location, local_files_only=True)
+    except OSError as exc:
+        raise ModelError(f"{location}: no feature extractor (preprocessor_config.json): {exc}") from exc
+    if getattr(extractor, "sampling_rate", SAMPLE_RATE) != SAMPLE_RATE:
+        raise ModelError(f"{location}: feature extractor expects {extractor.sampling_rate} Hz, "
+                         f"only {SAMPLE_RATE} Hz checkpoints are supported")
+    dev = resolve_torch_device(device)
+    try:
+        model = AutoModelForAudioClassification.from_pretrained(location, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{location}: cannot load the model weights ({exc})") from exc
+    return HFAudioClassifier(model.to(dev).eval(), extractor, str(location), dev)
