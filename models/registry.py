@@ -24,12 +24,13 @@ KINDS = ("default", "hf", "vit-va", "pooled", "onnx")
 
 def _detect_kind(path: Path) -> str:
     """Guess the adapter for a local directory from the files it holds."""
+    # An export directory may sit next to (or be copied from) a checkpoint: its marker wins.
+    if (path / "onnx_model.json").exists():
+        return "onnx"
     if (path / "pooled_config.json").exists():
         return "pooled"
     if any(path.glob("*.pth")):
         return "vit-va"
-    if (path / "onnx_model.json").exists():
-        return "onnx"
     config = path / "config.json"
     if config.exists():
         try:

@@ -1,0 +1,127 @@
+"""Serve an exported adapter (``emotion-monitor export --model SPEC``) through ONNX Runtime.
+
+Spec: ``onnx:DIR`` or a directory holding ``onnx_model.json`` + ``model.onnx``. The JSON names the
+preprocessing, which runs in numpy exactly as in the torch adapter:
+
+- ``waveform``: raw 16 kHz audio, zero-mean/unit-variance per window when ``do_normalize``
+  (wav2vec2 / HuBERT classifiers, the pooled classifier);
+- ``vit_mel``: the mel-spectrogram image of :func:`emotion_monitor.models.vit_va.mel_image` with the
+  stored parameters;
+- ``hf_feature_extractor``: the checkpoint's own transformers feature extractor saved next to the
+  model (AST's Kaldi-style filterbank; numpy code when torchaudio is not installed).
+
+``outputs`` is ``logits`` (softmaxed over ``labels``) or ``valence_arousal`` (batch, 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from emotion_monitor.models.adapter_common import (
+    class_predictions,
+    predict_grouped,
+    read_json,
+    va_predictions,
+    zero_mean_unit_var,
+)
+from emotion_monitor.models.base import SAMPLE_RATE, EmotionModel, ModelError, Prediction
+
+FORMAT_VERSION = 1
+PREPROCESS_KINDS = ("waveform", "vit_mel", "hf_feature_extractor")
+
+
+def _create_session(path: Path, device: str):
+    """ORT session with explicit providers; returns (session, provider actually used)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    providers = ["CPUExecutionProvider"]
+    if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
+        providers.insert(0, "CUDAExecutionProvider")
+    elif device == "cuda":
+        raise ModelError(f"device cuda requested but ONNX Runtime offers only {available}")
+    try:
+        session = ort.InferenceSession(str(path), providers=providers)
+    except Exception as exc:  # ORT raises its own exception hierarchy
+        raise ModelError(f"{path}: ONNX Runtime cannot load it ({exc})") from exc
+    used = session.get_providers()
+    # ORT falls back to CPU silently when CUDA fails to initialise; an explicit request must not.
+    if device == "cuda" and used[0] != "CUDAExecutionProvider":
+        raise ModelError(f"{path}: CUDAExecutionProvider requested but ORT runs on {used}")
+    return session, used[0]
+
+
+class OnnxAdapterModel(EmotionModel):
+    """An exported adapter: numpy preprocessing + one ONNX Runtime session."""
+
+    def __init__(self, session, meta: dict, location: str, provider: str, extractor=None):
+        self.session = session
+        self.meta = meta
+        self.location = location
+        self.device = provider
+        self.extractor = extractor
+        self.labels = tuple(meta.get("labels", ()))
+        self.has_valence_arousal = meta["outputs"] == "valence_arousal"
+        self.preprocess = meta["preprocess"]
+        self.input_name = meta.get("input", session.get_inputs()[0].name)
+        self.name = f"onnx:{meta.get('name', Path(location).name)}"
+
+    def _inputs(self, batch: list[np.ndarray]) -> np.ndarray:
+        kind = self.preprocess["kind"]
+        if kind == "waveform":
+            x = np.stack(batch).astype(np.float32)
+            return zero_mean_unit_var(x) if self.preprocess.get("do_normalize") else x
+        if kind == "vit_mel":
+            from emotion_monitor.models.vit_va import mel_image
+
+            return np.stack([mel_image(w, self.preprocess) for w in batch])
+        feats = self.extractor(batch, sampling_rate=SAMPLE_RATE, return_tensors="np")
+        return np.asarray(feats["input_values"], dtype=np.float32)
+
+    def _run(self, batch: list[np.ndarray]) -> list[Prediction]:
+        out = self.session.run(None, {self.input_name: self._inputs(batch)})[0]
+        if self.has_valence_arousal:
+            return va_predictions(out)
+        return class_predictions(out, self.labels)
+
+    def predict(self, windows: Sequence[np.ndarray]) -> list[Prediction]:
+        """Same outputs as the torch adapter it was exported from."""
+        if not windows:
+            return []
+        return predict_grouped(windows, self._run)
+
+    def describe(self) -> dict:
+        """Name, labels, provider and what the exported model outputs."""
+        d = super().describe()
+        what = ("valence and arousal in [-1, 1]; no classes" if self.has_valence_arousal
+                else f"probabilities over {len(self.labels)} classes; no valence/arousal")
+        d.update(kind="onnx", source=self.meta.get("kind"), outputs=what, runtime="onnxruntime")
+        return d
+
+
+def load_onnx_model(location: str, device: str = "auto") -> OnnxAdapterModel:
+    """Load ``DIR/onnx_model.json`` and ``DIR/model.onnx`` (and a saved feature extractor)."""
+    root = Path(location)
+    meta = read_json(root / "onnx_model.json")
+    if meta.get("format") != FORMAT_VERSION:
+        raise ModelError(f"{root / 'onnx_model.json'}: unsupported format {meta.get('format')!r}")
+    if meta.get("outputs") not in ("logits", "valence_arousal"):
+        raise ModelError(f"{root / 'onnx_model.json'}: unknown outputs {meta.get('outputs')!r}")
+    kind = meta.get("preprocess", {}).get("kind")
+    if kind not in PREPROCESS_KINDS:
+        raise ModelError(f"{root / 'onnx_model.json'}: unknown preprocessing {kind!r}")
+    if meta["outputs"] == "logits" and not meta.get("labels"):
+        raise ModelError(f"{root / 'onnx_model.json'}: a classifier needs labels")
+    extractor = None
+    if kind == "hf_feature_extractor":
+        from transformers import AutoFeatureExtractor
+
+        try:
+            extractor = AutoFeatureExtractor.from_pretrained(str(root), local_files_only=True)
+        except OSError as exc:
+            raise ModelError(f"{root}: missing the saved feature extractor ({exc})") from exc
+    session, provider = _create_session(root / meta.get("file", "model.onnx"), device)
+    return OnnxAdapterModel(session, meta, str(root), provider, extractor)
