@@ -1,0 +1,301 @@
+"""Protocol v1 as data: the JSON messages spoken on ``/ws`` and ``/ingest``.
+
+Every message is a JSON object with a ``type`` and the protocol version ``v``. Incoming messages
+are decoded into the dataclasses below; anything malformed raises :class:`ProtocolError`, whose
+``code`` and message go back to the client as an ``error`` message. Binary websocket frames on
+``/ingest`` carry raw PCM audio in the format announced by :class:`Start`.
+
+Server -> client: :class:`Hello`, ``event`` (:class:`~emotion_monitor.streamer.events.Event`),
+:class:`StreamStarted`, :class:`StreamEnded`, :class:`Subscribed`, :class:`ErrorMessage`.
+Client -> server: :class:`Subscribe` (``/ws`` and ``/ingest``), :class:`Start` and :class:`Stop`
+(``/ingest``). See ``docs/protocol.md`` for examples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from emotion_monitor.streamer.audio import SAMPLE_FORMATS
+from emotion_monitor.streamer.events import PROTOCOL_VERSION, Event
+
+#: Sample rates an ingest client may announce (telephony 8 kHz up to studio 192 kHz).
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8_000, 192_000
+MAX_CHANNELS = 8
+#: Stream ids: short, printable, safe in URLs, logs and Prometheus labels.
+STREAM_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+MAX_SUBSCRIPTIONS = 256
+
+
+class ProtocolError(ValueError):
+    """A message broke protocol v1. ``code`` is machine-readable, the message human-readable.
+
+    ``fatal`` says whether the connection cannot go on after it (the server then closes with
+    ``close_code``).
+    """
+
+    def __init__(self, code: str, message: str, fatal: bool = False, close_code: int = 1008):
+        super().__init__(message)
+        self.code = code
+        self.fatal = fatal
+        self.close_code = close_code
+
+    def to_message(self) -> ErrorMessage:
+        """The ``error`` message that reports this to the client."""
+        return ErrorMessage(code=self.code, message=str(self))
+
+
+# -- messages --------------------------------------------------------------------------------
+
+
+@dataclass
+class Message:
+    """Base of every protocol message: ``type`` comes from the class, ``v`` is added on output."""
+
+    TYPE: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict with ``type`` and ``v``."""
+        return {"type": self.TYPE, "v": PROTOCOL_VERSION, **dataclasses.asdict(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+
+@dataclass
+class Hello(Message):
+    """First message on ``/ws`` and ``/ingest``: what this server is and what it allows."""
+
+    TYPE: ClassVar[str] = "hello"
+    version: int = PROTOCOL_VERSION
+    server: str = ""
+    limits: dict[str, Any] = field(default_factory=dict)
+    streams: dict[str, dict] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Hello:
+        return cls(
+            version=_field(d, "version", int),
+            server=_field(d, "server", str, ""),
+            limits=_field(d, "limits", dict, {}),
+            streams=_field(d, "streams", dict, {}),
+            model=_field(d, "model", dict, {}),
+            settings=_field(d, "settings", dict, {}),
+        )
+
+
+@dataclass
+class Subscribe(Message):
+    """Receive only the listed streams (``None``: every stream, the default)."""
+
+    TYPE: ClassVar[str] = "subscribe"
+    streams: list[str] | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Subscribe:
+        streams = d.get("streams")
+        if streams is None:
+            return cls(None)
+        if not isinstance(streams, list) or not all(isinstance(s, str) for s in streams):
+            raise ProtocolError(
+                "bad_field", "subscribe: 'streams' must be a list of strings or null"
+            )
+        if len(streams) > MAX_SUBSCRIPTIONS:
+            raise ProtocolError(
+                "bad_field", f"subscribe: at most {MAX_SUBSCRIPTIONS} streams, got {len(streams)}"
+            )
+        return cls(list(streams))
+
+
+@dataclass
+class Subscribed(Message):
+    """Acknowledges a :class:`Subscribe`."""
+
+    TYPE: ClassVar[str] = "subscribed"
+    streams: list[str] | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Subscribed:
+        return cls(d.get("streams"))
+
+
+@dataclass
+class Start(Message):
+    """Opens an ingest stream; binary frames of PCM in this format follow."""
+
+    TYPE: ClassVar[str] = "start"
+    stream: str = ""
+    sample_rate: int = 16_000
+    format: str = "s16le"
+    channels: int = 1
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Start:
+        stream = _field(d, "stream", str, "")
+        if stream and not STREAM_ID.match(stream):
+            raise ProtocolError(
+                "bad_field", "start: 'stream' must be 1-64 characters of A-Z a-z 0-9 _ . : -"
+            )
+        rate = _field(d, "sample_rate", int)
+        if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+            raise ProtocolError(
+                "bad_sample_rate",
+                f"start: sample_rate {rate} is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz",
+            )
+        fmt = _field(d, "format", str, "s16le")
+        if fmt not in SAMPLE_FORMATS:
+            raise ProtocolError("bad_field", f"start: format must be one of {list(SAMPLE_FORMATS)}")
+        channels = _field(d, "channels", int, 1)
+        if not 1 <= channels <= MAX_CHANNELS:
+            raise ProtocolError("bad_field", f"start: channels must be 1..{MAX_CHANNELS}")
+        return cls(stream=stream, sample_rate=rate, format=fmt, channels=channels)
+
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes per sample frame (all channels)."""
+        return (2 if self.format == "s16le" else 4) * self.channels
+
+
+@dataclass
+class Stop(Message):
+    """Ends the ingest stream: the rest is analysed, then ``stream_ended`` comes back."""
+
+    TYPE: ClassVar[str] = "stop"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Stop:
+        return cls()
+
+
+@dataclass
+class StreamStarted(Message):
+    """A stream opened (any source); ``meta`` says where it comes from."""
+
+    TYPE: ClassVar[str] = "stream_started"
+    stream: str = ""
+    time: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StreamStarted:
+        return cls(
+            stream=_field(d, "stream", str),
+            time=float(_field(d, "time", (int, float), 0.0)),
+            meta=_field(d, "meta", dict, {}),
+        )
+
+
+@dataclass
+class StreamEnded(Message):
+    """A stream ended; no more events for it will follow."""
+
+    TYPE: ClassVar[str] = "stream_ended"
+    stream: str = ""
+    time: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StreamEnded:
+        return cls(stream=_field(d, "stream", str), time=float(_field(d, "time", (int, float), 0)))
+
+
+@dataclass
+class ErrorMessage(Message):
+    """Something the client sent was refused; ``code`` is stable, ``message`` is for people."""
+
+    TYPE: ClassVar[str] = "error"
+    code: str = ""
+    message: str = ""
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ErrorMessage:
+        return cls(code=_field(d, "code", str), message=_field(d, "message", str, ""))
+
+
+class EventMessage:
+    """Adapter so ``event`` messages decode to :class:`Event` like the others."""
+
+    TYPE: ClassVar[str] = "event"
+
+    @staticmethod
+    def from_dict(d: dict) -> Event:
+        for name in ("stream", "track", "seq", "t0", "t1", "speech"):
+            if name not in d:
+                raise ProtocolError("bad_field", f"event: missing field {name!r}")
+        return Event.from_dict(d)
+
+
+CLIENT_MESSAGES: dict[str, type] = {m.TYPE: m for m in (Subscribe, Start, Stop)}
+SERVER_MESSAGES: dict[str, type] = {
+    m.TYPE: m
+    for m in (Hello, Subscribed, StreamStarted, StreamEnded, ErrorMessage, EventMessage)
+}
+
+
+# -- decoding --------------------------------------------------------------------------------
+
+
+def decode(text: str | bytes, registry: dict[str, type] = CLIENT_MESSAGES) -> Any:
+    """Decode one JSON text message into its dataclass.
+
+    ``registry`` maps ``type`` to class: :data:`CLIENT_MESSAGES` (what a server accepts, the
+    default) or :data:`SERVER_MESSAGES` (what a client receives).
+
+    Raises:
+        ProtocolError: invalid JSON, not an object, wrong version, unknown type, bad fields.
+    """
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError("bad_json", f"not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("bad_json", "a message must be a JSON object")
+    kind = data.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("bad_field", "a message needs a string 'type'")
+    version = data.get("v", PROTOCOL_VERSION)
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            "bad_version", f"protocol version {version!r} is not supported; this server speaks "
+            f"v{PROTOCOL_VERSION}"
+        )
+    cls = registry.get(kind)
+    if cls is None:
+        raise ProtocolError(
+            "unknown_type", f"unknown message type {kind!r}; expected one of {sorted(registry)}"
+        )
+    return cls.from_dict(data)
+
+
+def encode(message: Message | Event | dict) -> str:
+    """Compact JSON text of a message (dataclass or an already-built protocol dict)."""
+    if not isinstance(message, dict):
+        message = message.to_dict()
+    return json.dumps(message, separators=(",", ":"), allow_nan=False)
+
+
+def error_json(code: str, message: str) -> str:
+    """Shortcut for the JSON text of an ``error`` message."""
+    return ErrorMessage(code=code, message=message).to_json()
+
+
+_MISSING = object()
+
+
+def _field(d: dict, name: str, kind: type | tuple[type, ...], default: Any = _MISSING) -> Any:
+    value = d.get(name, _MISSING)
+    if value is _MISSING or value is None:
+        if default is _MISSING:
+            raise ProtocolError("bad_field", f"{d.get('type')}: missing field {name!r}")
+        return default
+    # bool is an int in Python; a JSON true is never a valid number here.
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise ProtocolError(
+            "bad_field", f"{d.get('type')}: field {name!r} must be {names}, got {value!r:.40}"
+        )
+    return value
