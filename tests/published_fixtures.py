@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 RAVDESS = SHARED / "datasets" / "ravdess_speech_16k"
@@ -27,6 +28,17 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _sharpen(model, factor: float = 200.0):
+    """Scale the output layer: tiny random models are otherwise uniform to 3 decimals, and a
+    test could not tell one window (or one batch position) from another."""
+    import torch
+
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(factor)
+    return model
+
+
 def make_wav2vec2_classifier(out: Path, layer_norm: bool = True) -> Path:
     """Wav2Vec2ForSequenceClassification with IEMOCAP-style abbreviated labels."""
     from transformers import (Wav2Vec2Config, Wav2Vec2FeatureExtractor,
@@ -39,7 +51,7 @@ def make_wav2vec2_classifier(out: Path, layer_norm: bool = True) -> Path:
                          label2id={v: k for k, v in enumerate(labels)},
                          feat_extract_norm="layer" if layer_norm else "group",
                          do_stable_layer_norm=layer_norm)
-    Wav2Vec2ForSequenceClassification(cfg).save_pretrained(out)
+    _sharpen(Wav2Vec2ForSequenceClassification(cfg)).save_pretrained(out)
     Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True,
                              return_attention_mask=layer_norm).save_pretrained(out)
     return out
@@ -54,7 +66,7 @@ def make_hubert_classifier(out: Path) -> Path:
     cfg = HubertConfig(**_TINY, **_CONV, classifier_proj_size=16, num_labels=4,
                        id2label=dict(enumerate(labels)),
                        label2id={v: k for k, v in enumerate(labels)})
-    HubertForSequenceClassification(cfg).save_pretrained(out)
+    _sharpen(HubertForSequenceClassification(cfg)).save_pretrained(out)
     Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=False,
                              return_attention_mask=False).save_pretrained(out)
     return out
@@ -70,7 +82,7 @@ def make_ast_classifier(out: Path) -> Path:
                     max_length=128, num_mel_bins=64, num_labels=3,
                     id2label=dict(enumerate(labels)),
                     label2id={v: k for k, v in enumerate(labels)})
-    ASTForAudioClassification(cfg).save_pretrained(out)
+    _sharpen(ASTForAudioClassification(cfg), 20.0).save_pretrained(out)
     ASTFeatureExtractor(num_mel_bins=64, max_length=128, sampling_rate=16000).save_pretrained(out)
     return out
 
@@ -134,8 +146,45 @@ def make_pooled(out: Path, scaler_format: str = "json") -> Path:
 
 BUILDERS = {
     "wav2vec2": make_wav2vec2_classifier,
+    "wav2vec2-group": lambda out: make_wav2vec2_classifier(out, layer_norm=False),
     "hubert": make_hubert_classifier,
     "ast": make_ast_classifier,
     "vit-va": make_vit_va,
     "pooled": make_pooled,
 }
+
+#: Labels each builder's checkpoint must come out with (after normalisation).
+EXPECTED_LABELS = {
+    "wav2vec2": ("angry", "happy", "neutral", "sad"),
+    "wav2vec2-group": ("angry", "happy", "neutral", "sad"),
+    "hubert": ("angry", "calm", "fear", "exc"),
+    "ast": ("negative", "neutral", "positive"),
+    "vit-va": (),
+    "pooled": ("negative", "neutral", "positive"),
+}
+
+
+@pytest.fixture(scope="session")
+def published(tmp_path_factory):
+    """``published(kind) -> Path``: build each tiny checkpoint once per test session."""
+    root = tmp_path_factory.mktemp("published")
+    cache: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in cache:
+            cache[kind] = BUILDERS[kind](root / kind)
+        return cache[kind]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def speech() -> np.ndarray:
+    """The real speech clip as 16 kHz float32."""
+    import soundfile as sf
+
+    if not SPEECH_CLIP.exists():
+        pytest.skip(f"shared dataset missing: {SPEECH_CLIP}")
+    x, rate = sf.read(str(SPEECH_CLIP), dtype="float32")
+    assert rate == 16000
+    return x
