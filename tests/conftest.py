@@ -45,3 +45,37 @@ def default_model():
     from emotion_monitor.models import load_model
 
     return load_model(None, device="cpu")
+
+
+
+# -- server fixtures (tests/test_server*.py, test_dashboard*.py) ----------------------------
+
+
+def combine_models(classifier, regressor):
+    """One model from two real ones: class probabilities from ``classifier``, valence/arousal
+    from ``regressor``. Lets server and dashboard tests see every kind of output."""
+    from emotion_monitor.models.base import EmotionModel, Prediction
+
+    class Both(EmotionModel):
+        name = "tiny-test-model"
+        labels = classifier.labels
+        has_valence_arousal = True
+
+        def predict(self, windows):
+            pairs = zip(classifier.predict(windows), regressor.predict(windows), strict=True)
+            return [Prediction(c.classes, r.valence, r.arousal) for c, r in pairs]
+
+    return Both()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A fast real model (tiny random wav2vec2 classifier + tiny ViT valence/arousal regressor,
+    loaded through the real adapters), built once per session."""
+    from emotion_monitor.models import load_model
+    from published_fixtures import make_vit_va, make_wav2vec2_classifier
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    classifier = load_model(str(make_wav2vec2_classifier(root / "w2v")), device="cpu")
+    regressor = load_model(str(make_vit_va(root / "vit")), device="cpu")
+    return combine_models(classifier, regressor)

@@ -1,0 +1,380 @@
+// emotion-monitor live dashboard: protocol v1 over /ws, plain canvas, no dependencies.
+"use strict";
+
+const HISTORY_S = 60; // timeline span, seconds of stream time
+const TRAIL = 40; // points in the circumplex trail
+// Circumplex sectors, 45 degrees each counter-clockwise from +valence (as streamer/events.py).
+const SECTORS = ["HAPPY", "EXCITED", "TENSE", "ANGRY", "SAD", "BORED", "CALM", "CONTENT"];
+const COLORS = { valence: "#4fc3f7", arousal: "#ffb74d", grid: "#2c353f", text: "#8b98a5",
+                 point: "#ba68c8", sector: "rgba(186,104,200,0.12)" };
+
+const $ = (sel) => document.querySelector(sel);
+const state = { model: null, cards: new Map(), dirty: new Set(), ws: null, retry: 500 };
+window.emotionMonitor = state; // handy in the browser console and for tests
+
+// -- connection ------------------------------------------------------------------------------
+
+function wsUrl(path) {
+  return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + path;
+}
+
+function setStatus(kind, text) {
+  const el = $("#status");
+  el.className = "status " + kind;
+  el.textContent = text;
+}
+
+function connect() {
+  setStatus("connecting", "connecting");
+  const ws = new WebSocket(wsUrl("/ws"));
+  state.ws = ws;
+  ws.onopen = () => { state.retry = 500; setStatus("connected", "live"); };
+  ws.onmessage = (e) => {
+    let msg;
+    try { msg = JSON.parse(e.data); } catch { return; }
+    handle(msg);
+  };
+  ws.onclose = () => {
+    // Back off up to 8 s so a restarting server is not hammered, then try again.
+    const wait = state.retry;
+    state.retry = Math.min(wait * 2, 8000);
+    setStatus("disconnected", `offline, retrying in ${Math.round(wait / 1000) || 1}s`);
+    setTimeout(connect, wait);
+  };
+}
+
+function handle(msg) {
+  switch (msg.type) {
+    case "hello":
+      state.model = msg.model || {};
+      $("#model").textContent = describeModel(state.model);
+      for (const card of state.cards.values()) card.root.classList.add("ended");
+      break;
+    case "stream_started":
+      for (const card of state.cards.values()) {
+        if (card.stream === msg.stream) resetCard(card);
+      }
+      break;
+    case "event":
+      onEvent(msg);
+      break;
+    case "stream_ended":
+      for (const card of state.cards.values()) {
+        if (card.stream === msg.stream) card.root.classList.add("ended");
+      }
+      break;
+    case "error":
+      showNotice(`server: ${msg.message}`);
+      break;
+  }
+}
+
+function describeModel(m) {
+  const parts = [m.name || "model"];
+  if (m.labels && m.labels.length) parts.push(`${m.labels.length} classes`);
+  if (m.valence_arousal) parts.push("valence/arousal");
+  if (m.device) parts.push(m.device);
+  return parts.join(" \u00b7 ");
+}
+
+function showNotice(text) {
+  const el = $("#notice");
+  el.textContent = text;
+  el.hidden = !text;
+}
+
+// -- per-track cards -------------------------------------------------------------------------
+
+function cardFor(stream, track) {
+  const key = stream + "\u0000" + track;
+  let card = state.cards.get(key);
+  if (card) return card;
+  const root = $("#card-template").content.firstElementChild.cloneNode(true);
+  root.dataset.stream = stream;
+  root.dataset.track = track;
+  root.querySelector(".name").textContent = track === "main" ? stream : `${stream} / ${track}`;
+  card = {
+    key, stream, track, root, points: [], classes: null, bars: new Map(),
+    circle: root.querySelector(".circumplex"), line: root.querySelector(".timeline"),
+  };
+  state.cards.set(key, card);
+  $("#empty").hidden = true;
+  // Keep cards sorted by name so 20 streams stay findable.
+  const after = [...$("#streams").querySelectorAll(".card")]
+    .find((el) => el.querySelector(".name").textContent > root.querySelector(".name").textContent);
+  $("#streams").insertBefore(root, after || null);
+  new ResizeObserver(() => { state.dirty.add(card); schedule(); }).observe(card.circle);
+  return card;
+}
+
+function resetCard(card) {
+  card.points = [];
+  card.root.classList.remove("ended");
+  state.dirty.add(card);
+  schedule();
+}
+
+function pick(...values) {
+  return values.find((v) => v !== null && v !== undefined);
+}
+
+function onEvent(ev) {
+  const card = cardFor(ev.stream, ev.track);
+  card.root.classList.remove("ended");
+  const valence = pick(ev.valence_smooth, ev.valence);
+  const arousal = pick(ev.arousal_smooth, ev.arousal);
+  if (card.points.length && ev.t1 < card.points[card.points.length - 1].t) card.points = [];
+  card.points.push({ t: ev.t1, v: valence, a: arousal, speech: ev.speech });
+  const horizon = ev.t1 - HISTORY_S;
+  while (card.points.length && card.points[0].t < horizon) card.points.shift();
+  card.quadrant = ev.quadrant;
+  card.classes = pick(ev.classes_smooth, ev.classes, card.classes);
+  card.last = ev;
+  card.hasVA = valence !== null && valence !== undefined;
+  state.dirty.add(card);
+  schedule();
+}
+
+// -- drawing (only dirty cards, once per animation frame) -------------------------------------
+
+let scheduled = false;
+function schedule() {
+  if (!scheduled) { scheduled = true; requestAnimationFrame(draw); }
+}
+
+function draw() {
+  scheduled = false;
+  for (const card of state.dirty) {
+    drawText(card);
+    if (card.hasVA || (state.model && state.model.valence_arousal)) {
+      card.root.querySelector(".plots").classList.remove("no-va");
+      drawCircumplex(card);
+      drawTimeline(card);
+    } else {
+      card.root.querySelector(".plots").classList.add("no-va");
+    }
+    drawBars(card);
+  }
+  state.dirty.clear();
+}
+
+function fmt(x) {
+  return (x >= 0 ? "+" : "") + x.toFixed(2);
+}
+
+function drawText(card) {
+  const ev = card.last;
+  if (!ev) return;
+  card.root.querySelector(".speech").classList.toggle("on", !!ev.speech);
+  card.root.querySelector(".speech").title = ev.speech ? "speech" : "silence";
+  card.root.querySelector(".latency").textContent = `${Math.round(ev.latency_ms)} ms`;
+  const label = pick(ev.label_smooth, ev.label, ev.quadrant && ev.quadrant.toLowerCase());
+  const dom = card.root.querySelector(".dominant");
+  dom.classList.toggle("silent", !ev.speech);
+  dom.querySelector(".label").textContent = label || (ev.speech ? "\u2013" : "silence");
+  let conf = null;
+  if (label && card.classes && card.classes[label] !== undefined) conf = card.classes[label];
+  else if (ev.confidence !== null && ev.confidence !== undefined) conf = ev.confidence;
+  dom.querySelector(".confidence").textContent =
+    (conf !== null ? `${Math.round(conf * 100)}%` : "") + (ev.speech ? "" : " \u00b7 silence");
+  const p = card.points[card.points.length - 1];
+  card.root.querySelector(".va").textContent = p && p.v !== null && p.v !== undefined
+    ? `valence ${fmt(p.v)} \u00b7 arousal ${fmt(p.a)} \u00b7 ${ev.quadrant || ""}` : "";
+}
+
+function fitCanvas(canvas) {
+  // Match the backing store to the CSS size and pixel ratio so lines stay sharp on phones.
+  const ratio = window.devicePixelRatio || 1;
+  const w = Math.max(1, Math.round(canvas.clientWidth * ratio));
+  const h = Math.max(1, Math.round(canvas.clientHeight * ratio));
+  if (canvas.width !== w || canvas.height !== h) { canvas.width = w; canvas.height = h; }
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  ctx.clearRect(0, 0, w, h);
+  return [ctx, canvas.clientWidth, canvas.clientHeight];
+}
+
+function drawCircumplex(card) {
+  const [ctx, w, h] = fitCanvas(card.circle);
+  const r = Math.min(w, h) / 2 - 4;
+  const cx = w / 2;
+  const cy = h / 2;
+  const toXY = (v, a) => [cx + v * r, cy - a * r];
+  // The current sector, shaded.
+  const qi = SECTORS.indexOf(card.quadrant);
+  if (qi >= 0) {
+    ctx.fillStyle = COLORS.sector;
+    ctx.beginPath();
+    ctx.moveTo(cx, cy);
+    ctx.arc(cx, cy, r, -(qi + 1) * Math.PI / 4, -qi * Math.PI / 4);
+    ctx.closePath();
+    ctx.fill();
+  }
+  ctx.strokeStyle = COLORS.grid;
+  ctx.lineWidth = 1;
+  ctx.beginPath();
+  ctx.arc(cx, cy, r, 0, 2 * Math.PI);
+  for (let i = 0; i < 4; i++) {
+    const ang = (i * Math.PI) / 4;
+    ctx.moveTo(cx - Math.cos(ang) * r, cy + Math.sin(ang) * r);
+    ctx.lineTo(cx + Math.cos(ang) * r, cy - Math.sin(ang) * r);
+  }
+  ctx.stroke();
+  ctx.fillStyle = COLORS.text;
+  ctx.font = `${Math.max(8, Math.round(r / 9))}px system-ui, sans-serif`;
+  ctx.textAlign = "center";
+  ctx.textBaseline = "middle";
+  SECTORS.forEach((name, i) => {
+    const ang = ((i + 0.5) * Math.PI) / 4;
+    ctx.fillText(name.toLowerCase(), cx + Math.cos(ang) * r * 0.68, cy - Math.sin(ang) * r * 0.68);
+  });
+  // Trail: older points fade out, the newest is a solid dot.
+  const pts = card.points.filter((p) => p.v !== null && p.v !== undefined).slice(-TRAIL);
+  for (let i = 1; i < pts.length; i++) {
+    ctx.strokeStyle = `rgba(186,104,200,${(i / pts.length) * 0.9})`;
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    ctx.moveTo(...toXY(pts[i - 1].v, pts[i - 1].a));
+    ctx.lineTo(...toXY(pts[i].v, pts[i].a));
+    ctx.stroke();
+  }
+  if (pts.length) {
+    const [x, y] = toXY(pts[pts.length - 1].v, pts[pts.length - 1].a);
+    ctx.fillStyle = COLORS.point;
+    ctx.beginPath();
+    ctx.arc(x, y, Math.max(4, r / 16), 0, 2 * Math.PI);
+    ctx.fill();
+  }
+}
+
+function drawTimeline(card) {
+  const [ctx, w, h] = fitCanvas(card.line);
+  const pad = 14;
+  const end = card.points.length ? card.points[card.points.length - 1].t : HISTORY_S;
+  const start = end - HISTORY_S;
+  const x = (t) => pad + ((t - start) / HISTORY_S) * (w - pad - 2);
+  const y = (v) => h / 2 - v * (h / 2 - pad);
+  ctx.strokeStyle = COLORS.grid;
+  ctx.lineWidth = 1;
+  ctx.beginPath();
+  for (const v of [-1, 0, 1]) { ctx.moveTo(pad, y(v)); ctx.lineTo(w, y(v)); }
+  ctx.stroke();
+  ctx.fillStyle = COLORS.text;
+  ctx.font = "9px system-ui, sans-serif";
+  ctx.textAlign = "left";
+  ctx.textBaseline = "top";
+  ctx.fillText(`last ${HISTORY_S} s`, pad + 2, 1);
+  // Silence is shaded so a flat line is not mistaken for a calm voice.
+  ctx.fillStyle = "rgba(139,152,165,0.08)";
+  for (const p of card.points) if (!p.speech) ctx.fillRect(x(p.t) - 2, pad, 4, h - 2 * pad);
+  for (const [key, color] of [["v", COLORS.valence], ["a", COLORS.arousal]]) {
+    ctx.strokeStyle = color;
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    let pen = false;
+    for (const p of card.points) {
+      if (p[key] === null || p[key] === undefined) { pen = false; continue; }
+      if (pen) ctx.lineTo(x(p.t), y(p[key])); else ctx.moveTo(x(p.t), y(p[key]));
+      pen = true;
+    }
+    ctx.stroke();
+  }
+  ctx.textBaseline = "bottom";
+  ctx.fillStyle = COLORS.valence;
+  ctx.fillText("valence", pad + 2, h - 1);
+  ctx.fillStyle = COLORS.arousal;
+  ctx.fillText("arousal", pad + 50, h - 1);
+}
+
+function drawBars(card) {
+  const box = card.root.querySelector(".bars");
+  if (!card.classes) { box.hidden = true; return; }
+  box.hidden = false;
+  const entries = Object.entries(card.classes);
+  const top = entries.reduce((a, b) => (b[1] > a[1] ? b : a), entries[0]);
+  for (const [label, p] of entries) {
+    let bar = card.bars.get(label);
+    if (!bar) {
+      const name = document.createElement("span");
+      name.textContent = label;
+      const track = document.createElement("div");
+      track.className = "bar";
+      const fill = document.createElement("i");
+      track.append(fill);
+      const pct = document.createElement("span");
+      pct.className = "pct";
+      box.append(name, track, pct);
+      bar = { track, fill, pct };
+      card.bars.set(label, bar);
+    }
+    bar.fill.style.width = `${(p * 100).toFixed(1)}%`;
+    bar.pct.textContent = `${Math.round(p * 100)}%`;
+    bar.track.classList.toggle("top", label === top[0]);
+  }
+}
+
+// -- browser microphone -> /ingest -----------------------------------------------------------
+
+const mic = { ws: null, ctx: null, stream: null, node: null };
+
+async function startMic() {
+  if (!window.isSecureContext || !navigator.mediaDevices) {
+    showNotice("The microphone needs https or http://localhost (a browser rule).");
+    return;
+  }
+  const button = $("#mic");
+  button.disabled = true;
+  try {
+    mic.stream = await navigator.mediaDevices.getUserMedia({
+      audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false,
+               autoGainControl: false },
+    });
+    mic.ctx = new AudioContext();
+    await mic.ctx.audioWorklet.addModule("/static/mic-worklet.js");
+    const source = mic.ctx.createMediaStreamSource(mic.stream);
+    mic.node = new AudioWorkletNode(mic.ctx, "resampler-16k");
+    const id = "browser-" + Math.random().toString(36).slice(2, 8);
+    mic.ws = new WebSocket(wsUrl("/ingest"));
+    mic.ws.binaryType = "arraybuffer";
+    await new Promise((ok, fail) => { mic.ws.onopen = ok; mic.ws.onerror = fail; });
+    mic.ws.send(JSON.stringify({ type: "start", v: 1, stream: id, sample_rate: 16000,
+                                 format: "s16le", channels: 1 }));
+    mic.ws.onmessage = (e) => {
+      const msg = JSON.parse(e.data);
+      if (msg.type === "error") showNotice(`microphone: ${msg.message}`);
+    };
+    mic.ws.onclose = () => stopMic();
+    mic.node.port.onmessage = (e) => {
+      // Bounded: if the network stalls, drop audio rather than buffer it without limit.
+      if (mic.ws && mic.ws.readyState === WebSocket.OPEN && mic.ws.bufferedAmount < 256000) {
+        mic.ws.send(e.data);
+      }
+    };
+    source.connect(mic.node);
+    button.textContent = "Stop microphone";
+    button.classList.add("on");
+    showNotice("");
+  } catch (err) {
+    showNotice(`microphone unavailable: ${err && err.message ? err.message : err}`);
+    stopMic();
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function stopMic() {
+  if (mic.ws && mic.ws.readyState === WebSocket.OPEN) {
+    mic.ws.send(JSON.stringify({ type: "stop", v: 1 }));
+    const ws = mic.ws;
+    setTimeout(() => ws.close(), 3000); // let the last events arrive
+  }
+  mic.ws = null;
+  if (mic.stream) mic.stream.getTracks().forEach((t) => t.stop());
+  if (mic.ctx) mic.ctx.close();
+  mic.stream = mic.ctx = mic.node = null;
+  $("#mic").textContent = "Use my microphone";
+  $("#mic").classList.remove("on");
+}
+
+$("#mic").addEventListener("click", () => (mic.ws ? stopMic() : startMic()));
+connect();
