@@ -101,8 +101,8 @@ def _ffprobe_duration(path: Path) -> float | None:
     )  # fmt: skip
     if proc.returncode != 0 or "codec_type=audio" not in proc.stdout:
         lines = proc.stderr.strip().splitlines()
-        reason = lines[-1] if lines else "no audio stream found"
-        raise AudioError(f"{path}: cannot decode ({reason})")
+        reason = lines[-1].replace(f"{path}: ", "") if lines else "no audio stream found"
+        raise AudioError(f"{path}: cannot decode: not a readable audio file ({reason})")
     for line in proc.stdout.splitlines():
         if line.startswith("duration="):
             try:

@@ -166,6 +166,7 @@ class PulseServer:
                 raise RuntimeError(f"{tool} is not installed (Debian package pulseaudio)")
         self._tmp = tempfile.TemporaryDirectory(prefix="pulse-") if folder is None else None
         self.folder = Path(folder or self._tmp.name)
+        self.folder.mkdir(parents=True, exist_ok=True)
         self.socket = self.folder / "native"
         self.server = f"unix:{self.socket}"
         self.env = {**os.environ, "PULSE_SERVER": self.server}
