@@ -1,0 +1,305 @@
+"""Alerts: rules over the smoothed event stream, per (stream, track), plus an optional webhook.
+
+A rule (:class:`~emotion_monitor.streamer.settings.AlertRule`) fires once when all its conditions
+have held on a track for ``min_duration`` seconds of *stream* time (so a file replayed faster
+than real time alerts at the same places), and re-arms when a condition stops holding.
+
+Alert messages are protocol-v1 dicts::
+
+    {"type": "alert", "v": 1, "stream": "CA12", "track": "customer",
+     "name": "customer_frustration", "t": 12.5, "since": 7.5,
+     "values": {"arousal_smooth": 0.62, "valence_smooth": -0.41}, "time": 1700000000.0}
+
+They reach the same listeners as events (``/ws`` clients, the recorder, the in-process API)
+and, when a webhook URL is set, are POSTed as JSON by a background thread with bounded retries
+and exponential backoff, so a slow or failing receiver never delays inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import operator
+import queue
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+from emotion_monitor.streamer.events import PROTOCOL_VERSION
+from emotion_monitor.streamer.settings import AlertRule
+
+log = logging.getLogger(__name__)
+
+OPERATORS = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+
+
+@dataclass
+class Alert:
+    """One fired alert: rule ``name`` held on (``stream``, ``track``) from ``since`` to ``t``."""
+
+    stream: str
+    track: str
+    name: str
+    t: float
+    since: float
+    values: dict[str, float] = field(default_factory=dict)
+    time: float = 0.0
+    type: str = "alert"
+
+    def to_dict(self) -> dict:
+        """JSON-able protocol-v1 dict."""
+        return {**asdict(self), "v": PROTOCOL_VERSION}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Alert:
+        """Inverse of :meth:`to_dict`; unknown keys are ignored."""
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def load_alert_rules(path: str | Path) -> tuple[AlertRule, ...]:
+    """Read ``[[alerts]]`` tables from a TOML file.
+
+    Example::
+
+        [[alerts]]
+        name = "customer_frustration"
+        track = "customer"
+        min_duration = 5.0
+        conditions = { arousal_smooth = [">", 0.5], valence_smooth = ["<", -0.3] }
+
+    Raises ``ValueError`` naming the file and the problem.
+    """
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read alert rules ({exc})") from None
+    rules = []
+    for i, raw in enumerate(data.get("alerts", [])):
+        try:
+            conditions = tuple((k, op, float(v)) for k, (op, v) in raw["conditions"].items())
+            rule = AlertRule(
+                name=str(raw["name"]),
+                conditions=conditions,
+                min_duration=float(raw.get("min_duration", 5.0)),
+                track=raw.get("track"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: alerts[{i}] is malformed ({exc!r})") from None
+        validate_rule(rule)
+        rules.append(rule)
+    if not rules:
+        raise ValueError(f"{path}: no [[alerts]] tables found")
+    return tuple(rules)
+
+
+def validate_rule(rule: AlertRule) -> None:
+    """Raise ``ValueError`` for an unknown operator or a negative duration."""
+    for name, op, _ in rule.conditions:
+        if op not in OPERATORS:
+            raise ValueError(f"alert {rule.name!r}: unknown operator {op!r} for {name}")
+    if rule.min_duration < 0:
+        raise ValueError(f"alert {rule.name!r}: min_duration must be >= 0")
+
+
+class AlertEvaluator:
+    """Pure rule evaluation: feed protocol messages, get alert messages. No I/O, no clock.
+
+    State is kept per (stream, track, rule) and dropped on ``stream_ended``.
+    """
+
+    def __init__(self, rules: Iterable[AlertRule]):
+        self.rules = tuple(rules)
+        for rule in self.rules:
+            validate_rule(rule)
+        self._since: dict[tuple[str, str, str], float] = {}  # condition holding since t
+        self._fired: set[tuple[str, str, str]] = set()
+
+    @property
+    def active_keys(self) -> int:
+        """How many (stream, track, rule) states are held (0 once every stream ended)."""
+        return len(self._since) + len(self._fired)
+
+    def process(self, messages: Iterable[dict]) -> list[dict]:
+        """Alert messages triggered by these messages (events and ``stream_ended``)."""
+        alerts = []
+        for msg in messages:
+            kind = msg.get("type")
+            if kind == "event":
+                alerts += self._event(msg)
+            elif kind == "stream_ended":
+                stream = msg.get("stream")
+                self._since = {k: v for k, v in self._since.items() if k[0] != stream}
+                self._fired = {k for k in self._fired if k[0] != stream}
+        return alerts
+
+    def _event(self, ev: dict) -> list[dict]:
+        out = []
+        for rule in self.rules:
+            if rule.track is not None and ev.get("track") != rule.track:
+                continue
+            key = (ev["stream"], ev["track"], rule.name)
+            if not _holds(rule, ev):
+                self._since.pop(key, None)
+                self._fired.discard(key)  # re-arm
+                continue
+            since = self._since.setdefault(key, float(ev["t1"]))
+            if key not in self._fired and ev["t1"] - since >= rule.min_duration:
+                self._fired.add(key)
+                alert = Alert(
+                    stream=ev["stream"],
+                    track=ev["track"],
+                    name=rule.name,
+                    t=float(ev["t1"]),
+                    since=since,
+                    values={name: ev.get(name) for name, _, _ in rule.conditions},
+                    time=time.time(),
+                )
+                out.append(alert.to_dict())
+        return out
+
+
+def _holds(rule: AlertRule, ev: dict) -> bool:
+    for name, op, threshold in rule.conditions:
+        value = ev.get(name)
+        if not isinstance(value, (int, float)) or not OPERATORS[op](value, threshold):
+            return False
+    return True
+
+
+class WebhookSender:
+    """POSTs JSON payloads from a background thread with bounded retries and backoff.
+
+    ``send`` never blocks: the queue is bounded and, when full, the oldest payload is dropped
+    and counted. A payload is retried on connection errors and non-2xx answers up to
+    ``retries`` times, waiting ``backoff * 2**attempt`` seconds between tries.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        retries: int = 3,
+        backoff: float = 0.5,
+        timeout: float = 5.0,
+        queue_size: int = 1000,
+    ):
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"webhook URL must start with http:// or https://, got {url!r}")
+        self.url = url
+        self.retries = retries
+        self.backoff = backoff
+        self.timeout = timeout
+        self._queue: queue.Queue = queue.Queue(queue_size)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="alert-webhook", daemon=True)
+        self._thread.start()
+        self.stats = {"sent": 0, "failed": 0, "dropped": 0, "attempts": 0}
+
+    def send(self, payload: dict) -> None:
+        """Queue one payload (non-blocking)."""
+        while True:
+            try:
+                self._queue.put_nowait(payload)
+                return
+            except queue.Full:
+                try:
+                    self._queue.get_nowait()
+                    self.stats["dropped"] += 1
+                except queue.Empty:
+                    pass
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Deliver what is queued (within ``timeout``), then stop the thread."""
+        deadline = time.monotonic() + timeout
+        while not self._queue.empty() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self._stop.set()
+        self._thread.join(max(0.1, deadline - time.monotonic()))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                payload = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            self._deliver(payload)
+
+    def _deliver(self, payload: dict) -> None:
+        body = json.dumps(payload).encode()
+        for attempt in range(self.retries + 1):
+            self.stats["attempts"] += 1
+            try:
+                request = urllib.request.Request(
+                    self.url, data=body, method="POST",
+                    headers={"Content-Type": "application/json", "User-Agent": "emotion-monitor"},
+                )
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    response.read()
+                self.stats["sent"] += 1
+                return
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                reason = exc
+            if attempt < self.retries:
+                log.warning("webhook %s failed (%s); retry %d/%d", self.url, reason,
+                            attempt + 1, self.retries)
+                if self._stop.wait(self.backoff * 2**attempt):
+                    break  # shutting down: give up on this payload
+        self.stats["failed"] += 1
+        log.error("webhook %s: giving up on alert %s after %d attempts", self.url,
+                  payload.get("name"), attempt + 1)
+
+
+class AlertMonitor:
+    """Evaluates rules on a service's messages and publishes the alerts to its listeners.
+
+    It listens on an asyncio loop (cheap, and publishing from there keeps every alert after the
+    events that caused it for all listeners) and hands alerts to the webhook thread.
+    """
+
+    def __init__(self, rules: Iterable[AlertRule], webhook_url: str | None = None, **webhook: Any):
+        self.evaluator = AlertEvaluator(rules)
+        self.webhook = WebhookSender(webhook_url, **webhook) if webhook_url else None
+        self._service = None
+        self.fired = 0
+
+    def attach(self, service: Any, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Listen to ``service`` on ``loop`` (``None``: on the worker thread)."""
+        self._service = service
+        service.add_listener(self._on_messages, loop)
+
+    def _on_messages(self, messages: list[dict]) -> None:
+        alerts = self.evaluator.process(messages)
+        if not alerts:
+            return
+        self.fired += len(alerts)
+        for alert in alerts:
+            log.info("alert %s on %s/%s at t=%.1f s", alert["name"], alert["stream"],
+                     alert["track"], alert["t"])
+            if self.webhook is not None:
+                self.webhook.send(alert)
+        # MonitorService has no public "publish" yet; its broadcaster is the one fan-out
+        # every listener (server, recorder, API) already hangs on.
+        publish = getattr(self._service, "publish", None) or self._service._publish
+        publish(alerts)
+
+    def close(self) -> None:
+        """Stop listening and flush the webhook queue."""
+        if self._service is not None:
+            self._service.remove_listener(self._on_messages)
+        if self.webhook is not None:
+            self.webhook.close()
+

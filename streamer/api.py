@@ -1,0 +1,346 @@
+"""In-process API for programs, and the call plumbing the telephony adapters share.
+
+For programs (a chatbot, a notebook, a test)::
+
+    async with Monitor(model="default") as m:
+        events = await m.analyze("turn-1", samples)          # 16 kHz mono float32
+        async for item in m.events(streams=["call-7"]):      # live: Event or Alert
+            ...
+
+For ``emotion-monitor serve``: :func:`add_arguments` contributes the call-center flags,
+:func:`settings_from_args` folds them into the settings and :func:`attach` registers
+``/twilio``, ``/audiohook`` and the AudioSocket listener on the server and starts alerts,
+webhooks and the recorder.
+
+:class:`CallStream` is what every telephony adapter uses to turn one call into one stream: it
+opens the stream with the call's metadata, resamples each track to 16 kHz with its own
+chunk-invariant resampler, and ends the stream (freeing all its state) exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from emotion_monitor.streamer.audio import SAMPLE_RATE, StreamResampler
+from emotion_monitor.streamer.events import Event
+
+if TYPE_CHECKING:
+    from emotion_monitor.models.base import EmotionModel
+    from emotion_monitor.streamer.alerts import Alert
+    from emotion_monitor.streamer.service import MonitorService
+    from emotion_monitor.streamer.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Track names used by every telephony adapter.
+CUSTOMER, AGENT = "customer", "agent"
+
+
+class CallStream:
+    """One call on the service: open, per-track resampling to 16 kHz, end exactly once.
+
+    Raises (from the constructor) what :meth:`MonitorService.open_stream` raises:
+    ``StreamLimitError`` when the server is full, ``ValueError`` for a duplicate stream id.
+    """
+
+    def __init__(self, service: MonitorService, stream: str, **meta: Any):
+        self.service = service
+        self.stream = stream
+        self._resamplers: dict[str, StreamResampler] = {}
+        service.open_stream(stream, **meta)
+        self.closed = False
+
+    def push(self, track: str, samples: np.ndarray, rate: int) -> None:
+        """Queue mono float32 samples at ``rate`` for ``track``."""
+        if self.closed:
+            return
+        rs = self._resamplers.get(track)
+        if rs is None or rs.rate_in != rate:
+            if rs is not None:  # the rate changed mid-call: finish the old filter first
+                self._send(track, rs.flush())
+            rs = self._resamplers[track] = StreamResampler(rate, SAMPLE_RATE)
+        self._send(track, rs.process(samples))
+
+    def _send(self, track: str, samples: np.ndarray) -> None:
+        if not len(samples):
+            return
+        try:
+            self.service.push(self.stream, samples, track)
+        except KeyError:  # the service ended the stream (shutting down): drop the rest
+            log.info("stream %s was ended by the service; dropping its audio", self.stream)
+            self.closed = True
+
+    def close(self) -> None:
+        """Flush the resamplers and end the stream (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        for track, rs in self._resamplers.items():
+            self._send(track, rs.flush())
+        self._resamplers.clear()
+        self.service.end_stream(self.stream)
+
+
+# -- the in-process monitor ----------------------------------------------------------------
+
+
+class Monitor:
+    """Run the engine inside this process and get events back as Python objects.
+
+    Args:
+        model: an :class:`EmotionModel`, a ``--model`` spec string, or ``None`` for the default.
+        settings: engine settings (``settings.alerts`` turns on alert evaluation).
+        vad: passed to the engine (``None`` builds silero-vad when ``settings.vad``).
+        queue_size: per-subscriber bound; a subscriber that falls behind loses its oldest items.
+
+    Use as ``async with Monitor(...) as m``; the model is loaded off the event loop.
+    """
+
+    def __init__(
+        self,
+        model: EmotionModel | str | None = None,
+        settings: Settings | None = None,
+        vad: Any = None,
+        queue_size: int = 4096,
+    ):
+        from emotion_monitor.streamer.settings import Settings
+
+        self._model_spec = model
+        self.settings = settings or Settings()
+        self._vad = vad
+        self._queue_size = queue_size
+        self.service: MonitorService | None = None
+        self._subscribers: list[tuple[asyncio.Queue, set[str] | None]] = []
+        self._alerts = None
+
+    async def __aenter__(self) -> Monitor:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Load the model and start the inference worker."""
+        from emotion_monitor.streamer.alerts import AlertMonitor
+        from emotion_monitor.streamer.engine import Engine
+        from emotion_monitor.streamer.service import MonitorService
+
+        model = self._model_spec
+        if model is None or isinstance(model, str):
+            from emotion_monitor.models import load_model
+
+            model = await asyncio.to_thread(load_model, model, self.settings.device)
+        engine = await asyncio.to_thread(Engine, model, self.settings, self._vad)
+        loop = asyncio.get_running_loop()
+        self.service = MonitorService(engine)
+        self.service.add_listener(self._deliver, loop)
+        if self.settings.alerts:
+            self._alerts = AlertMonitor(self.settings.alerts, webhook_url=self.settings.webhook_url)
+            self._alerts.attach(self.service, loop)
+        self.service.start()
+
+    async def stop(self) -> None:
+        """Flush every open stream, stop the worker and any webhook sender."""
+        if self.service is not None:
+            await asyncio.to_thread(self.service.stop)
+            await asyncio.sleep(0)  # let the last call_soon_threadsafe deliveries run
+        if self._alerts is not None:
+            await asyncio.to_thread(self._alerts.close)
+
+    # -- feeding -------------------------------------------------------------------------
+
+    def open(self, stream: str, **meta: Any) -> None:
+        """Open a stream (raises ``StreamLimitError`` beyond ``settings.max_streams``)."""
+        self._require().open_stream(stream, **meta)
+
+    def push(self, stream: str, samples: np.ndarray, track: str = "main") -> None:
+        """Queue 16 kHz mono float32 samples of an open stream."""
+        self._require().push(stream, samples, track)
+
+    def end(self, stream: str) -> None:
+        """End a stream: its tail is analysed, then ``stream_ended`` closes its iterators."""
+        self._require().end_stream(stream)
+
+    async def analyze(
+        self, stream: str, samples: np.ndarray | dict[str, np.ndarray], rate: int = SAMPLE_RATE
+    ) -> list[Event]:
+        """Analyse a whole utterance (or ``{track: samples}``) and return its events.
+
+        The audio is resampled to 16 kHz when ``rate`` differs. Returns once the stream has
+        ended, so every window, including the tail, is in the list.
+        """
+        tracks = samples if isinstance(samples, dict) else {"main": samples}
+        collected: list[Event] = []
+        entry = self._subscribe([stream])
+        try:
+            call = CallStream(self._require(), stream, source="api")
+        except Exception:
+            self._subscribers.remove(entry)
+            raise
+        it = self._iterate(entry, alerts=False)
+        try:
+            for track, audio in tracks.items():
+                call.push(track, np.asarray(audio, np.float32), rate)
+        finally:
+            call.close()
+        async for item in it:
+            if isinstance(item, Event):
+                collected.append(item)
+        return collected
+
+    # -- listening -----------------------------------------------------------------------
+
+    def events(
+        self, streams: Iterable[str] | None = None, alerts: bool = True
+    ) -> AsyncIterator[Event | Alert]:
+        """Async iterator of :class:`Event` (and :class:`Alert` when ``alerts``).
+
+        With ``streams``, it only yields those streams and ends when all of them have ended.
+        It starts receiving as soon as it is created, so nothing is missed between creating
+        it and the first ``async for``.
+        """
+        return self._iterate(self._subscribe(streams), alerts)
+
+    def _subscribe(self, streams: Iterable[str] | None) -> tuple[asyncio.Queue, set[str] | None]:
+        entry = (asyncio.Queue(self._queue_size), set(streams) if streams is not None else None)
+        self._subscribers.append(entry)
+        return entry
+
+    async def _iterate(self, entry, alerts: bool) -> AsyncIterator[Event | Alert]:
+        from emotion_monitor.streamer.alerts import Alert
+
+        queue, wanted = entry
+        remaining = set(wanted) if wanted is not None else None
+        try:
+            while True:
+                msg = await queue.get()
+                kind = msg.get("type")
+                if kind == "event":
+                    yield Event.from_dict(msg)
+                elif kind == "alert" and alerts:
+                    yield Alert.from_dict(msg)
+                elif kind == "stream_ended" and remaining is not None:
+                    remaining.discard(msg.get("stream"))
+                    if not remaining:
+                        return
+        finally:
+            if entry in self._subscribers:
+                self._subscribers.remove(entry)
+
+    def _deliver(self, messages: list[dict]) -> None:
+        for queue, wanted in list(self._subscribers):
+            for msg in messages:
+                if wanted is not None and msg.get("stream") not in wanted:
+                    continue
+                if queue.full():  # overflow policy: the slow reader loses its oldest item
+                    queue.get_nowait()
+                queue.put_nowait(msg)
+
+    def _require(self) -> MonitorService:
+        if self.service is None:
+            raise RuntimeError("Monitor is not started; use 'async with Monitor(...) as m'")
+        return self.service
+
+
+# -- server wiring --------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the call-center flags to ``emotion-monitor serve``."""
+    group = parser.add_argument_group("call center")
+    group.add_argument(
+        "--audiosocket-port", type=int, metavar="PORT",
+        help="also listen for Asterisk AudioSocket (TCP) calls on this port",
+    )
+    group.add_argument(
+        "--audiosocket-track", default=CUSTOMER, metavar="NAME",
+        help="track name of AudioSocket audio (one direction per connection; default customer)",
+    )
+    group.add_argument(
+        "--record", metavar="FILE.sqlite",
+        help="store every event and alert in this SQLite file (see 'emotion-monitor report')",
+    )
+    group.add_argument("--webhook", metavar="URL", help="POST every alert as JSON to this URL")
+    group.add_argument(
+        "--alerts-config", metavar="TOML",
+        help="alert rules ([[alerts]] tables); default: customer_frustration",
+    )
+
+
+def settings_from_args(settings: Settings, args: argparse.Namespace) -> Settings:
+    """Fold the call-center flags into the (frozen) settings."""
+    from emotion_monitor.streamer.alerts import load_alert_rules
+    from emotion_monitor.streamer.settings import CUSTOMER_FRUSTRATION
+
+    rules = None
+    if getattr(args, "alerts_config", None):
+        rules = load_alert_rules(args.alerts_config)
+    elif not settings.alerts:
+        rules = (CUSTOMER_FRUSTRATION,)
+    return settings.replace(
+        audiosocket_port=getattr(args, "audiosocket_port", None),
+        record=getattr(args, "record", None),
+        webhook_url=getattr(args, "webhook", None),
+        alerts=rules,
+    )
+
+
+class Integrations:
+    """What :func:`attach` started. At shutdown: :meth:`close_listeners` before the server
+    stops, :meth:`close` after the service has flushed (so the recorder gets the last events)."""
+
+    def __init__(self):
+        self.audiosocket: Any = None
+        self.alerts: Any = None
+        self.recorder: Any = None
+
+    async def close_listeners(self) -> None:
+        """End the open AudioSocket connections (their streams are flushed)."""
+        if self.audiosocket is not None:
+            await self.audiosocket.close_connections()
+
+    async def close(self) -> None:
+        """Flush the webhook queue and the recorder (idempotent)."""
+        await self.close_listeners()
+        if self.alerts is not None:
+            await asyncio.to_thread(self.alerts.close)
+        if self.recorder is not None:
+            await asyncio.to_thread(self.recorder.close)
+
+
+async def attach(
+    server: Any, service: MonitorService, settings: Settings, audiosocket_track: str = CUSTOMER
+) -> Integrations:
+    """Register the call-center integrations on a server before ``server.start()``.
+
+    ``/twilio`` and ``/audiohook`` always; the AudioSocket TCP listener when
+    ``settings.audiosocket_port`` is set; alert rules (``settings.alerts``, with the webhook
+    ``settings.webhook_url``) and the SQLite recorder (``settings.record``) when configured.
+    Call from the server's event loop.
+    """
+    from emotion_monitor.streamer.alerts import AlertMonitor
+    from emotion_monitor.streamer.audiohook import AudioHookHandler
+    from emotion_monitor.streamer.audiosocket import AudioSocketHandler
+    from emotion_monitor.streamer.twilio import TwilioHandler
+
+    out = Integrations()
+    if settings.record:
+        from emotion_monitor.streamer.recorder import Recorder
+
+        out.recorder = Recorder(settings.record)
+        service.add_listener(out.recorder.listener)  # worker thread; it only enqueues
+    if settings.alerts:
+        out.alerts = AlertMonitor(settings.alerts, webhook_url=settings.webhook_url)
+        out.alerts.attach(service, asyncio.get_running_loop())
+    server.add_websocket_route("/twilio", TwilioHandler())
+    server.add_websocket_route("/audiohook", AudioHookHandler())
+    if settings.audiosocket_port is not None:
+        out.audiosocket = AudioSocketHandler(track=audiosocket_track)
+        server.add_tcp_listener("audiosocket", out.audiosocket, port=settings.audiosocket_port)
+    return out

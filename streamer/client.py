@@ -1,0 +1,103 @@
+"""Python client for the ``/ws`` event feed, with reconnection.
+
+::
+
+    from emotion_monitor.streamer.client import subscribe
+
+    async for item in subscribe("ws://127.0.0.1:8765/ws", streams=["CA42"]):
+        if isinstance(item, Event): ...     # emotion_monitor.streamer.events.Event
+        else: ...                           # emotion_monitor.streamer.alerts.Alert
+
+The server sends ``hello`` first; the client answers with ``subscribe`` (on every reconnect) and
+yields decoded items. When the connection drops or cannot be opened it retries with exponential
+backoff (0.5 s doubling up to ``max_backoff``), forever unless ``reconnect=False``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Iterable
+from urllib.parse import urlsplit, urlunsplit
+
+from emotion_monitor.streamer.alerts import Alert
+from emotion_monitor.streamer.events import PROTOCOL_VERSION, Event
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+log = logging.getLogger(__name__)
+
+
+def events_url(url: str) -> str:
+    """``ws://host:port`` -> ``ws://host:port/ws``; http(s) becomes ws(s)."""
+    parts = urlsplit(url if "://" in url else f"ws://{url}")
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, parts.path if parts.path not in ("", "/") else "/ws",
+                       parts.query, ""))
+
+
+async def subscribe(
+    url: str,
+    streams: Iterable[str] | None = None,
+    *,
+    types: Iterable[str] = ("event", "alert"),
+    until_ended: bool = False,
+    reconnect: bool = True,
+    max_backoff: float = 10.0,
+    open_timeout: float = 10.0,
+) -> AsyncIterator[Event | Alert | dict]:
+    """Yield items from a server's ``/ws`` feed.
+
+    Args:
+        url: ``ws://host:port[/ws]`` (``http://`` works too).
+        streams: only these stream ids (``None``: all streams).
+        types: message types to yield: ``event`` -> :class:`Event`, ``alert`` ->
+            :class:`Alert`, anything else (``stream_started``, ``stream_ended``, ``hello``...)
+            as the raw dict.
+        until_ended: with ``streams``, stop once each of them has sent ``stream_ended``.
+        reconnect: retry after a failed or lost connection (else the error propagates).
+        max_backoff: longest wait between reconnection attempts, seconds.
+    """
+    url = events_url(url)
+    wanted = list(streams) if streams is not None else None
+    remaining = set(wanted or ())
+    types = set(types)
+    backoff = 0.5
+    while True:
+        try:
+            async with connect(url, open_timeout=open_timeout, max_size=None) as ws:
+                await ws.send(json.dumps({"type": "subscribe", "v": PROTOCOL_VERSION,
+                                          "streams": wanted}))
+                backoff = 0.5
+                async for raw in ws:
+                    msg = json.loads(raw)
+                    kind = msg.get("type")
+                    stream = msg.get("stream")
+                    if wanted is not None and stream is not None and stream not in wanted:
+                        continue  # sent before the server processed our subscribe
+                    if kind in types:
+                        yield _decode(msg)
+                    if until_ended and kind == "stream_ended":
+                        remaining.discard(stream)
+                        if not remaining:
+                            return
+            reason = "server closed the connection"
+        except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
+            if isinstance(exc, InvalidURI) or not reconnect:
+                raise
+            reason = f"{type(exc).__name__}: {exc}"
+        if not reconnect:
+            return
+        log.warning("events feed %s: %s; reconnecting in %.1f s", url, reason, backoff)
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, max_backoff)
+
+
+def _decode(msg: dict) -> Event | Alert | dict:
+    kind = msg.get("type")
+    if kind == "event":
+        return Event.from_dict(msg)
+    if kind == "alert":
+        return Alert.from_dict(msg)
+    return msg

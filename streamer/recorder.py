@@ -1,0 +1,338 @@
+"""Recording to SQLite (``serve --record FILE.sqlite``) and ``emotion-monitor report``.
+
+The recorder is a service listener that only appends to a bounded queue; a writer thread of its
+own drains the queue every ``interval`` seconds and writes the batch in one transaction (WAL
+mode, so ``report`` can read while a server writes). Inference and the event loop never wait on
+the disk. When the queue is full the oldest message is dropped and counted.
+
+Tables: ``streams`` (one row per stream start, with its metadata and end time), ``events`` (every
+event, the main fields as columns plus the full JSON) and ``alerts``.
+
+``emotion-monitor report FILE.sqlite [--stream ID] [--plot OUT.png]`` prints, per call: its
+length, per track the speech time, time per quadrant, mean and peak valence/arousal, the
+dominant label, the alerts, and customer vs agent; ``--plot`` draws the smoothed timeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import sqlite3
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS streams (
+    id INTEGER PRIMARY KEY, stream TEXT NOT NULL, started REAL, ended REAL, meta TEXT
+);
+CREATE TABLE IF NOT EXISTS events (
+    stream TEXT NOT NULL, track TEXT NOT NULL, seq INTEGER, t0 REAL, t1 REAL, speech INTEGER,
+    valence REAL, arousal REAL, valence_smooth REAL, arousal_smooth REAL,
+    label TEXT, label_smooth TEXT, quadrant TEXT, latency_ms REAL, data TEXT
+);
+CREATE INDEX IF NOT EXISTS events_by_stream ON events (stream, track, seq);
+CREATE TABLE IF NOT EXISTS alerts (
+    stream TEXT NOT NULL, track TEXT, name TEXT, t REAL, since REAL, time REAL, data TEXT
+);
+"""
+EVENT_COLUMNS = ("stream", "track", "seq", "t0", "t1", "speech", "valence", "arousal",
+                 "valence_smooth", "arousal_smooth", "label", "label_smooth", "quadrant",
+                 "latency_ms")
+
+
+class Recorder:
+    """Writes every event, alert and stream start/end to a SQLite file, off the event loop.
+
+    Args:
+        path: the database file (created if missing; appended to otherwise).
+        interval: seconds between batched writes.
+        queue_size: messages held before the oldest are dropped (``stats["dropped"]``).
+    """
+
+    def __init__(self, path: str | Path, interval: float = 0.25, queue_size: int = 200_000):
+        self.path = Path(path)
+        self.interval = interval
+        self._queue: collections.deque = collections.deque()
+        self._queue_size = queue_size
+        self._cond = threading.Condition()
+        self._closing = False
+        self.stats = {"written": 0, "dropped": 0, "batches": 0}
+        self._queued = self._handled = 0  # totals, so flush can wait for its own messages
+        # Open once here so a bad path fails at start-up, not silently in the thread.
+        self._db = _connect(self.path, check_same_thread=False)
+        self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
+        self._thread.start()
+
+    def listener(self, messages: list[dict]) -> None:
+        """Service listener (any thread): queue the messages and return at once."""
+        with self._cond:
+            for msg in messages:
+                if len(self._queue) >= self._queue_size:
+                    self._queue.popleft()
+                    self.stats["dropped"] += 1
+                self._queue.append(msg)
+                self._queued += 1
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until everything queued so far is written."""
+        with self._cond:
+            target = self._queued
+            self._cond.notify()
+            self._cond.wait_for(lambda: self._handled >= target, timeout)
+
+    def close(self) -> None:
+        """Write what is queued and close the file (idempotent)."""
+        with self._cond:
+            if self._closing:
+                return
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._closing:
+                    self._cond.wait(self.interval)
+                batch = list(self._queue)
+                self._queue.clear()
+                closing = self._closing
+                handled = self._queued
+            if batch:
+                try:
+                    self._write(batch)
+                except sqlite3.Error:
+                    log.exception("recorder: could not write %d messages to %s", len(batch),
+                                  self.path)
+            with self._cond:
+                self._handled = handled
+                self._cond.notify_all()
+            if closing:
+                self._db.close()
+                return
+
+    def _write(self, batch: list[dict]) -> None:
+        events, alerts = [], []
+        with self._db:  # one transaction per batch
+            for msg in batch:
+                kind = msg.get("type")
+                if kind == "event":
+                    events.append(tuple(_column(msg.get(c)) for c in EVENT_COLUMNS)
+                                  + (json.dumps(msg),))
+                elif kind == "alert":
+                    alerts.append((msg.get("stream"), msg.get("track"), msg.get("name"),
+                                   msg.get("t"), msg.get("since"), msg.get("time"),
+                                   json.dumps(msg)))
+                elif kind == "stream_started":
+                    self._db.execute(
+                        "INSERT INTO streams (stream, started, meta) VALUES (?, ?, ?)",
+                        (msg.get("stream"), msg.get("time"), json.dumps(msg.get("meta") or {})),
+                    )
+                elif kind == "stream_ended":
+                    self._db.execute(
+                        "UPDATE streams SET ended = ? WHERE id = (SELECT MAX(id) FROM streams "
+                        "WHERE stream = ?)",
+                        (msg.get("time"), msg.get("stream")),
+                    )
+            marks = ",".join("?" * (len(EVENT_COLUMNS) + 1))
+            self._db.executemany(f"INSERT INTO events VALUES ({marks})", events)
+            self._db.executemany("INSERT INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?)", alerts)
+        self.stats["written"] += len(batch)
+        self.stats["batches"] += 1
+
+
+def _column(value: Any) -> Any:
+    return int(value) if isinstance(value, bool) else value
+
+
+def _connect(path: Path, **kwargs: Any) -> sqlite3.Connection:
+    db = sqlite3.connect(str(path), **kwargs)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, fast
+    db.executescript(SCHEMA)
+    return db
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def summarize(path: str | Path, stream: str | None = None) -> list[dict]:
+    """Per-call summaries from a recording (see the module docstring for what is in them)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such recording")
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db.row_factory = sqlite3.Row
+    try:
+        streams = [r[0] for r in db.execute(
+            "SELECT stream FROM events GROUP BY stream ORDER BY MIN(rowid)")]
+        if stream is not None:
+            streams = [s for s in streams if s == stream]
+        out = []
+        for s in streams:
+            meta_row = db.execute(
+                "SELECT started, ended, meta FROM streams WHERE stream = ? ORDER BY id DESC",
+                (s,)).fetchone()
+            events = db.execute(
+                "SELECT * FROM events WHERE stream = ? ORDER BY track, seq", (s,)).fetchall()
+            alerts = [dict(r) for r in db.execute(
+                "SELECT track, name, t, since FROM alerts WHERE stream = ? ORDER BY t", (s,))]
+            out.append(_summarize_stream(s, meta_row, events, alerts))
+        return out
+    finally:
+        db.close()
+
+
+def _summarize_stream(stream: str, meta_row, events, alerts) -> dict:
+    tracks: dict[str, list] = collections.defaultdict(list)
+    for e in events:
+        tracks[e["track"]].append(e)
+    summary = {
+        "stream": stream,
+        "meta": json.loads(meta_row["meta"]) if meta_row and meta_row["meta"] else {},
+        "duration": max((e["t1"] for e in events), default=0.0),
+        "tracks": {},
+        "alerts": alerts,
+    }
+    for track, evs in tracks.items():
+        quadrants: dict[str, float] = collections.Counter()
+        labels: dict[str, float] = collections.Counter()
+        speech_s, prev_t1 = 0.0, None
+        for e in evs:
+            # Each window adds the stream time since the previous one, so overlapping windows
+            # are not counted twice.
+            span = e["t1"] - (prev_t1 if prev_t1 is not None else e["t0"])
+            prev_t1 = e["t1"]
+            if not e["speech"]:
+                continue
+            speech_s += span
+            if e["quadrant"]:
+                quadrants[e["quadrant"]] += span
+            if e["label_smooth"] or e["label"]:
+                labels[e["label_smooth"] or e["label"]] += span
+        speech = [e for e in evs if e["speech"] and e["valence_smooth"] is not None]
+        t = {"events": len(evs), "speech_s": round(speech_s, 2),
+             "quadrants_s": {k: round(v, 2) for k, v in quadrants.most_common()},
+             "label": labels.most_common(1)[0][0] if labels else None}
+        if speech:
+            t["valence_mean"] = round(sum(e["valence_smooth"] for e in speech) / len(speech), 3)
+            t["arousal_mean"] = round(sum(e["arousal_smooth"] for e in speech) / len(speech), 3)
+            hi = max(speech, key=lambda e: e["arousal_smooth"])
+            lo = min(speech, key=lambda e: e["valence_smooth"])
+            t["arousal_peak"] = {"value": round(hi["arousal_smooth"], 3), "t": hi["t1"]}
+            t["valence_low"] = {"value": round(lo["valence_smooth"], 3), "t": lo["t1"]}
+        summary["tracks"][track] = t
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    """Human-readable text of one :func:`summarize` entry."""
+    lines = [f"call {s['stream']}  ({s['duration']:.1f} s"
+             + (f", {s['meta'].get('source')}" if s["meta"].get("source") else "") + ")"]
+    for track, t in s["tracks"].items():
+        lines.append(f"  {track}: speech {t['speech_s']:.1f} s, {t['events']} windows"
+                     + (f", mostly {t['label']}" if t["label"] else ""))
+        if "valence_mean" in t:
+            lines.append(
+                f"    valence mean {t['valence_mean']:+.2f} (low {t['valence_low']['value']:+.2f}"
+                f" at {t['valence_low']['t']:.1f} s), arousal mean {t['arousal_mean']:+.2f} "
+                f"(peak {t['arousal_peak']['value']:+.2f} at {t['arousal_peak']['t']:.1f} s)")
+        if t["quadrants_s"]:
+            lines.append("    time per quadrant: " + ", ".join(
+                f"{q} {sec:.1f} s" for q, sec in t["quadrants_s"].items()))
+    cust, agent = s["tracks"].get("customer"), s["tracks"].get("agent")
+    if cust and agent and "valence_mean" in cust and "valence_mean" in agent:
+        lines.append(
+            f"  customer vs agent: valence {cust['valence_mean'] - agent['valence_mean']:+.2f}, "
+            f"arousal {cust['arousal_mean'] - agent['arousal_mean']:+.2f}")
+    if s["alerts"]:
+        for a in s["alerts"]:
+            lines.append(f"  ALERT {a['name']} on {a['track']} at {a['t']:.1f} s "
+                         f"(since {a['since']:.1f} s)")
+    else:
+        lines.append("  no alerts")
+    return "\n".join(lines)
+
+
+def plot(path: str | Path, out: str | Path, stream: str | None = None, max_calls: int = 8) -> int:
+    """Draw valence and arousal (smoothed) over stream time per track, alerts as red lines.
+
+    Returns the number of calls drawn (at most ``max_calls``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
+    try:
+        streams = [r[0] for r in db.execute(
+            "SELECT stream FROM events GROUP BY stream ORDER BY MIN(rowid)")]
+        streams = [s for s in streams if stream is None or s == stream][:max_calls]
+        if not streams:
+            return 0
+        fig, axes = plt.subplots(len(streams), 2, figsize=(12, 2.6 * len(streams)),
+                                 squeeze=False, sharex="row")
+        for row, s in zip(axes, streams, strict=True):
+            tracks = [r[0] for r in db.execute(
+                "SELECT DISTINCT track FROM events WHERE stream = ? ORDER BY track", (s,))]
+            for track in tracks:
+                pts = db.execute(
+                    "SELECT t1, valence_smooth, arousal_smooth FROM events WHERE stream = ? "
+                    "AND track = ? AND valence_smooth IS NOT NULL ORDER BY seq", (s, track)
+                ).fetchall()
+                if not pts:
+                    continue
+                t, v, a = zip(*pts, strict=True)
+                row[0].plot(t, v, label=track)
+                row[1].plot(t, a, label=track)
+            for (t_alert,) in db.execute("SELECT t FROM alerts WHERE stream = ?", (s,)):
+                for ax in row:
+                    ax.axvline(t_alert, color="red", linestyle="--", linewidth=1)
+            for ax, name in zip(row, ("valence", "arousal"), strict=True):
+                ax.set_ylim(-1.05, 1.05)
+                ax.axhline(0, color="grey", linewidth=0.5)
+                ax.set_title(f"{s}: {name}", fontsize=9)
+                ax.set_xlabel("stream time (s)")
+            row[0].legend(fontsize=8, loc="lower left")
+        fig.tight_layout()
+        fig.savefig(out, dpi=100)
+        plt.close(fig)
+        return len(streams)
+    finally:
+        db.close()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``emotion-monitor report``."""
+    parser.add_argument("recording", help="SQLite file written by 'serve --record'")
+    parser.add_argument("--stream", help="only this call (stream id)")
+    parser.add_argument("--plot", metavar="OUT.png", help="draw the timeline to this image")
+    parser.add_argument("--json", action="store_true", help="print the summaries as JSON")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Print the per-call summaries (and draw the plot)."""
+    try:
+        summaries = summarize(args.recording, args.stream)
+    except (FileNotFoundError, sqlite3.Error) as exc:
+        print(f"report: {exc}", file=sys.stderr)
+        return 2
+    if not summaries:
+        print("report: no calls" + (f" with stream id {args.stream!r}" if args.stream else ""),
+              file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(summaries, indent=2))
+    else:
+        print("\n\n".join(format_summary(s) for s in summaries))
+    if args.plot:
+        n = plot(args.recording, args.plot, args.stream)
+        print(f"timeline of {n} call(s) written to {args.plot}", file=sys.stderr)
+    return 0

@@ -1,0 +1,270 @@
+"""Twilio Media Streams on the websocket path ``/twilio``.
+
+Twilio sends JSON text messages: ``connected``, then ``start`` (``callSid``, ``streamSid``,
+``tracks``, ``mediaFormat``, ``customParameters``), then ``media`` (base64 G.711 mu-law at 8 kHz
+with ``track`` "inbound" or "outbound", ``chunk`` and ``timestamp`` in ms), and ``mark``,
+``dtmf`` and finally ``stop``. One call becomes one stream whose id is the ``callSid``:
+
+- track "inbound" (what the caller says) becomes ``customer``, "outbound" becomes ``agent``;
+- each track has its own chunk-invariant 8 -> 16 kHz resampler;
+- ``customParameters`` (from ``<Parameter>`` in the TwiML) are kept in the stream metadata;
+- when a ``media`` timestamp jumps ahead (lost packets), the gap is filled with silence, up to
+  ``max_gap`` seconds, so both tracks stay on the call's clock.
+
+Refusals close the websocket with a code and a reason: 1013 when the server already serves
+``max_streams`` calls, 1007 for undecodable data, 1008 for protocol violations, 1003 for binary
+frames or an unsupported encoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from emotion_monitor.streamer.api import AGENT, CUSTOMER, CallStream
+from emotion_monitor.streamer.audio import mulaw_decode, mulaw_encode, resample
+from emotion_monitor.streamer.engine import StreamLimitError
+from emotion_monitor.streamer.protocol import STREAM_ID
+from websockets.exceptions import ConnectionClosed
+
+log = logging.getLogger(__name__)
+
+TRACKS = {"inbound": CUSTOMER, "outbound": AGENT}
+TWILIO_RATE = 8000
+
+
+class TwilioError(Exception):
+    """The peer broke the Media Streams protocol; ``close_code`` goes back on the websocket."""
+
+    def __init__(self, message: str, close_code: int = 1008):
+        super().__init__(message)
+        self.close_code = close_code
+
+
+class TwilioSession:
+    """The state of one Media Streams websocket, without the socket (testable on its own)."""
+
+    def __init__(self, service: Any, max_gap: float = 5.0):
+        self.service = service
+        self.max_gap = max_gap
+        self.call: CallStream | None = None
+        self.rate = TWILIO_RATE
+        self._received: dict[str, int] = {}  # samples per Twilio track, to detect gaps
+        self.stats = {"media": 0, "gap_samples": 0, "marks": 0, "dtmf": 0}
+
+    def handle(self, raw: str | bytes) -> bool:
+        """Process one websocket message; returns True when the stream has stopped."""
+        if isinstance(raw, bytes):
+            raise TwilioError("binary frames are not part of Media Streams", 1003)
+        try:
+            msg = json.loads(raw)
+        except ValueError:
+            raise TwilioError("message is not valid JSON", 1007) from None
+        if not isinstance(msg, dict):
+            raise TwilioError("message is not a JSON object", 1007)
+        event = msg.get("event")
+        if event == "media":
+            self._media(msg)
+        elif event == "start":
+            self._start(msg)
+        elif event == "stop":
+            self.close()
+            return True
+        elif event == "connected":
+            log.debug("twilio connected: protocol %s %s", msg.get("protocol"), msg.get("version"))
+        elif event == "mark":
+            self.stats["marks"] += 1
+        elif event == "dtmf":
+            self.stats["dtmf"] += 1
+            log.info("twilio %s: DTMF %s", self._stream, (msg.get("dtmf") or {}).get("digit"))
+        else:
+            log.debug("twilio: ignoring event %r", event)  # forward compatible
+        return False
+
+    @property
+    def _stream(self) -> str | None:
+        return self.call.stream if self.call else None
+
+    def _start(self, msg: dict) -> None:
+        if self.call is not None:
+            raise TwilioError("a second 'start' on the same websocket")
+        start = msg.get("start")
+        if not isinstance(start, dict):
+            raise TwilioError("'start' message without a 'start' object")
+        call_sid = start.get("callSid")
+        if not isinstance(call_sid, str) or not STREAM_ID.match(call_sid):
+            raise TwilioError(
+                f"'start' needs a callSid of 1-64 safe characters, got {call_sid!r:.40}"
+            )
+        fmt = start.get("mediaFormat") or {}
+        encoding = fmt.get("encoding", "audio/x-mulaw")
+        if encoding != "audio/x-mulaw":
+            raise TwilioError(f"unsupported encoding {encoding!r}; expected audio/x-mulaw", 1003)
+        rate = fmt.get("sampleRate", TWILIO_RATE)
+        if not isinstance(rate, int) or not 4000 <= rate <= 48000:
+            raise TwilioError(f"unsupported sampleRate {rate!r}", 1003)
+        self.rate = rate
+        custom = start.get("customParameters") or {}
+        meta = {
+            "source": "twilio",
+            "call_sid": call_sid,
+            "stream_sid": msg.get("streamSid") or start.get("streamSid"),
+            "account_sid": start.get("accountSid"),
+            "tracks": [TRACKS.get(t, t) for t in start.get("tracks", ["inbound"])],
+            "custom_parameters": custom if isinstance(custom, dict) else {},
+        }
+        try:
+            self.call = CallStream(self.service, call_sid, **meta)
+        except StreamLimitError as exc:
+            raise TwilioError(str(exc), 1013) from None
+        except ValueError as exc:  # the same callSid is already streaming
+            raise TwilioError(str(exc)) from None
+
+    def _media(self, msg: dict) -> None:
+        if self.call is None:
+            raise TwilioError("'media' before 'start'")
+        media = msg.get("media")
+        if not isinstance(media, dict) or not isinstance(media.get("payload"), str):
+            raise TwilioError("'media' without a payload", 1007)
+        name = media.get("track", "inbound")
+        track = TRACKS.get(name)
+        if track is None:
+            log.debug("twilio %s: ignoring media of track %r", self._stream, name)
+            return
+        try:
+            data = base64.b64decode(media["payload"], validate=True)
+        except (binascii.Error, ValueError):
+            raise TwilioError("media payload is not valid base64", 1007) from None
+        self.stats["media"] += 1
+        received = self._received.get(name, 0)
+        gap = self._gap(media.get("timestamp"), received)
+        if gap:
+            self.call.push(track, np.zeros(gap, np.float32), self.rate)
+        self._received[name] = received + gap + len(data)
+        self.call.push(track, mulaw_decode(data), self.rate)
+
+    def _gap(self, timestamp: Any, received: int) -> int:
+        """Samples of silence to insert when the timestamp runs ahead of what arrived."""
+        try:
+            expected = int(float(timestamp) * self.rate / 1000)
+        except (TypeError, ValueError):
+            return 0
+        gap = expected - received
+        if gap <= self.rate // 50:  # within one 20 ms packet: jitter, not loss
+            return 0
+        gap = min(gap, int(self.max_gap * self.rate))
+        self.stats["gap_samples"] += gap
+        return gap
+
+    def close(self) -> None:
+        """End the call's stream (idempotent)."""
+        if self.call is not None:
+            self.call.close()
+
+
+class TwilioHandler:
+    """Websocket handler for ``/twilio``: ``await handler(ws, service, settings)``.
+
+    ``idle_timeout``: seconds without any message after which the call is ended.
+    """
+
+    def __init__(self, max_gap: float = 5.0, idle_timeout: float = 60.0):
+        self.max_gap = max_gap
+        self.idle_timeout = idle_timeout
+
+    async def __call__(self, ws: Any, service: Any, settings: Any = None) -> None:
+        session = TwilioSession(service, self.max_gap)
+        code, reason = 1000, "stream stopped"
+        try:
+            while True:
+                try:
+                    raw = await asyncio.wait_for(ws.recv(), self.idle_timeout)
+                except TimeoutError:
+                    code, reason = 1000, "idle timeout"
+                    log.warning("twilio %s: no message for %.0f s, ending", session._stream,
+                                self.idle_timeout)
+                    break
+                if session.handle(raw):
+                    break
+        except TwilioError as exc:
+            code, reason = exc.close_code, str(exc)
+            log.warning("twilio %s: closing (%d): %s", session._stream, code, reason)
+        except ConnectionClosed:
+            log.info("twilio %s: connection closed without 'stop'", session._stream)
+            return
+        finally:
+            session.close()
+        await ws.close(code, _reason(reason))
+
+
+def _reason(text: str) -> str:
+    """Websocket close reasons are limited to 123 bytes."""
+    data = text.encode()[:120]
+    return data.decode(errors="ignore")
+
+
+# -- simulation (tests, benchmarks, demos) ---------------------------------------------------
+
+
+def simulate_call(
+    call_sid: str,
+    customer: np.ndarray | None,
+    agent: np.ndarray | None = None,
+    chunk_ms: int = 20,
+    custom_parameters: dict[str, str] | None = None,
+    stream_sid: str | None = None,
+) -> Iterator[str]:
+    """The JSON messages Twilio would send for a call with these 16 kHz tracks.
+
+    Yields ``connected``, ``start``, interleaved ``media`` (inbound = customer, outbound =
+    agent, ``chunk_ms`` each) and ``stop``. Both tracks are padded to the same length.
+    """
+    stream_sid = stream_sid or "MZ" + call_sid[2:]
+    tracks = {name: a for name, a in (("inbound", customer), ("outbound", agent)) if a is not None}
+    encoded = {k: mulaw_encode(resample(a, 16000, TWILIO_RATE)) for k, a in tracks.items()}
+    n = max(len(v) for v in encoded.values())
+    encoded = {k: v + b"\xff" * (n - len(v)) for k, v in encoded.items()}  # 0xff = mu-law zero
+    seq = 1
+    yield json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+    seq += 1
+    yield json.dumps({
+        "event": "start",
+        "sequenceNumber": str(seq),
+        "streamSid": stream_sid,
+        "start": {
+            "accountSid": "AC" + "0" * 32,
+            "streamSid": stream_sid,
+            "callSid": call_sid,
+            "tracks": list(encoded),
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": TWILIO_RATE, "channels": 1},
+            "customParameters": custom_parameters or {},
+        },
+    })
+    step = TWILIO_RATE * chunk_ms // 1000
+    for i, start in enumerate(range(0, n, step)):
+        for name, data in encoded.items():
+            seq += 1
+            yield json.dumps({
+                "event": "media",
+                "sequenceNumber": str(seq),
+                "streamSid": stream_sid,
+                "media": {
+                    "track": name,
+                    "chunk": str(i + 1),
+                    "timestamp": str(start * 1000 // TWILIO_RATE),
+                    "payload": base64.b64encode(data[start : start + step]).decode(),
+                },
+            })
+    seq += 1
+    yield json.dumps({
+        "event": "stop",
+        "sequenceNumber": str(seq),
+        "streamSid": stream_sid,
+        "stop": {"accountSid": "AC" + "0" * 32, "callSid": call_sid},
+    })
