@@ -45,6 +45,17 @@ class LoudnessModel(EmotionModel):
         return out
 
 
+@pytest.fixture(scope="session")
+def real_model():
+    """The shipped default model; the emotion tests skip until it is trained and shipped."""
+    from emotion_monitor.models import ModelError, load_model
+
+    try:
+        return load_model(None, device="cpu")
+    except ModelError as exc:
+        pytest.skip(f"default model not available yet: {exc}")
+
+
 def test_settings(**changes) -> Settings:
     """Fast settings for protocol tests: no VAD, so silence is analysed too."""
     return Settings(host="127.0.0.1", port=0, vad=False).replace(**changes)

@@ -1,0 +1,171 @@
+"""Twilio Media Streams on /twilio over real loopback websockets."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import numpy as np
+import pytest
+import websockets
+from emotion_monitor.streamer import twilio
+from emotion_monitor.streamer.settings import Settings
+from test_calls import (
+    TIMEOUT,
+    LoudnessModel,
+    clips,
+    real_model,  # noqa: F401  (fixture)
+    running,
+    test_settings,
+    twilio_call,
+    ws_url,
+)
+
+CALL = "CA" + "ab" * 16
+
+
+def mean_arousal(events: list[dict]) -> float:
+    values = [e["arousal"] for e in events if e["speech"] and e["arousal"] is not None]
+    assert values, "no speech windows"
+    return float(np.mean(values))
+
+
+async def test_call_tracks_metadata_and_close():
+    angry, sad = clips()
+    async with running() as (server, col):
+        code, reason = await twilio_call(server, CALL, angry, sad,
+                                         custom_parameters={"queue": "billing", "lang": "en"})
+        await col.ended([CALL])
+    assert (code, reason) == (1000, "stream stopped")
+    started = col.of_type("stream_started")[0]
+    assert started["stream"] == CALL
+    meta = started["meta"]
+    assert meta["source"] == "twilio" and meta["call_sid"] == CALL
+    assert meta["custom_parameters"] == {"queue": "billing", "lang": "en"}
+    assert meta["tracks"] == ["customer", "agent"]
+    events = col.events()
+    assert set(events) == {(CALL, "customer"), (CALL, "agent")}
+    # 2.39 s of audio per track at 16 kHz: windows at 0, 0.5 (2 s each) plus the tail
+    for evs in events.values():
+        assert [e["seq"] for e in evs] == list(range(len(evs)))
+        assert evs[-1]["t1"] == pytest.approx(len(angry) / 16000, abs=0.01)
+    # the loudness stand-in: the sad agent, played softer, is less aroused
+    assert mean_arousal(events[(CALL, "customer")]) > mean_arousal(events[(CALL, "agent")])
+
+
+async def test_angry_customer_more_aroused_than_sad_agent(real_model):  # noqa: F811
+    angry, sad = clips()
+    settings = Settings(host="127.0.0.1", port=0)  # VAD on, as served
+    async with running(real_model, settings) as (server, col):
+        await twilio_call(server, CALL, angry, sad)
+        await col.ended([CALL])
+    events = col.events()
+    assert mean_arousal(events[(CALL, "customer")]) > mean_arousal(events[(CALL, "agent")])
+
+
+async def test_chunking_does_not_change_events():
+    angry, sad = clips()
+    async with running() as (server, col):
+        await twilio_call(server, "CA1", angry, sad, chunk_ms=20)
+        await twilio_call(server, "CA2", angry, sad, chunk_ms=110)
+        await col.ended(["CA1", "CA2"])
+    e = col.events()
+    for track in ("customer", "agent"):
+        a, b = e[("CA1", track)], e[("CA2", track)]
+        assert [x["t1"] for x in a] == [x["t1"] for x in b]
+        assert [x["arousal"] for x in a] == pytest.approx([x["arousal"] for x in b], abs=1e-5)
+
+
+def test_gap_in_timestamps_is_filled_with_bounded_silence():
+    opened, pushed = [], []
+
+    class FakeService:
+        streams: dict = {}
+
+        def open_stream(self, stream, **meta):
+            opened.append(stream)
+
+        def push(self, stream, samples, track):
+            pushed.append((track, len(samples)))
+
+        def end_stream(self, stream):
+            pass
+
+    session = twilio.TwilioSession(FakeService(), max_gap=1.0)
+    msgs = list(twilio.simulate_call("CA9", np.zeros(16000, np.float32), None))
+    session.handle(msgs[1])  # start
+    media = [json.loads(m) for m in msgs if '"media"' in m]
+    session.handle(json.dumps(media[0]))
+    media[1]["media"]["timestamp"] = "500"  # 480 ms lost after the first 20 ms packet
+    session.handle(json.dumps(media[1]))
+    assert session.stats["gap_samples"] == 8000 * 480 // 1000
+    media[2]["media"]["timestamp"] = "100000"  # a huge jump is capped at max_gap
+    session.handle(json.dumps(media[2]))
+    assert session.stats["gap_samples"] == 3840 + 8000
+    session.close()
+
+
+async def _send_and_close_code(server, messages) -> tuple[int, str]:
+    async with websockets.connect(ws_url(server, "/twilio")) as ws:
+        for m in messages:
+            await ws.send(m)
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), TIMEOUT)
+        return ws.close_code, ws.close_reason
+
+
+async def test_bad_inputs_close_with_codes_and_free_state():
+    msgs = list(twilio.simulate_call("CA7", np.zeros(8000, np.float32), None))
+    connected, start, media = msgs[0], msgs[1], msgs[2]
+    bad_b64 = json.loads(media)
+    bad_b64["media"]["payload"] = "***"
+    no_sid = json.loads(start)
+    del no_sid["start"]["callSid"]
+    alaw = json.loads(start)
+    alaw["start"]["mediaFormat"]["encoding"] = "audio/x-alaw"
+    cases = [
+        ([connected, "not json"], 1007, "not valid JSON"),
+        ([connected, "[1, 2]"], 1007, "not a JSON object"),
+        ([connected, media], 1008, "'media' before 'start'"),
+        ([connected, b"\x00\x01"], 1003, "binary"),
+        ([json.dumps(no_sid)], 1008, "callSid"),
+        ([json.dumps(alaw)], 1003, "unsupported encoding"),
+        ([start, json.dumps(bad_b64)], 1007, "base64"),
+        ([start, start], 1008, "second 'start'"),
+    ]
+    async with running() as (server, col):
+        for messages, code, words in cases:
+            got_code, reason = await _send_and_close_code(server, messages)
+            assert got_code == code and words in reason, (messages[-1][:60], got_code, reason)
+        # a duplicate callSid while the first call streams is refused; the first goes on
+        async with websockets.connect(ws_url(server, "/twilio")) as first:
+            await first.send(start)
+            await col.wait_for(lambda: "CA7" in server.service.streams)
+            code, reason = await _send_and_close_code(server, [start])
+            assert code == 1008 and "already open" in reason
+            for m in msgs[2:-1]:
+                await first.send(m)
+        # dropped without 'stop': the stream still ends and its state is freed
+        await col.wait_for(lambda: not server.service.engine.streams and not server.service.streams)
+        # the server still serves a good call after all that
+        code, _ = await twilio_call(server, "CA8", np.zeros(8000, np.float32), None)
+        assert code == 1000
+        await col.ended(["CA8"])
+        assert server.service.streams == {} and server.service.engine.streams == []
+
+
+async def test_stream_limit_close_code():
+    settings = test_settings(max_streams=1)
+    async with running(LoudnessModel(), settings) as (server, col):
+        async with websockets.connect(ws_url(server, "/twilio")) as first:
+            msgs = list(twilio.simulate_call("CA1", np.zeros(8000, np.float32), None))
+            await first.send(msgs[1])
+            await col.wait_for(lambda: "CA1" in server.service.streams)
+            code, reason = await twilio_call(server, "CA2", np.zeros(8000, np.float32), None)
+            assert code == 1013
+            assert "maximum of 1 streams" in reason
+            payload = base64.b64encode(b"\xff" * 160).decode()
+            await first.send(json.dumps({"event": "media", "media": {"track": "inbound",
+                                                                      "payload": payload}}))
+        await col.ended(["CA1"])
