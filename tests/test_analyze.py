@@ -1,0 +1,176 @@
+"""``emotion-monitor analyze``, file streaming, and the POST /predict helpers."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+from published_fixtures import EXPECTED_LABELS, SPEECH_CLIP, published, speech  # noqa: F401
+
+from emotion_monitor.models import load_model
+from emotion_monitor.streamer import cli
+from emotion_monitor.streamer.analyze import (
+    UploadError,
+    decode_upload,
+    iter_file_blocks,
+    predict_response,
+    run_blocks,
+)
+from emotion_monitor.streamer.events import QUADRANTS
+from emotion_monitor.streamer.settings import Settings
+
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+
+
+def _m4a_bytes(x: np.ndarray, tmp_path) -> bytes:
+    wav = tmp_path / "in.wav"
+    sf.write(str(wav), x, 16000)
+    out = tmp_path / "clip.m4a"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(wav), "-ar", "44100",
+                    str(out)], check=True)
+    return out.read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["wav2vec2", "hubert", "ast", "vit-va", "pooled"])
+def test_analyze_cli(kind, published, tmp_path):
+    out, png = tmp_path / "out.json", tmp_path / "out.png"
+    rc = cli.main(["analyze", str(SPEECH_CLIP), "--model", str(published(kind)), "--window", "1",
+                   "--hop", "0.5", "--json", str(out), "--plot", str(png)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    timeline, summary = report["timeline"], report["summary"]
+    # 2.39 s, 1 s windows every 0.5 s: starts 0, 0.5, 1.0 plus the tail window ending at the end.
+    dur = sf.info(str(SPEECH_CLIP)).frames / 16000
+    assert [e["t0"] for e in timeline] == [0.0, 0.5, 1.0, pytest.approx(dur - 1, abs=1e-3)]
+    assert timeline[-1]["t1"] == pytest.approx(dur, abs=1e-3)
+    assert summary["speech_windows"] >= 2  # real speech passes the VAD gate
+    assert summary["speech_s"] == pytest.approx(0.5 * summary["speech_windows"])
+    assert report["model"]["labels"] == list(EXPECTED_LABELS[kind])
+    speech_events = [e for e in timeline if e["speech"]]
+    if kind == "vit-va":
+        assert -1 <= summary["mean_valence"] <= 1 and -1 <= summary["mean_arousal"] <= 1
+        assert sum(summary["quadrant_s"].values()) == pytest.approx(summary["speech_s"])
+        assert set(summary["quadrant_s"]) <= set(QUADRANTS)
+        assert all(e["classes"] is None and e["quadrant"] for e in speech_events)
+    else:
+        assert summary["mean_valence"] is None and summary["quadrant_s"] == {}
+        assert set(summary["label_distribution"]) <= set(EXPECTED_LABELS[kind])
+        assert sum(summary["label_distribution"].values()) == pytest.approx(1.0, abs=1e-3)
+        assert all(e["label"] in EXPECTED_LABELS[kind] for e in speech_events)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_analyze_console_script_json_stdout(published):
+    proc = subprocess.run(
+        [sys.executable, "-m", "emotion_monitor.streamer.cli", "analyze", str(SPEECH_CLIP),
+         "--model", "pooled:" + str(published("pooled")), "--json", "-"],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["model"]["kind"] == "pooled" and len(report["timeline"]) == 2
+
+
+def test_analyze_errors(tmp_path, capsys, published):
+    assert cli.main(["analyze", str(tmp_path / "missing.wav"),
+                     "--model", str(published("hubert"))]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert cli.main(["analyze", str(SPEECH_CLIP), "--model", "pooled:" + str(tmp_path)]) == 2
+    assert "pooled_config.json: missing" in capsys.readouterr().err
+
+
+def test_streamed_file_is_chunk_invariant(tmp_path, published, speech):
+    """A long 44.1 kHz stereo file gives the same timeline whatever the block size."""
+    from emotion_monitor.streamer.audio import resample
+
+    long = np.tile(resample(speech, 16000, 44100), 6)  # about 14 s
+    path = tmp_path / "long.wav"
+    sf.write(str(path), np.stack([long, 0.5 * long], axis=1), 44100)
+    model = load_model(str(published("hubert")), device="cpu")
+    settings = Settings(window=2.0, hop=1.0)
+    a, sa, _ = run_blocks(iter_file_blocks(path, block_seconds=10.0), model, settings)
+    b, sb, _ = run_blocks(iter_file_blocks(path, block_seconds=1.3), model, settings)
+    assert sa["duration_s"] == pytest.approx(len(long) / 44100, abs=2e-3)
+    assert len(a) == len(b) >= 12
+    assert sa == sb
+    for ea, eb in zip(a, b):
+        assert (ea["t0"], ea["speech"], ea["label"]) == (eb["t0"], eb["speech"], eb["label"])
+
+
+@needs_ffmpeg
+def test_ffmpeg_pipe_blocks(tmp_path, speech):
+    path = tmp_path / "clip.m4a"
+    path.write_bytes(_m4a_bytes(speech, tmp_path))
+    blocks = list(iter_file_blocks(path, block_seconds=0.5))
+    assert len(blocks) >= 4  # really streamed, not one read
+    total = sum(len(b) for b in blocks)
+    assert abs(total - len(speech)) < 0.06 * 16000  # AAC priming may add a few ms
+
+
+def test_predict_response_classes(published, speech):
+    model = load_model(str(published("wav2vec2")), device="cpu")
+    r = predict_response(speech, model, Settings(window=1.0, hop=0.5))
+    scores = [x["score"] for x in r["results"]]
+    assert [x["label"] for x in r["results"]] and set(x["label"] for x in r["results"]) == set(
+        model.labels)
+    assert scores == sorted(scores, reverse=True)
+    assert sum(scores) == pytest.approx(1.0, abs=1e-3)
+    assert r["dominant"] == r["results"][0]
+    assert r["valence"] is None and r["arousal"] is None
+    assert len(r["timeline"]) == 4 and r["duration_s"] == pytest.approx(len(speech) / 16000, abs=1e-3)
+    json.dumps(r)  # JSON-able as is
+
+
+def test_predict_response_valence_arousal(published, speech):
+    model = load_model(str(published("vit-va")), device="cpu")
+    r = predict_response(speech, model, Settings())
+    assert r["results"] and {x["label"] for x in r["results"]} <= {q.lower() for q in QUADRANTS}
+    assert sum(x["score"] for x in r["results"]) == pytest.approx(1.0, abs=1e-3)
+    assert -1 <= r["valence"] <= 1 and -1 <= r["arousal"] <= 1
+    assert r["dominant"] == r["results"][0]
+
+
+def test_predict_response_silence(published):
+    model = load_model(str(published("hubert")), device="cpu")
+    r = predict_response(np.zeros(48000, np.float32), model, Settings())
+    assert r["results"] == [] and r["dominant"] is None and r["valence"] is None
+    assert r["timeline"] and not any(e["speech"] for e in r["timeline"])
+
+
+def test_decode_upload_wav_resamples_and_mixes(speech):
+    stereo = np.stack([speech, speech], axis=1)
+    buf = io.BytesIO()
+    sf.write(buf, stereo, 16000, format="WAV")
+    x = decode_upload(buf.getvalue(), "a.wav")
+    np.testing.assert_allclose(x, speech, atol=1e-4)
+    buf = io.BytesIO()
+    sf.write(buf, speech, 16000, format="FLAC")
+    assert len(decode_upload(buf.getvalue(), "a.flac")) == len(speech)
+
+
+@needs_ffmpeg
+def test_decode_upload_m4a(tmp_path, speech):
+    x = decode_upload(_m4a_bytes(speech, tmp_path), "voice memo.m4a")
+    assert x.dtype == np.float32 and abs(len(x) - len(speech)) < 0.06 * 16000
+    with pytest.raises(UploadError, match="longer than the limit of 1 s"):
+        decode_upload(_m4a_bytes(speech, tmp_path), "clip.m4a", max_seconds=1.0)
+
+
+def test_decode_upload_limits(speech):
+    buf = io.BytesIO()
+    sf.write(buf, speech, 16000, format="WAV")
+    data = buf.getvalue()
+    with pytest.raises(UploadError, match="limit is 0.0 MB|limit is"):
+        decode_upload(data, "a.wav", max_bytes=1000)
+    with pytest.raises(UploadError, match="longer than the limit of 2 s"):
+        decode_upload(data, "a.wav", max_seconds=2.0)
+    with pytest.raises(UploadError, match="empty"):
+        decode_upload(b"", "a.wav")
+    with pytest.raises(UploadError, match="cannot decode|ffmpeg is not installed"):
+        decode_upload(b"this is not audio at all" * 20, "notes.m4a")
