@@ -208,7 +208,7 @@ def run_source(
         for ev in engine.flush():
             emit(ev)
         # Let the source close its device (a microphone stream) before the process goes on.
-        thread.join(timeout=2.0)
+        thread.join(timeout=source.close_timeout)
     if error is not None:
         raise error
     return fed

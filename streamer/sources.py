@@ -13,6 +13,7 @@ thread and ends the iteration promptly, except for a read that is already blocke
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -50,6 +51,8 @@ class Source:
 
     name: str = "source"
     duration: float | None = None
+    #: how long a consumer should wait after stop() for the source to release its resources
+    close_timeout: float = 1.0
 
     def __init__(self) -> None:
         self._stop = threading.Event()
@@ -250,12 +253,19 @@ class StdinSource(Source):
         self.frame_bytes = (2 if sample_format == "s16le" else 4) * channels
         self.block_bytes = self.frame_bytes * max(1, int(block_seconds * rate))
         self.name = name
+        self.close_timeout = 0.0  # a read blocked on an open pipe cannot be interrupted anyway
         self.stats = {"bytes": 0}
 
     def __iter__(self) -> Iterator[Item]:
-        fp = self.fp if self.fp is not None else sys.stdin.buffer
-        # read1 returns what the pipe has (low latency); plain read would wait for a full block.
-        read = getattr(fp, "read1", fp.read)
+        if self.fp is None:
+            # os.read on the descriptor returns what the pipe has (low latency) and holds no
+            # Python-level lock, so a read still blocked at exit cannot hang interpreter shutdown.
+            fd = sys.stdin.fileno()
+
+            def read(n: int) -> bytes:
+                return os.read(fd, n)
+        else:
+            read = getattr(self.fp, "read1", self.fp.read)
         resampler = StreamResampler(self.rate, SAMPLE_RATE)
         pending = b""
         checked_range = False
@@ -340,6 +350,7 @@ class MicrophoneSource(Source):
         self.start_timeout = start_timeout
         self.backoff = backoff
         self.stats = {"input_overflows": 0, "frames_dropped": 0, "reopens": 0, "device_rate": 0}
+        self.close_timeout = 3.0  # closing the PortAudio stream must finish before exit
         self._stream = None
         self._ring: RingBuffer | None = None
         self._failure: str | None = None  # set by PortAudio's thread when the stream dies

@@ -1,0 +1,206 @@
+"""``emotion-monitor run`` and ``devices`` as real subprocesses: stdin, files, signals, errors, demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from audio_fixtures import SR, PulseServer, dialogue_16k, espeak, ravdess_16k, to_pcm, write_wav
+
+TESTS = Path(__file__).resolve().parent
+MODEL = "python:audio_fixtures:EnergyModel"  # deterministic and fast; the plumbing is under test
+ENV = {**os.environ, "PYTHONPATH": str(TESTS), "PYTHONUNBUFFERED": "1"}
+CMD = [sys.executable, "-m", "emotion_monitor.streamer.cli"]
+
+
+def run(*args: str, input: bytes | None = None, env: dict | None = None, timeout: float = 60):
+    return subprocess.run([*CMD, *args], input=input, capture_output=True, env=env or ENV,
+                          timeout=timeout)  # fmt: skip
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Every line must be a complete JSON object (a torn last line fails here)."""
+    text = path.read_text()
+    assert text == "" or text.endswith("\n"), "the last JSON line is incomplete"
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def wait_for_lines(path: Path, n: int, proc: subprocess.Popen, timeout: float) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        if path.exists():
+            lines = [ln for ln in path.read_text().splitlines()]
+            if len(lines) >= n:
+                return lines
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"fewer than {n} events in {path} after {timeout} s")
+
+
+def test_stdin_pcm_to_jsonl_and_readable_lines(tmp_path):
+    audio = np.concatenate([ravdess_16k("angry"), np.zeros(2 * SR, np.float32)])
+    out = tmp_path / "ev.jsonl"
+    proc = run("run", "--source", "stdin", "--model", MODEL, "--out", str(out),
+               input=to_pcm(audio))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()
+    events = read_jsonl(out)
+    assert [e["seq"] for e in events] == list(range(len(events)))
+    assert all(e["type"] == "event" and e["v"] == 1 and e["stream"] == "stdin" for e in events)
+    assert events[0]["speech"] and not events[-1]["speech"]  # the clip, then its silence
+    lines = proc.stdout.decode().splitlines()
+    assert len(lines) == len(events)
+    first = lines[0]
+    assert "speech" in first and events[0]["label"] in first and " ms" in first
+    assert events[0]["quadrant"] in first
+    assert "silence" in lines[-1]
+    assert f"{len(events)} events" in proc.stderr.decode()
+
+
+def test_stdin_stereo_48k_f32_with_nan(tmp_path):
+    from scipy.signal import resample_poly
+
+    speech = resample_poly(ravdess_16k("happy"), 3, 1).astype(np.float32)
+    speech[100:150] = np.nan
+    pcm = to_pcm(np.stack([speech, speech], 1), "f32le")
+    proc = run("run", "--source", "stdin", "--rate", "48000", "--channels", "2", "--format",
+               "f32le", "--model", MODEL, "--quiet", input=pcm)  # fmt: skip
+    err = proc.stderr.decode()
+    assert proc.returncode == 0, err
+    # 50 stereo frames of NaN at 48 kHz -> a few dozen 16 kHz samples, all replaced and counted
+    n = int(err.split(" NaN/Inf samples")[0].rsplit(" ", 1)[-1])
+    assert n > 0, err
+
+
+def test_file_fast_with_duration_and_progress(tmp_path):
+    path = write_wav(tmp_path / "dialogue.flac", dialogue_16k() * 0.5, subtype="PCM_16")
+    out = tmp_path / "ev.jsonl"
+    proc = run("run", "--source", f"file:{path}", "--fast", "--duration", "4", "--window", "1",
+               "--hop", "0.25", "--model", MODEL, "--out", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()
+    events = read_jsonl(out)
+    assert events and max(e["t1"] for e in events) <= 4.0 + 1e-6
+    assert events[1]["t0"] - events[0]["t0"] == pytest.approx(0.25)
+    assert all(e["stream"] == "dialogue.flac" for e in events)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_flushes_engine_and_leaves_complete_jsonl(tmp_path, sig):
+    """A live stdin stream stopped mid-way: the tail window is analysed, the JSONL is whole."""
+    out = tmp_path / "ev.jsonl"
+    proc = subprocess.Popen(
+        [*CMD, "run", "--source", "stdin", "--model", MODEL, "--out", str(out)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
+    )  # fmt: skip
+    audio = dialogue_16k()[: int(3.3 * SR)]
+    proc.stdin.write(to_pcm(audio))
+    proc.stdin.flush()  # the pipe stays open: the process cannot know the stream ended
+    wait_for_lines(out, 3, proc, timeout=30)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err.decode()
+    events = read_jsonl(out)
+    # Windows of 2 s every 0.5 s over 3.3 s: starts 0, 0.5, 1.0 and a flushed tail ending at 3.3.
+    assert [e["t0"] for e in events[:3]] == [0.0, 0.5, 1.0]
+    assert events[-1]["t1"] == pytest.approx(3.3, abs=1e-3)
+    assert "stopped; engine flushed" in err.decode()
+    proc.stdin.close()
+
+
+def test_sigterm_during_realtime_file(tmp_path):
+    path = write_wav(tmp_path / "long.wav", np.tile(dialogue_16k(), 3))
+    out = tmp_path / "ev.jsonl"
+    proc = subprocess.Popen(
+        [*CMD, "run", "--source", f"file:{path}", "--realtime", "--model", MODEL, "--out",
+         str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
+    )  # fmt: skip
+    wait_for_lines(out, 2, proc, timeout=30)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0 and time.monotonic() - t0 < 10, err.decode()
+    assert b"stopped; engine flushed" in err
+    events = read_jsonl(out)
+    assert len(events) >= 2 and events[-1]["t1"] < 20  # stopped long before the end (32 s)
+    assert [e["seq"] for e in events] == list(range(len(events)))
+
+
+def test_bad_inputs_fail_clearly(tmp_path):
+    missing = run("run", "--source", f"file:{tmp_path / 'gone.wav'}", "--model", MODEL)
+    assert missing.returncode == 2 and b"gone.wav: no such file" in missing.stderr
+
+    junk = tmp_path / "junk.mp3"
+    junk.write_bytes(os.urandom(3000))
+    undecodable = run("run", "--source", f"file:{junk}", "--model", MODEL)
+    assert undecodable.returncode == 2 and b"junk.mp3: cannot decode" in undecodable.stderr
+
+    bad_format = run("run", "--source", "stdin", "--format", "s24le", input=b"")
+    assert bad_format.returncode == 2 and b"invalid choice" in bad_format.stderr
+
+    torn = run("run", "--source", "stdin", "--model", MODEL, input=bytes(32001))
+    assert torn.returncode == 2 and b"not make a whole s16le frame" in torn.stderr
+
+    unknown = run("run", "--source", "tape", "--model", MODEL)
+    assert unknown.returncode == 2 and b"unknown source 'tape'" in unknown.stderr
+
+    no_mic = run("run", "--source", "mic", "--device", "no-such-microphone", "--model", MODEL,
+                 env={**ENV, "PULSE_SERVER": "unix:/nonexistent"})  # fmt: skip
+    assert no_mic.returncode == 2 and b"no-such-microphone" in no_mic.stderr
+
+    bad_model = run("run", "--source", "stdin", "--model", "python:nowhere:Model", input=b"")
+    assert bad_model.returncode == 1 and b"cannot load model" in bad_model.stderr
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+def test_no_source_and_no_device_plays_the_demo(tmp_path):
+    env = {**ENV, "PULSE_SERVER": "unix:/nonexistent"}  # hide any sound server from PortAudio
+    listed = run("devices", "--json", env=env)
+    if json.loads(listed.stdout or b"[]"):
+        pytest.skip("this machine has a real input device; the fallback cannot be observed")
+    out = tmp_path / "ev.jsonl"
+    proc = run("run", "--duration", "3", "--model", MODEL, "--out", str(out), env=env)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"DEMO" in proc.stderr
+    events = read_jsonl(out)
+    assert events and all(e["stream"] == "demo" for e in events)
+    assert any(e["speech"] for e in events)
+
+
+@pytest.mark.skipif(shutil.which("pulseaudio") is None, reason="needs pulseaudio")
+def test_devices_and_mic_run_through_the_cli(tmp_path):
+    """`devices` lists the virtual microphone; `run --source mic` records speech played into it."""
+    with PulseServer(tmp_path / "pulse") as pulse:
+        env = {**ENV, "PULSE_SERVER": pulse.server}
+        listed = run("devices", env=env)
+        assert listed.returncode == 0 and b"pulse" in listed.stdout
+        assert any(ln.startswith(b"*") for ln in listed.stdout.splitlines())
+
+        out = tmp_path / "ev.jsonl"
+        proc = subprocess.Popen(
+            [*CMD, "run", "--source", "mic", "--device", "pulse", "--model", MODEL, "--out",
+             str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        )  # fmt: skip
+        try:
+            wait_for_lines(out, 1, proc, timeout=30)  # recording: the null sink's silence
+            player = pulse.play(espeak("Can you hear me? I am speaking into the microphone now."))
+            assert player.wait(timeout=30) == 0
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not any(e["speech"] for e in read_jsonl(out)):
+                time.sleep(0.1)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err.decode()
+        events = read_jsonl(out)
+        assert not events[0]["speech"] and any(e["speech"] for e in events)
+        assert all(e["stream"] == "mic" for e in events)
+
+    assert run("devices", env={**ENV, "PULSE_SERVER": "unix:/nonexistent"}).returncode == 0
