@@ -1,0 +1,69 @@
+"""Each adapter exported to ONNX and served by ONNX Runtime matches its torch version.
+
+Tolerance: 1e-4 absolute on class probabilities and on valence/arousal (float32 kernels differ
+between torch and ORT; measured differences on these checkpoints are below 1e-6).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from published_fixtures import EXPECTED_LABELS, SPEECH_CLIP, published, speech  # noqa: F401
+
+from emotion_monitor.models import ModelError, load_model
+from emotion_monitor.models.adapter_export import export_adapter
+from emotion_monitor.models.onnx_adapter import OnnxAdapterModel
+from emotion_monitor.streamer import cli
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def exported(published, tmp_path_factory):
+    root = tmp_path_factory.mktemp("onnx")
+    cache = {}
+
+    def get(kind):
+        if kind not in cache:
+            cache[kind] = export_adapter(str(published(kind)), root / kind)
+        return cache[kind]
+
+    return get
+
+
+@pytest.mark.parametrize("kind", list(EXPECTED_LABELS))
+def test_onnx_parity(kind, published, exported, speech):
+    out = exported(kind)
+    meta = json.loads((out / "onnx_model.json").read_text())
+    assert meta["format"] == 1 and meta["export_max_abs_diff"] < TOL
+    assert meta["labels"] == list(EXPECTED_LABELS[kind])
+    onnx_model = load_model(str(out), device="cpu")  # detected from onnx_model.json
+    assert isinstance(onnx_model, OnnxAdapterModel)
+    assert onnx_model.device == "CPUExecutionProvider"
+    assert onnx_model.labels == EXPECTED_LABELS[kind]
+    torch_model = load_model(str(published(kind)), device="cpu")
+    # Other lengths than the export example: dynamic axes really are dynamic.
+    wins = [speech[:32000], speech[6000:38000], speech[-20000:], speech[:8000]]
+    for p, q in zip(torch_model.predict(wins), onnx_model.predict(wins)):
+        if kind == "vit-va":
+            assert q.classes is None
+            assert abs(p.valence - q.valence) < TOL and abs(p.arousal - q.arousal) < TOL
+        else:
+            assert list(q.classes) == list(p.classes)
+            assert max(abs(p.classes[k] - q.classes[k]) for k in p.classes) < TOL
+
+
+def test_analyze_through_onnx(exported, tmp_path):
+    out = tmp_path / "r.json"
+    rc = cli.main(["analyze", str(SPEECH_CLIP), "--model", "onnx:" + str(exported("vit-va")),
+                   "--json", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["model"]["runtime"] == "onnxruntime" and report["summary"]["mean_valence"] is not None
+
+
+def test_bad_onnx_dir(tmp_path):
+    (tmp_path / "onnx_model.json").write_text(json.dumps({"format": 99}))
+    with pytest.raises(ModelError, match="unsupported format 99"):
+        load_model(str(tmp_path), device="cpu")
