@@ -218,14 +218,15 @@ class WebhookSender:
             except queue.Full:
                 try:
                     self._queue.get_nowait()
+                    self._queue.task_done()
                     self.stats["dropped"] += 1
                 except queue.Empty:
                     pass
 
     def close(self, timeout: float = 5.0) -> None:
-        """Deliver what is queued (within ``timeout``), then stop the thread."""
+        """Deliver what is queued, retries included (within ``timeout``), then stop the thread."""
         deadline = time.monotonic() + timeout
-        while not self._queue.empty() and time.monotonic() < deadline:
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
             time.sleep(0.02)
         self._stop.set()
         self._thread.join(max(0.1, deadline - time.monotonic()))
@@ -236,7 +237,10 @@ class WebhookSender:
                 payload = self._queue.get(timeout=0.1)
             except queue.Empty:
                 continue
-            self._deliver(payload)
+            try:
+                self._deliver(payload)
+            finally:
+                self._queue.task_done()
 
     def _deliver(self, payload: dict) -> None:
         body = json.dumps(payload).encode()

@@ -1,0 +1,161 @@
+"""Alert rules on the event stream, their delivery to listeners and the webhook with retries."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from emotion_monitor.streamer.alerts import (
+    Alert,
+    AlertEvaluator,
+    WebhookSender,
+    load_alert_rules,
+)
+from emotion_monitor.streamer.settings import CUSTOMER_FRUSTRATION, AlertRule
+from test_calls import TIMEOUT, running, test_settings, twilio_call
+
+
+def event(t1: float, track: str = "customer", stream: str = "c1", v=-0.5, a=0.7) -> dict:
+    return {"type": "event", "stream": stream, "track": track, "seq": int(t1 * 2), "t0": t1 - 2,
+            "t1": t1, "valence_smooth": v, "arousal_smooth": a}
+
+
+def test_fires_once_after_min_duration_per_track_and_rearms():
+    ev = AlertEvaluator([CUSTOMER_FRUSTRATION])
+    fired = []
+    for i in range(4, 30):  # t1 = 2.0 .. 14.5 in 0.5 s hops, frustrated the whole time
+        t1 = i / 2
+        fired += ev.process([event(t1), event(t1, track="agent")])
+    assert len(fired) == 1  # once, and never for the agent
+    alert = Alert.from_dict(fired[0])
+    assert (alert.stream, alert.track, alert.name) == ("c1", "customer", "customer_frustration")
+    assert alert.since == 2.0 and alert.t == 7.0  # 5 s of stream time
+    assert alert.values == {"arousal_smooth": 0.7, "valence_smooth": -0.5}
+    assert fired[0]["v"] == 1 and fired[0]["type"] == "alert"
+    # calm for a moment re-arms the rule; 5 more seconds fire it again
+    assert ev.process([event(15.0, v=0.2)]) == []
+    again = []
+    for i in range(31, 45):
+        again += ev.process([event(i / 2)])
+    assert [a["t"] for a in again] == [20.5]
+
+
+def test_missing_values_and_other_streams_do_not_mix():
+    ev = AlertEvaluator([CUSTOMER_FRUSTRATION])
+    msgs = []
+    for i in range(0, 30):
+        t1 = 2 + i / 2
+        msgs += [event(t1, stream="a"), event(t1, stream="b", v=None if i == 5 else -0.5)]
+    fired = ev.process(msgs)
+    assert [(a["stream"], a["t"]) for a in fired] == [("a", 7.0), ("b", 10.0)]
+    assert ev.active_keys > 0
+    ev.process([{"type": "stream_ended", "stream": "a"}, {"type": "stream_ended", "stream": "b"}])
+    assert ev.active_keys == 0
+
+
+def test_rules_from_toml(tmp_path):
+    path = tmp_path / "alerts.toml"
+    path.write_text(
+        '[[alerts]]\nname = "agent_stress"\ntrack = "agent"\nmin_duration = 3\n'
+        'conditions = { arousal_smooth = [">=", 0.6] }\n'
+        '[[alerts]]\nname = "anyone_sad"\nconditions = { valence_smooth = ["<", -0.5] }\n')
+    rules = load_alert_rules(path)
+    assert rules == (AlertRule("agent_stress", (("arousal_smooth", ">=", 0.6),), 3.0, "agent"),
+                     AlertRule("anyone_sad", (("valence_smooth", "<", -0.5),), 5.0, None))
+    path.write_text('[[alerts]]\nname = "x"\nconditions = { arousal_smooth = ["~", 1] }\n')
+    with pytest.raises(ValueError, match="unknown operator"):
+        load_alert_rules(path)
+    path.write_text('[[alerts]]\nconditions = { arousal_smooth = [">", 1] }\n')
+    with pytest.raises(ValueError, match="malformed"):
+        load_alert_rules(path)
+
+
+class Receiver:
+    """A local HTTP server that fails the first ``failures`` POSTs, then accepts."""
+
+    def __init__(self, failures: int = 1, hold: threading.Event | None = None):
+        self.bodies: list[dict] = []
+        self.attempts = 0
+        self.got = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's naming)
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.attempts += 1
+                if hold is not None:
+                    hold.wait(TIMEOUT)
+                if outer.attempts <= failures:
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                outer.bodies.append(json.loads(body))
+                self.send_response(204)
+                self.end_headers()
+                outer.got.set()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_webhook_retries_with_backoff_then_succeeds():
+    rx = Receiver(failures=2)
+    try:
+        sender = WebhookSender(rx.url, retries=3, backoff=0.01)
+        sender.send({"type": "alert", "name": "x"})
+        assert rx.got.wait(TIMEOUT)
+        sender.close()
+    finally:
+        rx.close()
+    assert rx.bodies == [{"type": "alert", "name": "x"}]
+    assert sender.stats == {"sent": 1, "failed": 0, "dropped": 0, "attempts": 3}
+
+
+def test_webhook_gives_up_after_bounded_retries_and_never_blocks_the_caller():
+    hold = threading.Event()
+    rx = Receiver(failures=100, hold=hold)
+    try:
+        sender = WebhookSender(rx.url, retries=1, backoff=0.01, queue_size=2)
+        for i in range(5):  # the receiver is stuck: send() still returns at once
+            sender.send({"n": i})
+        assert sender.stats["dropped"] >= 2  # bounded queue, oldest dropped
+        hold.set()
+        sender.close(timeout=TIMEOUT)
+    finally:
+        rx.close()
+    assert sender.stats["sent"] == 0 and sender.stats["failed"] >= 1
+
+
+async def test_alerts_reach_listeners_and_webhook_end_to_end():
+    rule = AlertRule("loud_customer", (("arousal_smooth", ">", 0.0),), min_duration=1.0,
+                     track="customer")
+    rx = Receiver(failures=1)
+    settings = test_settings(alerts=(rule,), webhook_url=rx.url)
+    loud = (np.random.default_rng(0).standard_normal(16000 * 4) * 0.3).astype(np.float32)
+    try:
+        async with running(settings=settings) as (server, col):
+            await twilio_call(server, "CA5", loud, loud * 0.001)
+            await col.ended(["CA5"])
+            await col.wait_for(lambda: col.of_type("alert"))
+        assert rx.got.wait(TIMEOUT)
+    finally:
+        rx.close()
+    alerts = col.of_type("alert")
+    assert [(a["stream"], a["track"], a["name"]) for a in alerts] == [
+        ("CA5", "customer", "loud_customer")]
+    # the alert follows the event that completed the rule, never precedes it
+    idx = col.messages.index(alerts[0])
+    assert any(m["type"] == "event" and m["t1"] == alerts[0]["t"] for m in col.messages[:idx])
+    assert rx.bodies[0]["name"] == "loud_customer"
