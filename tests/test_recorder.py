@@ -1,0 +1,91 @@
+"""Recording events and alerts to SQLite, and the ``report`` command."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import numpy as np
+from emotion_monitor.streamer import recorder
+from emotion_monitor.streamer.cli import main as cli_main
+from emotion_monitor.streamer.settings import AlertRule
+from test_calls import clips, running, test_settings, twilio_call
+
+
+async def test_served_calls_are_recorded_and_reported(tmp_path, capsys):
+    db = tmp_path / "calls.sqlite"
+    angry, sad = clips()
+    rule = AlertRule("loud_customer", (("arousal_smooth", ">", -0.5),), 1.0, "customer")
+    settings = test_settings(record=str(db), alerts=(rule,))
+    async with running(settings=settings) as (server, col):
+        await twilio_call(server, "CA1", np.tile(angry, 2), np.tile(sad * 0.3, 2))
+        await twilio_call(server, "CA2", sad * 0.3, None)
+        await col.ended(["CA1", "CA2"])
+    # running() closed the integrations: everything is on disk
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    n_events = con.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+    assert n_events == len(col.of_type("event"))
+    assert con.execute("SELECT COUNT(*) FROM alerts").fetchone()[0] == len(col.of_type("alert"))
+    started, ended, meta = con.execute(
+        "SELECT started, ended, meta FROM streams WHERE stream = 'CA1'").fetchone()
+    assert ended >= started and '"source": "twilio"' in meta
+    con.close()
+
+    summaries = recorder.summarize(db)
+    assert [s["stream"] for s in summaries] == ["CA1", "CA2"]
+    ca1 = summaries[0]
+    assert set(ca1["tracks"]) == {"customer", "agent"}
+    cust = ca1["tracks"]["customer"]
+    assert abs(sum(cust["quadrants_s"].values()) - cust["speech_s"]) < 0.01
+    assert cust["speech_s"] <= ca1["duration"] + 0.01
+    assert cust["arousal_mean"] > ca1["tracks"]["agent"]["arousal_mean"]
+    assert [a["name"] for a in ca1["alerts"]] == ["loud_customer"]
+
+    out = tmp_path / "timeline.png"
+    assert cli_main(["report", str(db), "--stream", "CA1", "--plot", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "call CA1" in text and "customer vs agent" in text
+    assert "ALERT loud_customer on customer" in text and "CA2" not in text
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cli_main(["report", str(db), "--json"]) == 0
+    assert '"stream": "CA2"' in capsys.readouterr().out
+
+
+def test_listener_from_many_threads_batches_and_flush(tmp_path):
+    rec = recorder.Recorder(tmp_path / "r.sqlite", interval=0.05)
+
+    def produce(k: int) -> None:
+        for i in range(200):
+            rec.listener([{"type": "event", "stream": f"s{k}", "track": "main", "seq": i,
+                           "t0": i * 0.5, "t1": i * 0.5 + 2, "speech": True}])
+
+    threads = [threading.Thread(target=produce, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rec.flush()
+    con = sqlite3.connect(tmp_path / "r.sqlite")
+    assert con.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 800
+    # readable while the recorder still has the file open (WAL)
+    rec.listener([{"type": "alert", "stream": "s0", "track": "main", "name": "x", "t": 1.0}])
+    rec.close()
+    assert con.execute("SELECT name FROM alerts").fetchall() == [("x",)]
+    assert rec.stats["batches"] < 800 and rec.stats["dropped"] == 0
+
+
+def test_bounded_queue_drops_oldest(tmp_path):
+    rec = recorder.Recorder(tmp_path / "r.sqlite", interval=60, queue_size=10)
+    rec.listener([{"type": "event", "stream": "s", "track": "t", "seq": i} for i in range(25)])
+    rec.close()
+    con = sqlite3.connect(tmp_path / "r.sqlite")
+    assert [r[0] for r in con.execute("SELECT seq FROM events")] == list(range(15, 25))
+    assert rec.stats["dropped"] == 15
+
+
+def test_report_errors(tmp_path, capsys):
+    assert cli_main(["report", str(tmp_path / "missing.sqlite")]) == 2
+    assert "no such recording" in capsys.readouterr().err
+    recorder.Recorder(tmp_path / "empty.sqlite").close()
+    assert cli_main(["report", str(tmp_path / "empty.sqlite")]) == 1
