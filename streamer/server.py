@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import email.parser
 import email.policy
@@ -457,7 +458,13 @@ class Server:
     async def _close(self, client: _Client, err: protocol.ProtocolError) -> None:
         await client.drain()
         reason = "too many protocol errors" if not err.fatal else str(err)
-        await client.ws.close(err.close_code, reason[:120])  # close reasons max 123 bytes
+        closing = asyncio.create_task(client.ws.close(err.close_code, reason[:120]))
+        # Keep reading: websockets stops reading the socket while unread messages pile up, and
+        # the peer's close frame would wait behind them until close_timeout.
+        with contextlib.suppress(ConnectionClosed):
+            async for _ in client.ws:
+                pass
+        await closing
 
     def _check_size(self, message: str | bytes) -> None:
         limit = self.settings.max_message_bytes
@@ -493,6 +500,8 @@ class Server:
                 except protocol.ProtocolError as err:
                     if self._client_error(client, err):
                         return await self._close(client, err)
+        except ConnectionClosed:
+            pass  # gone without a close frame (e.g. keepalive timeout); nothing to tell it
         finally:
             self._unregister(client)
 
@@ -518,6 +527,8 @@ class Server:
                         client.streams = {msg.stream}
                         ingest.start(msg, ws.remote_address)
                     elif isinstance(msg, protocol.Stop):
+                        if ingest.fmt is None:
+                            raise protocol.ProtocolError("not_started", "no stream to stop")
                         ingest.stop()
                     else:
                         raise protocol.ProtocolError(
@@ -527,6 +538,8 @@ class Server:
                     if self._client_error(client, err):
                         ingest.stop()
                         return await self._close(client, err)
+        except ConnectionClosed:
+            pass  # the stream is ended below, the analysed tail still reaches /ws clients
         finally:
             ingest.stop()
             self._unregister(client)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from emotion_monitor.streamer import protocol
 from emotion_monitor.streamer.events import PROTOCOL_VERSION, Event
 from emotion_monitor.streamer.protocol import ProtocolError
