@@ -1,0 +1,208 @@
+"""The shipped default model: Whisper-base encoder + trained ONNX heads.
+
+``load_default()`` returns an :class:`EmotionModel` whose ``predict`` maps a batch of 16 kHz
+windows to 8-class probabilities and (derived) valence/arousal. The encoder runs through the
+backend named in ``default/config.json`` (chosen by measurement, see ``MODEL_CARD.md``): ONNX
+Runtime with the int8 encoder shipped in the package on CPU, or the torch encoder on CUDA.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from emotion_monitor.models.base import EmotionModel, ModelError, Prediction
+
+DEFAULT_DIR = Path(__file__).resolve().parent / "default"
+#: Largest batch sent to the encoder at once (bounds peak memory; the engine sends <= 32).
+MAX_BATCH = 32
+
+
+def read_config(folder: Path) -> dict:
+    """The JSON config of a heads folder, with a clear error when it is missing or malformed."""
+    path = Path(folder) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: cannot read model config ({exc})") from exc
+    for key in ("encoder", "layers", "labels", "feature_dim", "heads"):
+        if key not in config:
+            raise ModelError(f"{path}: missing key {key!r}")
+    return config
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "emotion-monitor"
+
+
+def _resolve_device(device: str) -> str:
+    if device not in ("auto", "cpu", "cuda"):
+        raise ModelError(f"unknown device {device!r}; use auto, cpu or cuda")
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if device == "cuda":
+        raise ModelError("device 'cuda' requested but torch sees no CUDA device")
+    return "cpu"
+
+
+class _OrtEncoder:
+    """Log-mel in torch, encoder + pooling in one ONNX Runtime session."""
+
+    def __init__(self, path: Path, device: str, threads: int | None):
+        from emotion_monitor.models.runtime import create_session
+
+        self.session, self.provider = create_session(path, device, threads=threads)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        from emotion_monitor.models.features import log_mel
+
+        return self.session.run(None, {"mel": log_mel(batch).numpy()})[0]
+
+
+class _TorchEncoder:
+    """The torch encoder (used on CUDA, and as a fallback / reference on CPU)."""
+
+    def __init__(self, name: str, layers: list[int], device: str):
+        from emotion_monitor.models.whisper_encoder import load_whisper_encoder
+
+        self.encoder = load_whisper_encoder(name, device=device)
+        self.layers = layers
+        self.device = device
+        self.provider = device
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        from emotion_monitor.models.embedding import pool_states
+        from emotion_monitor.models.features import log_mel
+
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).to(self.device)
+            states = self.encoder(log_mel(x), max_layer=max(self.layers))
+            return pool_states(states, self.layers).float().cpu().numpy()
+
+
+class DefaultModel(EmotionModel):
+    """Whisper encoder features -> ONNX heads. Stateless: every call depends only on its input."""
+
+    has_valence_arousal = True
+
+    def __init__(self, folder: Path, encoder, heads_session, heads_provider: str, config: dict):
+        self.folder = folder
+        self.config = config
+        self.encoder = encoder
+        self.heads = heads_session
+        self.labels = tuple(config["labels"])
+        self.name = config.get("name", f"default ({config['encoder']} + heads)")
+        self.device = encoder.provider
+        self.heads_provider = heads_provider
+        self.input_norm = config.get("input_norm", "none")
+        # ORT sessions are thread-safe; the lock only keeps two callers from oversubscribing the
+        # same cores (the engine calls from one worker thread anyway).
+        self._lock = threading.Lock()
+
+    def features(self, windows: Sequence[np.ndarray]) -> np.ndarray:
+        """Pooled encoder features (batch, feature_dim) of windows of any lengths."""
+        from emotion_monitor.models.embedding import groups_by_length, prepare
+
+        windows = prepare(windows, self.input_norm)
+        out = np.zeros((len(windows), int(self.config["feature_dim"])), np.float32)
+        for _, idx in groups_by_length(windows).items():
+            for s in range(0, len(idx), MAX_BATCH):
+                part = idx[s:s + MAX_BATCH]
+                out[part] = self.encoder(np.stack([windows[i] for i in part]))
+        return out
+
+    def predict(self, windows: Sequence[np.ndarray]) -> list[Prediction]:
+        """One :class:`Prediction` per 1-D float32 16 kHz window (any lengths, >= 0.1 s useful)."""
+        if len(windows) == 0:
+            return []
+        with self._lock:
+            feats = self.features(windows)
+            probs, va = self.heads.run(None, {"features": feats})
+        return [
+            Prediction(
+                classes={lab: float(p) for lab, p in zip(self.labels, row)},
+                valence=float(v[0]),
+                arousal=float(v[1]),
+            )
+            for row, v in zip(probs, va)
+        ]
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d.update(encoder=self.config["encoder"], backend=self.config.get("backend", "torch"),
+                 heads_provider=self.heads_provider)
+        return d
+
+
+def _encoder_onnx(folder: Path, config: dict, backend: str) -> Path:
+    """The ONNX encoder file for ``backend`` ("ort-int8" / "ort-fp32"): shipped in the package
+    when present, else exported once from the pinned weights into the user cache."""
+    from emotion_monitor.models.export import export_encoder, quantize_int8
+    from emotion_monitor.models.whisper_encoder import load_whisper_encoder
+
+    name = "encoder_int8.onnx" if backend == "ort-int8" else "encoder_fp32.onnx"
+    shipped = folder / name
+    if shipped.exists():
+        return shipped
+    tag = f"{config['encoder']}_L{'-'.join(map(str, config['layers']))}"
+    target = _cache_dir() / tag / name
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fp32 = target.parent / "encoder_fp32.onnx"
+    if not fp32.exists():
+        tmp = fp32.with_suffix(".tmp.onnx")
+        export_encoder(load_whisper_encoder(config["encoder"]), config["layers"], tmp)
+        tmp.replace(fp32)
+    if backend == "ort-int8":
+        tmp = target.with_suffix(".tmp.onnx")
+        quantize_int8(fp32, tmp)
+        tmp.replace(target)
+    return target
+
+
+def load_model_dir(folder: str | Path, device: str = "auto", backend: str | None = None,
+                   threads: int | None = None) -> DefaultModel:
+    """Load a heads folder written by ``emotion-monitor train`` (the default is one of these).
+
+    ``backend`` overrides the encoder backend of the config: "torch", "ort-fp32" or "ort-int8".
+    On CUDA the torch encoder is used (the int8 graph is a CPU optimisation).
+    """
+    from emotion_monitor.models.runtime import check_input_size, create_session
+
+    folder = Path(folder)
+    config = read_config(folder)
+    dev = _resolve_device(device)
+    backend = backend or config.get("backend", "torch")
+    if backend not in ("torch", "ort-fp32", "ort-int8"):
+        raise ModelError(f"unknown encoder backend {backend!r}")
+    if not config["encoder"].startswith("whisper"):
+        from emotion_monitor.models.wav2vec2_encoder import Wav2Vec2Embedder
+
+        # heads trained on a wav2vec2-family encoder: that encoder runs in torch
+        encoder = Wav2Vec2Embedder(config["encoder"], config["layers"], dev)
+    elif dev == "cuda" or backend == "torch":
+        encoder = _TorchEncoder(config["encoder"], list(config["layers"]), dev)
+    else:
+        encoder = _OrtEncoder(_encoder_onnx(folder, config, backend), "cpu", threads)
+    heads_path = folder / config["heads"]
+    heads, heads_provider = create_session(heads_path, "cpu", threads=1)
+    check_input_size(heads, int(config["feature_dim"]), heads_path)
+    return DefaultModel(folder, encoder, heads, heads_provider, config)
+
+
+def load_default(device: str = "auto") -> EmotionModel:
+    """The shipped default model. ``device``: "auto" (CUDA when torch sees one), "cpu", "cuda"."""
+    return load_model_dir(DEFAULT_DIR, device=device)

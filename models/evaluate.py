@@ -1,0 +1,251 @@
+"""``emotion-monitor evaluate``: score any model on a labelled manifest.
+
+Clip-level by default (one ``predict`` per clip); with ``--streaming`` each clip goes through the
+real streaming engine and its final smoothed estimate is scored. ``--labels`` restricts both the
+prediction (argmax over that subset) and the scored clips. Missing or unreadable files and clips
+whose label the model lacks are counted and reported, never fatal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from emotion_monitor.models.base import ModelError, Prediction
+from emotion_monitor.models.circumplex import CIRCUMPLEX, sign
+from emotion_monitor.models.manifest import load_audio, read_manifest
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifest", required=True, help="CSV with path and emotion columns")
+    p.add_argument("--root", help="folder the manifest paths are relative to (default: its folder)")
+    p.add_argument("--model", default=None, help="model spec (default: the shipped model)")
+    p.add_argument("--labels", help="comma-separated subset to predict among and score")
+    p.add_argument("--split", help="only rows whose split column equals this (e.g. test)")
+    p.add_argument("--channel", default="clean", choices=("clean", "noise", "phone", "phone_noise"),
+                   help="degrade the audio first (e.g. phone: 8 kHz mu-law round trip)")
+    p.add_argument("--json", help="write the metrics to this JSON file")
+    p.add_argument("--plots", help="folder for confusion-matrix and valence/arousal PNGs")
+    p.add_argument("--streaming", action="store_true",
+                   help="score the final smoothed estimate of the streaming engine per clip")
+    p.add_argument("--batch", type=int, default=16, help="clips per predict call")
+    p.add_argument("--device", default="auto")
+
+
+def score(true: Sequence[str], pred: Sequence[str], labels: Sequence[str]) -> dict:
+    """Accuracy, unweighted accuracy (mean recall over classes present), macro F1 over labels
+    present in truth or prediction, per-class figures and the confusion matrix (rows = truth)."""
+    idx = {lab: i for i, lab in enumerate(labels)}
+    cm = np.zeros((len(labels), len(labels)), np.int64)
+    for t, p in zip(true, pred):
+        cm[idx[t], idx[p]] += 1
+    n = int(cm.sum())
+    per_class, recalls, f1s = {}, [], []
+    for i, lab in enumerate(labels):
+        support, predicted, hit = int(cm[i].sum()), int(cm[:, i].sum()), int(cm[i, i])
+        prec = hit / predicted if predicted else 0.0
+        rec = hit / support if support else 0.0
+        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+        per_class[lab] = {"precision": prec, "recall": rec, "f1": f1, "support": support}
+        if support:
+            recalls.append(rec)
+        if support or predicted:
+            f1s.append(f1)
+    return {
+        "n": n,
+        "accuracy": float(np.trace(cm) / n) if n else None,
+        "unweighted_accuracy": float(np.mean(recalls)) if recalls else None,
+        "macro_f1": float(np.mean(f1s)) if f1s else None,
+        "per_class": per_class,
+        "confusion": {"labels": list(labels), "matrix": cm.tolist()},
+    }
+
+
+def _valence_arousal(pred: Prediction) -> tuple[float | None, float | None, str]:
+    """The model's valence/arousal, or the probability-weighted circumplex point of its classes."""
+    if pred.valence is not None and pred.arousal is not None:
+        return pred.valence, pred.arousal, "model"
+    if pred.classes:
+        known = {k: p for k, p in pred.classes.items() if k in CIRCUMPLEX}
+        total = sum(known.values())
+        if total > 0:
+            v = sum(p * CIRCUMPLEX[k][0] for k, p in known.items()) / total
+            a = sum(p * CIRCUMPLEX[k][1] for k, p in known.items()) / total
+            return v, a, "classes"
+    return None, None, "none"
+
+
+def binary_accuracy(true: Sequence[str], values: Sequence[float | None], axis: str) -> float | None:
+    """Sign agreement between predicted valence/arousal and the label's circumplex side,
+    over clips whose label has a side on that axis (neutral is left out)."""
+    pairs = [(sign(t, axis), v) for t, v in zip(true, values) if v is not None and t in CIRCUMPLEX]
+    pairs = [(s, v) for s, v in pairs if s != 0]
+    if not pairs:
+        return None
+    return float(np.mean([(v > 0) == (s > 0) for s, v in pairs]))
+
+
+def _stream_predict(model, clips: list[np.ndarray]) -> list[Prediction]:
+    """Final smoothed estimate of the streaming engine for each clip (VAD off)."""
+    from emotion_monitor.streamer.engine import Engine
+    from emotion_monitor.streamer.settings import Settings
+
+    out = []
+    for k, x in enumerate(clips):
+        eng = Engine(model, Settings(vad=False))
+        events = eng.push(f"clip{k}", x) + eng.flush(f"clip{k}")
+        last = next((e for e in reversed(events) if e.classes_smooth or e.valence_smooth is not None),
+                    None)
+        if last is None:
+            out.append(Prediction())
+        else:
+            out.append(Prediction(classes=last.classes_smooth, valence=last.valence_smooth,
+                                  arousal=last.arousal_smooth))
+    return out
+
+
+def _plots(folder: Path, result: dict, true: list[str], va: list[tuple]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    if result.get("confusion"):
+        labels = result["confusion"]["labels"]
+        cm = np.array(result["confusion"]["matrix"], float)
+        norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+        fig, ax = plt.subplots(figsize=(1 + 0.8 * len(labels), 1 + 0.7 * len(labels)))
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        for i in range(len(labels)):
+            for j in range(len(labels)):
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center",
+                        color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"UA {result['unweighted_accuracy']:.3f}, n={result['n']}")
+        fig.tight_layout()
+        path = folder / "confusion.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(str(path))
+    pts = [(t, v, a) for t, (v, a) in zip(true, va) if v is not None and a is not None]
+    if pts:
+        fig, ax = plt.subplots(figsize=(6, 6))
+        for lab in sorted({t for t, _, _ in pts}):
+            xs = [(v, a) for t, v, a in pts if t == lab]
+            ax.scatter([p[0] for p in xs], [p[1] for p in xs], s=10, alpha=0.6, label=lab)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.axvline(0, color="grey", lw=0.5)
+        ax.set_xlim(-1, 1)
+        ax.set_ylim(-1, 1)
+        ax.set_xlabel("valence")
+        ax.set_ylabel("arousal")
+        ax.legend(fontsize=8, markerscale=2)
+        fig.tight_layout()
+        path = folder / "valence_arousal.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(str(path))
+    return written
+
+
+def evaluate(model, manifest: str | Path, root: str | None = None,
+             labels: Sequence[str] | None = None, split: str | None = None,
+             streaming: bool = False, channel: str = "clean", batch: int = 16,
+             progress: bool = True) -> tuple[dict, list[str], list[tuple]]:
+    """Score ``model`` on a manifest; returns (metrics, true labels, (valence, arousal) pairs).
+
+    Raises :class:`ModelError` when ``labels`` names labels the model does not have.
+    """
+    from tqdm import tqdm
+
+    from emotion_monitor.models.augment import augment
+
+    model_labels = tuple(model.labels)
+    if labels:
+        unknown = [lab for lab in labels if lab not in model_labels]
+        if unknown:
+            raise ModelError(f"label(s) {', '.join(unknown)} not predicted by {model.name}; "
+                             f"it knows: {', '.join(model_labels) or '(no classes)'}")
+    use = tuple(labels) if labels else model_labels
+    rows = read_manifest(manifest, root)
+    if split:
+        rows = [r for r in rows if r.split == split]
+    skipped_labels = Counter(r.emotion for r in rows if r.emotion not in use)
+    rows = [r for r in rows if r.emotion in use] if use else rows
+    problems: list[str] = []
+    true: list[str] = []
+    preds: list[Prediction] = []
+    bar = tqdm(total=len(rows), desc="evaluating", unit="clip", disable=not progress)
+    for s in range(0, len(rows), batch):
+        clips, kept = [], []
+        for r in rows[s:s + batch]:
+            try:
+                x = load_audio(r.path)
+                if x.size == 0:
+                    raise ValueError("no samples")
+            except Exception as exc:  # noqa: BLE001 - a bad row is reported, not fatal
+                problems.append(f"{r.path}: {exc}")
+                continue
+            clips.append(augment(x, channel, str(r.path)))
+            kept.append(r)
+        if clips:
+            preds += _stream_predict(model, clips) if streaming else model.predict(clips)
+            true += [r.emotion for r in kept]
+        bar.update(len(rows[s:s + batch]))
+    bar.close()
+    if use:
+        chosen = []
+        for p in preds:
+            probs = p.classes or {}
+            chosen.append(max(use, key=lambda lab: probs.get(lab, -1.0)))
+        result = score(true, chosen, use)
+    else:
+        result = {"n": len(true), "accuracy": None, "unweighted_accuracy": None,
+                  "macro_f1": None, "per_class": {}, "confusion": None}
+    va = [_valence_arousal(p) for p in preds]
+    result["arousal_binary_accuracy"] = binary_accuracy(true, [a for _, a, _ in va], "arousal")
+    result["valence_binary_accuracy"] = binary_accuracy(true, [v for v, _, _ in va], "valence")
+    result["valence_arousal_source"] = va[0][2] if va else None
+    result.update(
+        model=model.describe(), manifest=str(manifest), labels=list(use), split=split,
+        channel=channel, streaming=streaming,
+        skipped_unreadable=len(problems), unreadable=problems[:50],
+        skipped_other_labels=sum(skipped_labels.values()), other_labels=dict(skipped_labels),
+    )
+    return result, true, [(v, a) for v, a, _ in va]
+
+
+def main(args: argparse.Namespace) -> int:
+    from emotion_monitor.models import load_model
+
+    labels = [v.strip().lower() for v in args.labels.split(",") if v.strip()] if args.labels else None
+    try:
+        model = load_model(args.model, device=args.device)
+        result, true, va = evaluate(model, args.manifest, args.root, labels, args.split,
+                                    args.streaming, args.channel, args.batch)
+    except ModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for p in result["unreadable"]:
+        print(f"unreadable: {p}", file=sys.stderr)
+    if args.plots:
+        result["plots"] = _plots(Path(args.plots), result, true, va)
+    summary = {k: result[k] for k in ("n", "accuracy", "unweighted_accuracy", "macro_f1",
+                                      "arousal_binary_accuracy", "valence_binary_accuracy",
+                                      "skipped_unreadable", "skipped_other_labels")}
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0

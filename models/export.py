@@ -1,0 +1,117 @@
+"""``emotion-monitor export``: the default model's encoder and heads as ONNX files.
+
+The encoder graph maps log-mel frames (batch, 80, frames) to the pooled multi-layer features the
+heads were trained on (batch, F), so the serving hot path is: log-mel (torch) -> encoder (ONNX
+Runtime) -> heads (ONNX Runtime). Variants: fp32, and int8 (dynamic quantisation of the MatMul
+weights, which ORT runs with VNNI/AVX-512 kernels on x86). Each variant is checked against torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+#: Maximum absolute difference of pooled features allowed between the fp32 ONNX encoder and torch
+#: (features are O(1)-O(10); float32 reassociation across kernels stays far below this).
+FP32_TOLERANCE = 1e-3
+
+
+def export_encoder(encoder, layers: Sequence[int], path: str | Path) -> Path:
+    """Export ``encoder`` (a :class:`WhisperEncoder`) + mean/std pooling of ``layers`` to ONNX."""
+    import torch
+
+    from emotion_monitor.models.embedding import pool_states
+
+    class Pooled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, mel):
+            return pool_states(self.encoder(mel, max_layer=max(layers)), layers)
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        torch.onnx.export(
+            Pooled().eval(), (torch.zeros(1, 80, 200),), str(path), dynamo=False,
+            input_names=["mel"], output_names=["features"],
+            dynamic_axes={"mel": {0: "batch", 2: "frames"}, "features": {0: "batch"}},
+            opset_version=17,
+        )
+    return path
+
+
+def quantize_int8(src: str | Path, dst: str | Path) -> Path:
+    """Dynamic int8 quantisation of the MatMul/Gemm weights (activations stay float)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["MatMul", "Gemm"])
+    return Path(dst)
+
+
+def encoder_parity(encoder, layers: Sequence[int], onnx_path: str | Path,
+                   audio: np.ndarray) -> float:
+    """Max absolute difference between torch and ONNX Runtime pooled features on ``audio``
+    (batch, samples)."""
+    import torch
+
+    from emotion_monitor.models.embedding import pool_states
+    from emotion_monitor.models.features import log_mel
+    from emotion_monitor.models.runtime import create_session
+
+    mel = log_mel(audio)
+    with torch.no_grad():
+        ref = pool_states(encoder(mel, max_layer=max(layers)), layers).numpy()
+    sess, _ = create_session(onnx_path, "cpu")
+    got = sess.run(None, {"mel": mel.numpy()})[0]
+    return float(np.abs(got - ref).max())
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="artifacts/export", help="output folder")
+    p.add_argument("--model", default=None,
+                   help="model spec; anything but the default is handed to adapter_export")
+    p.add_argument("--no-int8", action="store_true", help="skip the int8 encoder variant")
+
+
+def main(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if args.model not in (None, "default"):
+        from emotion_monitor.models.adapter_export import export_adapter
+
+        export_adapter(args.model, out)
+        return 0
+    from emotion_monitor.models.default_model import DEFAULT_DIR, read_config
+    from emotion_monitor.models.whisper_encoder import load_whisper_encoder
+
+    config = read_config(DEFAULT_DIR)
+    encoder = load_whisper_encoder(config["encoder"])
+    layers = config["layers"]
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    probe = (0.1 * rng.standard_normal((2, 32000))).astype(np.float32)
+    fp32 = export_encoder(encoder, layers, out / "encoder_fp32.onnx")
+    diff = encoder_parity(encoder, layers, fp32, probe)
+    print(f"{fp32}: max |onnx - torch| = {diff:.2e} (tolerance {FP32_TOLERANCE:g})")
+    if diff > FP32_TOLERANCE:
+        print("parity check FAILED")
+        return 1
+    report = {"encoder_fp32.onnx": {"max_abs_diff_vs_torch": diff}}
+    if not args.no_int8:
+        q = quantize_int8(fp32, out / "encoder_int8.onnx")
+        qdiff = encoder_parity(encoder, layers, q, probe)
+        print(f"{q}: max |onnx - torch| = {qdiff:.2e} (int8: judged by accuracy, see MODEL_CARD.md)")
+        report["encoder_int8.onnx"] = {"max_abs_diff_vs_torch": qdiff}
+    for name in ("heads.onnx", "config.json", "MODEL_CARD.md"):
+        if (DEFAULT_DIR / name).exists():
+            shutil.copy(DEFAULT_DIR / name, out / name)
+    (out / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,64 @@
+"""Labelled audio manifests (CSV with ``path`` and ``emotion`` columns) and audio loading."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from emotion_monitor.models.base import SAMPLE_RATE, ModelError
+
+
+@dataclass(frozen=True)
+class Row:
+    """One labelled clip; ``path`` is resolved, optional columns are ``None`` when absent."""
+
+    path: Path
+    emotion: str
+    speaker: str | None = None
+    intensity: str | None = None
+    split: str | None = None
+
+
+def read_manifest(manifest: str | Path, root: str | Path | None = None) -> list[Row]:
+    """Rows of a manifest; relative paths are taken from ``root`` or the manifest's folder."""
+    manifest = Path(manifest)
+    base = Path(root) if root else manifest.parent
+    try:
+        with manifest.open(newline="") as f:
+            reader = csv.DictReader(f)
+            fields = set(reader.fieldnames or ())
+            missing = {"path", "emotion"} - fields
+            if missing:
+                raise ModelError(f"{manifest}: missing column(s) {', '.join(sorted(missing))}")
+            rows = []
+            for r in reader:
+                p = Path(r["path"])
+                rows.append(Row(
+                    path=p if p.is_absolute() else base / p,
+                    emotion=(r["emotion"] or "").strip().lower(),
+                    speaker=r.get("speaker") or None,
+                    intensity=r.get("intensity") or None,
+                    split=r.get("split") or None,
+                ))
+    except OSError as exc:
+        raise ModelError(f"{manifest}: cannot read manifest ({exc})") from exc
+    return rows
+
+
+def load_audio(path: str | Path) -> np.ndarray:
+    """Mono float32 16 kHz samples of an audio file (resampled if needed)."""
+    import soundfile as sf
+
+    data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    x = data.mean(axis=1)
+    if sr != SAMPLE_RATE:
+        from math import gcd
+
+        from scipy.signal import resample_poly
+
+        g = gcd(sr, SAMPLE_RATE)
+        x = resample_poly(x, SAMPLE_RATE // g, sr // g).astype(np.float32)
+    return np.ascontiguousarray(x, dtype=np.float32)

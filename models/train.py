@@ -1,0 +1,313 @@
+"""``emotion-monitor train``: fit the emotion heads on pooled encoder features.
+
+Pipeline: manifest -> audio (+ deterministic augmentations) -> pooled multi-layer encoder
+features, cached on disk per (encoder, input normalisation, augmentation, file) -> standardise ->
+L2-regularised softmax regression (8 classes) and ridge regression (derived valence/arousal) ->
+one ONNX graph (scaler + both heads) and a JSON config. Everything is seeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from emotion_monitor.models.base import EMOTIONS, ModelError
+from emotion_monitor.models.manifest import Row, load_audio, read_manifest
+
+DEFAULT_CACHE = Path(__file__).resolve().parents[1] / "cache"
+CLASSES: tuple[str, ...] = EMOTIONS[:8]
+
+
+# --------------------------------------------------------------------------- encoders
+
+
+def make_embedder(encoder: str, device: str = "cpu", input_norm: str = "none", layers=None):
+    """An embedder (``.name``, ``.feature_dim``, ``.layers``, ``.embed(windows)``) for a spec:
+    ``whisper-base``, ``whisper-tiny`` or a wav2vec2-family hub id / local directory."""
+    if encoder in ("whisper-base", "whisper-tiny"):
+        from emotion_monitor.models.embedding import WhisperTorchEmbedder
+
+        return WhisperTorchEmbedder(encoder, layers=layers, device=device, input_norm=input_norm)
+    from emotion_monitor.models.wav2vec2_encoder import Wav2Vec2Embedder
+
+    return Wav2Vec2Embedder(encoder, layers=layers, device=device, input_norm=input_norm)
+
+
+def _cache_file(cache: Path, embedder, row: Row, aug: str) -> Path:
+    st = row.path.stat()
+    key = f"{row.path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in embedder.name)[-60:]
+    layer_tag = "-".join(map(str, embedder.layers))
+    folder = cache / "embeddings" / f"{slug}_{embedder.input_norm}_L{layer_tag}" / aug
+    return folder / (hashlib.sha1(key.encode()).hexdigest() + ".npy")
+
+
+def embed_rows(rows: Sequence[Row], embedder, augs: Sequence[str], cache: Path | None,
+               batch: int = 8, progress: bool = True) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Features (n_rows, feature_dim) per augmentation, cached on disk; rows whose audio cannot
+    be read get NaN features and a message in the returned problem list."""
+    from tqdm import tqdm
+
+    from emotion_monitor.models.augment import augment
+
+    feats = {a: np.full((len(rows), embedder.feature_dim), np.nan, np.float32) for a in augs}
+    problems: list[str] = []
+    todo: list[tuple[int, str, Path | None]] = []
+    for i, row in enumerate(rows):
+        for a in augs:
+            try:
+                f = _cache_file(cache, embedder, row, a) if cache else None
+            except OSError as exc:
+                problems.append(f"{row.path}: {exc}")
+                break
+            if f is not None and f.exists():
+                feats[a][i] = np.load(f, allow_pickle=False)
+            else:
+                todo.append((i, a, f))
+    bar = tqdm(total=len(todo), desc=f"embedding ({embedder.name})", unit="clip",
+               disable=not progress or not todo)
+    audio_cache: dict[int, np.ndarray | None] = {}
+    for start in range(0, len(todo), batch):
+        chunk = todo[start:start + batch]
+        windows, keep = [], []
+        for i, a, f in chunk:
+            if i not in audio_cache:
+                audio_cache.clear()  # todo is ordered by row, so one row's audio is enough
+                try:
+                    audio_cache[i] = load_audio(rows[i].path)
+                except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, not fatal
+                    audio_cache[i] = None
+                    problems.append(f"{rows[i].path}: {exc}")
+            x = audio_cache[i]
+            if x is not None:
+                windows.append(augment(x, a, str(rows[i].path)))
+                keep.append((i, a, f))
+        if windows:
+            out = embedder.embed(windows)
+            for (i, a, f), v in zip(keep, out):
+                feats[a][i] = v
+                if f is not None:
+                    f.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = f.with_suffix(".tmp.npy")
+                    np.save(tmp, v, allow_pickle=False)
+                    tmp.replace(f)
+        bar.update(len(chunk))
+    bar.close()
+    return feats, problems
+
+
+# --------------------------------------------------------------------------- heads
+
+
+def fit_softmax(x: np.ndarray, y: np.ndarray, n_classes: int, c: float, seed: int = 0,
+                iters: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """L2-regularised multinomial logistic regression (full-batch L-BFGS); returns (W, b) with
+    W of shape (features, classes). The penalty is sum(W^2) / (2 C n), as in liblinear-style C."""
+    import torch
+
+    torch.manual_seed(seed)
+    xt = torch.from_numpy(x.astype(np.float32))
+    yt = torch.from_numpy(y.astype(np.int64))
+    w = torch.zeros(x.shape[1], n_classes, requires_grad=True)
+    b = torch.zeros(n_classes, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=iters, history_size=20,
+                            line_search_fn="strong_wolfe", tolerance_grad=1e-6)
+    lam = 1.0 / (c * len(x))
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(xt @ w + b, yt) + 0.5 * lam * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach().numpy(), b.detach().numpy()
+
+
+def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge regression in its dual form (n < features): returns (W, b), W (features, targets)."""
+    xm, ym = x.mean(0), y.mean(0)
+    xc = (x - xm).astype(np.float64)
+    gram = xc @ xc.T + alpha * np.eye(len(x))
+    w = xc.T @ np.linalg.solve(gram, (y - ym).astype(np.float64))
+    return w.astype(np.float32), (ym - xm @ w).astype(np.float32)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def unweighted_accuracy(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
+    """Mean per-class recall over classes present in ``y``."""
+    recalls = [np.mean(pred[y == k] == k) for k in range(n_classes) if np.any(y == k)]
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
+def export_heads(path: Path, mean: np.ndarray, std: np.ndarray, w_cls: np.ndarray,
+                 b_cls: np.ndarray, w_va: np.ndarray, b_va: np.ndarray) -> None:
+    """Write scaler + softmax head + valence/arousal head as one ONNX graph.
+
+    Input ``features`` (batch, F) raw pooled encoder features; outputs ``probs`` (batch, classes)
+    and ``va`` (batch, 2) clipped to [-1, 1].
+    """
+    import torch
+
+    class Heads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            # fold the standardisation into the linear layers: (x - m) / s @ W = x @ (W / s) - ...
+            scale = 1.0 / std
+            for name, w, b in (("cls", w_cls, b_cls), ("va", w_va, b_va)):
+                ws = (w * scale[:, None]).astype(np.float32)
+                bs = (b - (mean * scale) @ w).astype(np.float32)
+                self.register_buffer(f"{name}_w", torch.from_numpy(ws))
+                self.register_buffer(f"{name}_b", torch.from_numpy(bs))
+
+        def forward(self, features):
+            probs = torch.softmax(features @ self.cls_w + self.cls_b, dim=-1)
+            va = torch.clamp(features @ self.va_w + self.va_b, -1.0, 1.0)
+            return probs, va
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(
+        Heads(), (torch.zeros(1, len(mean)),), str(path), dynamo=False,
+        input_names=["features"], output_names=["probs", "va"],
+        dynamic_axes={"features": {0: "batch"}, "probs": {0: "batch"}, "va": {0: "batch"}},
+        opset_version=17,
+    )
+
+
+def train_heads(x: np.ndarray, y: np.ndarray, va: np.ndarray, groups: np.ndarray,
+                cs: Sequence[float], alphas: Sequence[float], seed: int = 0) -> dict:
+    """Pick C and alpha by leave-speaker-group-out CV (3 folds), refit on everything.
+
+    Returns a dict with the scaler, weights and the CV figures.
+    """
+    ug = sorted(set(groups))
+    folds = [set(ug[k::3]) for k in range(3)] if len(ug) >= 3 else []
+
+    def scaled(tr, te):
+        m, s = x[tr].mean(0), x[tr].std(0) + 1e-6
+        return (x[tr] - m) / s, (x[te] - m) / s
+
+    cv: dict[str, float] = {}
+    best_c, best_a = cs[0], alphas[0]
+    if folds and (len(cs) > 1 or len(alphas) > 1):
+        ua = {c: [] for c in cs}
+        err = {a: [] for a in alphas}
+        for fold in folds:
+            te = np.array([g in fold for g in groups])
+            xtr, xte = scaled(~te, te)
+            for c in cs:
+                w, b = fit_softmax(xtr, y[~te], len(CLASSES), c, seed)
+                ua[c].append(unweighted_accuracy(y[te], (xte @ w + b).argmax(1), len(CLASSES)))
+            for a in alphas:
+                w, b = fit_ridge(xtr, va[~te], a)
+                err[a].append(float(np.mean((np.clip(xte @ w + b, -1, 1) - va[te]) ** 2)))
+        cv = {f"ua_C={c:g}": float(np.mean(v)) for c, v in ua.items()}
+        cv.update({f"va_mse_alpha={a:g}": float(np.mean(v)) for a, v in err.items()})
+        best_c = max(cs, key=lambda c: np.mean(ua[c]))
+        best_a = min(alphas, key=lambda a: np.mean(err[a]))
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    xs = (x - mean) / std
+    w_cls, b_cls = fit_softmax(xs, y, len(CLASSES), best_c, seed)
+    w_va, b_va = fit_ridge(xs, va, best_a)
+    return {"mean": mean, "std": std, "w_cls": w_cls, "b_cls": b_cls, "w_va": w_va,
+            "b_va": b_va, "C": best_c, "alpha": best_a, "cv": cv}
+
+
+# --------------------------------------------------------------------------- command
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifest", required=True, help="CSV with path,emotion[,speaker,intensity,split]")
+    p.add_argument("--root", help="folder the manifest paths are relative to (default: its folder)")
+    p.add_argument("--encoder", default="whisper-base",
+                   help="whisper-base | whisper-tiny | a wav2vec2-family hub id or local directory")
+    p.add_argument("--layers", default="all",
+                   help="comma-separated hidden-state indices to pool (0 = embeddings), or 'all'")
+    p.add_argument("--augment", default="clean,noise,phone",
+                   help="augmentations of the training clips (clean,noise,phone,phone_noise)")
+    p.add_argument("--input-norm", default="none", choices=("none", "rms"),
+                   help="per-window input normalisation before the encoder")
+    p.add_argument("--C", default="0.01,0.03,0.1,0.3", help="candidate inverse L2 strengths")
+    p.add_argument("--alpha", default="1000,3000,10000", help="candidate ridge penalties")
+    p.add_argument("--out", default="artifacts/heads", help="output folder (heads.onnx + config.json)")
+    p.add_argument("--cache", default=str(DEFAULT_CACHE), help="embedding cache folder")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from emotion_monitor.models.circumplex import valence_arousal
+
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    rows = read_manifest(args.manifest, args.root)
+    unknown = sorted({r.emotion for r in rows} - set(CLASSES))
+    if unknown:
+        print(f"skipping {sum(r.emotion in unknown for r in rows)} clips with labels outside "
+              f"{', '.join(CLASSES)}: {', '.join(unknown)}")
+    rows = [r for r in rows if r.emotion in CLASSES]
+    train = [r for r in rows if r.split in (None, "train")]
+    test = [r for r in rows if r.split == "test"]
+    if not train:
+        raise ModelError(f"{args.manifest}: no training rows")
+    layers = None if args.layers == "all" else [int(v) for v in args.layers.split(",")]
+    augs = [a.strip() for a in args.augment.split(",") if a.strip()]
+    if "clean" not in augs:
+        augs.insert(0, "clean")
+    embedder = make_embedder(args.encoder, args.device, args.input_norm, layers)
+    cache = None if args.no_cache else Path(args.cache)
+    t0 = time.time()
+    feats, problems = embed_rows(train, embedder, augs, cache)
+    for p in problems:
+        print(f"unreadable: {p}")
+    ok = ~np.isnan(feats["clean"]).any(1)
+    x = np.concatenate([feats[a][ok] for a in augs])
+    y = np.tile(np.array([CLASSES.index(r.emotion) for r in train])[ok], len(augs))
+    va = np.tile(np.array([valence_arousal(r.emotion, r.intensity) for r in train],
+                          np.float32)[ok], (len(augs), 1))
+    groups = np.tile(np.array([r.speaker or str(i) for i, r in enumerate(train)])[ok], len(augs))
+    heads = train_heads(x, y, va, groups, [float(c) for c in args.C.split(",")],
+                        [float(a) for a in args.alpha.split(",")], args.seed)
+    print(f"chose C={heads['C']:g} alpha={heads['alpha']:g}  cv={json.dumps(heads['cv'])}")
+    out = Path(args.out)
+    export_heads(out / "heads.onnx", heads["mean"], heads["std"], heads["w_cls"], heads["b_cls"],
+                 heads["w_va"], heads["b_va"])
+    config = {
+        "format": 1,
+        "encoder": args.encoder,
+        "layers": list(embedder.layers),
+        "pooling": "mean+std over frames per layer",
+        "input_norm": args.input_norm,
+        "feature_dim": int(embedder.feature_dim),
+        "labels": list(CLASSES),
+        "valence_arousal": "derived targets, see emotion_monitor.models.circumplex",
+        "heads": "heads.onnx",
+        "train": {"manifest": str(args.manifest), "clips": int(ok.sum()), "augment": augs,
+                  "C": heads["C"], "alpha": heads["alpha"], "seed": args.seed, "cv": heads["cv"]},
+    }
+    if test:
+        tf, tp = embed_rows(test, embedder, ["clean"], cache)
+        tok = ~np.isnan(tf["clean"]).any(1)
+        xs = (tf["clean"][tok] - heads["mean"]) / heads["std"]
+        yt = np.array([CLASSES.index(r.emotion) for r in test])[tok]
+        pred = (xs @ heads["w_cls"] + heads["b_cls"]).argmax(1)
+        config["test"] = {"clips": int(tok.sum()), "accuracy": float(np.mean(pred == yt)),
+                          "unweighted_accuracy": unweighted_accuracy(yt, pred, len(CLASSES))}
+        print(f"test split: {json.dumps(config['test'])}")
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    print(f"wrote {out / 'heads.onnx'} and {out / 'config.json'} in {time.time() - t0:.0f} s")
+    return 0
