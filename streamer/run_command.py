@@ -22,7 +22,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-import numpy as np
 from emotion_monitor.streamer.audio import SAMPLE_FORMATS, SAMPLE_RATE, AudioError
 from emotion_monitor.streamer.events import Event, SourceError
 from emotion_monitor.streamer.sources import Source
@@ -49,9 +48,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="write events as JSON lines to this file")
     pace = p.add_mutually_exclusive_group()
     pace.add_argument(
-        "--realtime", dest="realtime", action="store_true", default=True,
+        "--realtime",
+        dest="realtime",
+        action="store_true",
+        default=True,
         help="play files at the speed of the audio, like a live stream (default)",
-    )  # fmt: skip
+    )
     pace.add_argument(
         "--fast", dest="realtime", action="store_false", help="process files as fast as possible"
     )
@@ -59,9 +61,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=int, default=SAMPLE_RATE, help="stdin sample rate (16000)")
     p.add_argument("--channels", type=int, default=1, help="stdin interleaved channels (1)")
     p.add_argument(
-        "--format", dest="sample_format", default="s16le", choices=SAMPLE_FORMATS,
+        "--format",
+        dest="sample_format",
+        default="s16le",
+        choices=SAMPLE_FORMATS,
         help="stdin sample format (s16le)",
-    )  # fmt: skip
+    )
     p.add_argument("--quiet", action="store_true", help="no per-event lines on stdout")
 
 
@@ -125,8 +130,10 @@ def format_event(ev: Event | SourceError) -> str:
     def num(x: float | None) -> str:
         return "  -  " if x is None else f"{x:+.2f}"
 
-    label = f"{ev.label or '-':<9} {ev.confidence:4.2f}" if ev.confidence is not None else (
-        f"{ev.label or '-':<14}"
+    label = (
+        f"{ev.label or '-':<9} {ev.confidence:4.2f}"
+        if ev.confidence is not None
+        else (f"{ev.label or '-':<14}")
     )
     v = ev.valence_smooth if ev.valence_smooth is not None else ev.valence
     a = ev.arousal_smooth if ev.arousal_smooth is not None else ev.arousal
@@ -180,29 +187,41 @@ def run_source(
     limit = None if duration is None else int(round(duration * SAMPLE_RATE))
     fed = 0
     error: BaseException | None = None
+
+    def handle(item) -> bool:
+        """Process one queue item; False when the run is over."""
+        nonlocal fed, error
+        if item is _END:
+            return False
+        if isinstance(item, BaseException):
+            error = item
+            return False
+        if isinstance(item, SourceError):
+            emit(item)
+            return True
+        if limit is not None:
+            item = item[: limit - fed]
+        for ev in engine.push(source.name, item):
+            emit(ev)
+        fed += len(item)
+        if on_audio is not None:
+            on_audio(len(item))
+        return limit is None or fed < limit
+
     try:
-        while not stop.is_set():
+        going = True
+        while going and not stop.is_set():
             try:
-                item = q.get(timeout=0.1)
+                going = handle(q.get(timeout=0.1))
             except queue.Empty:
                 continue
-            if item is _END:
-                break
-            if isinstance(item, BaseException):
-                error = item
-                break
-            if isinstance(item, SourceError):
-                emit(item)
-                continue
-            if limit is not None:
-                item = item[: limit - fed]
-            for ev in engine.push(source.name, item):
-                emit(ev)
-            fed += len(item)
-            if on_audio is not None:
-                on_audio(len(item))
-            if limit is not None and fed >= limit:
-                break
+        if going:  # stopped: audio already received is analysed too (at most queue_size chunks)
+            source.stop()
+            while going:
+                try:
+                    going = handle(q.get_nowait())
+                except queue.Empty:
+                    break
     finally:
         source.stop()
         for ev in engine.flush():
@@ -270,8 +289,14 @@ def _run(args: argparse.Namespace, source: Source, engine) -> int:
         from tqdm import tqdm
 
         total = source.duration if args.duration is None else min(args.duration, source.duration)
-        bar = tqdm(total=round(total, 1), unit="s", desc=source.name, file=sys.stderr,
-                   disable=None, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}]")  # fmt: skip
+        bar = tqdm(
+            total=round(total, 1),
+            unit="s",
+            desc=source.name,
+            file=sys.stderr,
+            disable=None,
+            bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}]",
+        )
 
     def emit(ev: Event | SourceError) -> None:
         if out is not None:
@@ -311,7 +336,9 @@ def _run(args: argparse.Namespace, source: Source, engine) -> int:
         for s, handler in old.items():
             signal.signal(s, handler)
     if stop.is_set():
-        print("stopped; engine flushed" + (f", events in {args.out}" if args.out else ""),
-              file=sys.stderr)  # fmt: skip
+        print(
+            "stopped; engine flushed" + (f", events in {args.out}" if args.out else ""),
+            file=sys.stderr,
+        )
     print(_summary(engine, source, analysed[0]), file=sys.stderr)
     return code

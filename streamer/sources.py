@@ -97,11 +97,9 @@ def _ffprobe_duration(path: Path) -> float | None:
     """Duration of a file ffmpeg can decode; raises AudioError with ffprobe's reason if not."""
     if shutil.which("ffprobe") is None:
         raise AudioError(f"{path}: cannot decode (not a soundfile format and ffmpeg is missing)")
-    proc = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
-         "stream=codec_type:format=duration", "-of", "default=nw=1", str(path)],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+    probe = "ffprobe -v error -select_streams a:0 -show_entries stream=codec_type:format=duration"
+    cmd = [*probe.split(), "-of", "default=nw=1", str(path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     if proc.returncode != 0 or "codec_type=audio" not in proc.stdout:
         lines = proc.stderr.strip().splitlines()
         reason = lines[-1].replace(f"{path}: ", "") if lines else "no audio stream found"
@@ -194,8 +192,8 @@ class FileSource(Source):
             yield resampler.flush()
 
     def _ffmpeg_blocks(self) -> Iterator[np.ndarray]:
-        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(self.path),
-               "-f", "f32le", "-ac", "1", "-ar", str(SAMPLE_RATE), "-"]  # fmt: skip
+        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(self.path)]
+        cmd += ["-f", "f32le", "-ac", "1", "-ar", str(SAMPLE_RATE), "-"]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         nbytes = 4 * max(1, int(self.block_seconds * SAMPLE_RATE))
         try:
@@ -207,7 +205,9 @@ class FileSource(Source):
                 yield np.frombuffer(data[:usable], dtype="<f4").copy()
             err = proc.stderr.read().decode(errors="replace").strip().splitlines()
             if proc.wait() != 0:
-                raise AudioError(f"{self.path}: cannot decode ({err[-1] if err else 'ffmpeg failed'})")
+                raise AudioError(
+                    f"{self.path}: cannot decode ({err[-1] if err else 'ffmpeg failed'})"
+                )
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -367,7 +367,9 @@ class MicrophoneSource(Source):
             self._failure = "the input stream stopped"
 
     def describe_device(self) -> str:
-        return "the default input device" if self.device is None else f"input device {self.device!r}"
+        return (
+            "the default input device" if self.device is None else f"input device {self.device!r}"
+        )
 
     def _open(self) -> None:
         import sounddevice as sd
@@ -382,9 +384,14 @@ class MicrophoneSource(Source):
             self._failure, self._closing = None, False
             try:
                 stream = sd.InputStream(
-                    device=info["index"], channels=channels, samplerate=rate, blocksize=block,
-                    dtype="float32", callback=self._callback, finished_callback=self._finished,
-                )  # fmt: skip
+                    device=info["index"],
+                    channels=channels,
+                    samplerate=rate,
+                    blocksize=block,
+                    dtype="float32",
+                    callback=self._callback,
+                    finished_callback=self._finished,
+                )
                 stream.start()
             except sd.PortAudioError as exc:
                 last_error = exc
@@ -513,17 +520,26 @@ def list_input_devices() -> list[dict]:
 #: an agent answering calmly. Prosody, not words, is what should move arousal.
 DEMO_DIALOGUE: tuple[tuple[str, int, int, int], ...] = (
     ("Hello, thank you for calling. Please take your time, there is no rush at all.", 140, 35, 70),
-    ("This is the third time I am calling! Nothing works and nobody fixes it! "
-     "I want this sorted out right now!", 210, 80, 200),  # fmt: skip
+    (
+        "This is the third time I am calling! Nothing works and nobody fixes it! "
+        "I want this sorted out right now!",
+        210,
+        80,
+        200,
+    ),
     ("I understand. Let us go through it together, calmly, one step at a time.", 130, 30, 60),
     ("No! I have waited for two weeks! This is completely unacceptable!", 220, 90, 200),
 )
 
 
 def synthesize_speech(
-    text: str, path: str | Path, speed: int = 160, pitch: int = 50, amplitude: int = 100,
+    text: str,
+    path: str | Path,
+    speed: int = 160,
+    pitch: int = 50,
+    amplitude: int = 100,
     voice: str = "en",
-) -> Path:  # fmt: skip
+) -> Path:
     """Speak ``text`` with espeak-ng into a wav file (22.05 kHz mono) and return its path.
 
     ``speed`` is words per minute, ``pitch`` 0-99, ``amplitude`` 0-200.
@@ -531,8 +547,8 @@ def synthesize_speech(
     if shutil.which("espeak-ng") is None:
         raise AudioError("speech synthesis needs espeak-ng (Debian: apt install espeak-ng)")
     path = Path(path)
-    cmd = ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-a", str(amplitude),
-           "-w", str(path), text]  # fmt: skip
+    cmd = ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-a", str(amplitude)]
+    cmd += ["-w", str(path), text]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     if proc.returncode != 0 or not path.exists():
         raise AudioError(f"espeak-ng failed: {proc.stderr.strip() or proc.returncode}")
@@ -556,7 +572,7 @@ def make_demo_dialogue(folder: str | Path, pause: float = 0.8) -> Path:
 
 
 class DemoSource(FileSource):
-    """The synthesized demo dialogue, generated into ``folder`` and played in real time in a loop."""
+    """The synthesized demo dialogue, generated into ``folder``, played in real time in a loop."""
 
     def __init__(self, folder: str | Path, loop: bool = True, realtime: bool = True):
         super().__init__(make_demo_dialogue(folder), realtime=realtime, loop=loop, name="demo")

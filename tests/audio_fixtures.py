@@ -85,8 +85,10 @@ def ravdess_path(emotion: str, speaker: str = "Actor_19", intensity: str = "stro
     """A RAVDESS clip (2.39 s, 16 kHz FLAC) of ``emotion`` by ``speaker``; test split by default."""
     with open(RAVDESS / "manifest.csv", newline="") as f:
         for row in csv.DictReader(f):
-            if row["emotion"] == emotion and row["speaker"] == speaker and (
-                emotion == "neutral" or row["intensity"] == intensity
+            if (
+                row["emotion"] == emotion
+                and row["speaker"] == speaker
+                and (emotion == "neutral" or row["intensity"] == intensity)
             ):
                 return RAVDESS / row["path"]
     raise LookupError(f"no RAVDESS clip {emotion}/{speaker}/{intensity}")
@@ -99,7 +101,9 @@ def ravdess_16k(emotion: str, speaker: str = "Actor_19") -> np.ndarray:
     return load_audio(ravdess_path(emotion, speaker))
 
 
-def write_wav(path: str | Path, samples: np.ndarray, rate: int = SR, subtype: str = "FLOAT") -> Path:
+def write_wav(
+    path: str | Path, samples: np.ndarray, rate: int = SR, subtype: str = "FLOAT"
+) -> Path:
     """Write float samples ((n,) or (n, channels)) to a file; the format follows the suffix."""
     import soundfile as sf
 
@@ -140,11 +144,14 @@ class EnergyModel(EmotionModel):
             freqs = np.fft.rfftfreq(len(w), 1 / SR)
             centroid = float((spectrum * freqs).sum() / (spectrum.sum() + 1e-9))
             valence = float(np.tanh((1500.0 - centroid) / 1000.0))
-            scores = np.array([-valence + arousal, valence - arousal, valence + arousal,
-                               -valence - arousal])  # fmt: skip
+            scores = np.array(
+                [-valence + arousal, valence - arousal, valence + arousal, -valence - arousal]
+            )
             p = np.exp(2 * scores - np.max(2 * scores))
             p /= p.sum()
-            out.append(Prediction(dict(zip(self.labels, map(float, p))), valence, arousal))
+            out.append(
+                Prediction(dict(zip(self.labels, map(float, p), strict=True)), valence, arousal)
+            )
         return out
 
 
@@ -175,22 +182,23 @@ class PulseServer:
         self._saved_env: str | None = None
 
     def start(self) -> PulseServer:
-        """Start the daemon and wait (polling ``pactl info``, bounded by ``timeout``) until ready."""
-        env = {**os.environ, "PULSE_RUNTIME_PATH": str(self.folder),
-               "PULSE_STATE_PATH": str(self.folder)}  # fmt: skip
-        cmd = [
-            "pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1", "--use-pid-file=no",
-            "--disable-shm=yes",
-            "-L", f"module-native-protocol-unix socket={self.socket} auth-anonymous=1",
-            "-L", "module-null-sink sink_name=virt",
-            "-L", "module-always-sink",
-        ]  # fmt: skip
+        """Start the daemon; wait (polling ``pactl info``, up to ``timeout``) until it is ready."""
+        env = {
+            **os.environ,
+            "PULSE_RUNTIME_PATH": str(self.folder),
+            "PULSE_STATE_PATH": str(self.folder),
+        }
+        cmd = "pulseaudio -n --daemonize=no --exit-idle-time=-1 --use-pid-file=no".split()
+        cmd += ["-L", f"module-native-protocol-unix socket={self.socket} auth-anonymous=1"]
+        cmd += ["-L", "module-null-sink sink_name=virt", "-L", "module-always-sink"]
         self.log = open(self.folder / "pulseaudio.log", "w")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"pulseaudio exited: {(self.folder / 'pulseaudio.log').read_text()}")
+                raise RuntimeError(
+                    f"pulseaudio exited: {(self.folder / 'pulseaudio.log').read_text()}"
+                )
             if self.socket.exists() and self.pactl("info", check=False).returncode == 0:
                 self.pactl("set-default-source", "virt.monitor")
                 return self
@@ -200,16 +208,20 @@ class PulseServer:
 
     def pactl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """Run ``pactl`` against this server."""
-        proc = subprocess.run(["pactl", f"--server={self.server}", *args],
-                              capture_output=True, text=True, timeout=10)  # fmt: skip
+        proc = subprocess.run(
+            ["pactl", f"--server={self.server}", *args], capture_output=True, text=True, timeout=10
+        )
         if check and proc.returncode:
             raise RuntimeError(f"pactl {' '.join(args)}: {proc.stderr.strip()}")
         return proc
 
     def play(self, path: str | Path, sink: str = "virt") -> subprocess.Popen:
         """Start ``paplay`` of a file into ``sink``; returns the process (wait on it)."""
-        return subprocess.Popen(["paplay", f"--server={self.server}", f"--device={sink}", str(path)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        return subprocess.Popen(
+            ["paplay", f"--server={self.server}", f"--device={sink}", str(path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
 
     def module_index(self, needle: str = "sink_name=virt") -> str:
         """Index of the first loaded module whose line contains ``needle``."""

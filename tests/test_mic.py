@@ -15,7 +15,6 @@ import time
 import numpy as np
 import pytest
 from audio_fixtures import ANGRY_TEXT, CALM_TEXT, EnergyModel, PulseServer, espeak
-
 from emotion_monitor.streamer.engine import Engine
 from emotion_monitor.streamer.events import SourceError
 from emotion_monitor.streamer.run_command import run_source

@@ -1,4 +1,4 @@
-"""``emotion-monitor run`` and ``devices`` as real subprocesses: stdin, files, signals, errors, demo."""
+"""`emotion-monitor run` and `devices` as real subprocesses: stdin, files, signals, errors, demo."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ CMD = [sys.executable, "-m", "emotion_monitor.streamer.cli"]
 
 
 def run(*args: str, input: bytes | None = None, env: dict | None = None, timeout: float = 60):
-    return subprocess.run([*CMD, *args], input=input, capture_output=True, env=env or ENV,
-                          timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [*CMD, *args], input=input, capture_output=True, env=env or ENV, timeout=timeout
+    )
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -46,11 +47,24 @@ def wait_for_lines(path: Path, n: int, proc: subprocess.Popen, timeout: float) -
     raise AssertionError(f"fewer than {n} events in {path} after {timeout} s")
 
 
+def wait_until_read(pipe, timeout: float) -> None:
+    """Wait until the child has read every byte written into ``pipe`` (Linux FIONREAD)."""
+    import fcntl
+    import termios
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = fcntl.ioctl(pipe.fileno(), termios.FIONREAD, b"\0\0\0\0")
+        if int.from_bytes(left, sys.byteorder) == 0:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the child did not read its stdin within {timeout} s")
+
+
 def test_stdin_pcm_to_jsonl_and_readable_lines(tmp_path):
     audio = np.concatenate([ravdess_16k("angry"), np.zeros(2 * SR, np.float32)])
     out = tmp_path / "ev.jsonl"
-    proc = run("run", "--source", "stdin", "--model", MODEL, "--out", str(out),
-               input=to_pcm(audio))  # fmt: skip
+    proc = run("run", "--source", "stdin", "--model", MODEL, "--out", str(out), input=to_pcm(audio))
     assert proc.returncode == 0, proc.stderr.decode()
     events = read_jsonl(out)
     assert [e["seq"] for e in events] == list(range(len(events)))
@@ -71,8 +85,21 @@ def test_stdin_stereo_48k_f32_with_nan(tmp_path):
     speech = resample_poly(ravdess_16k("happy"), 3, 1).astype(np.float32)
     speech[100:150] = np.nan
     pcm = to_pcm(np.stack([speech, speech], 1), "f32le")
-    proc = run("run", "--source", "stdin", "--rate", "48000", "--channels", "2", "--format",
-               "f32le", "--model", MODEL, "--quiet", input=pcm)  # fmt: skip
+    proc = run(
+        "run",
+        "--source",
+        "stdin",
+        "--rate",
+        "48000",
+        "--channels",
+        "2",
+        "--format",
+        "f32le",
+        "--model",
+        MODEL,
+        "--quiet",
+        input=pcm,
+    )
     err = proc.stderr.decode()
     assert proc.returncode == 0, err
     # 50 stereo frames of NaN at 48 kHz -> a few dozen 16 kHz samples, all replaced and counted
@@ -83,8 +110,22 @@ def test_stdin_stereo_48k_f32_with_nan(tmp_path):
 def test_file_fast_with_duration_and_progress(tmp_path):
     path = write_wav(tmp_path / "dialogue.flac", dialogue_16k() * 0.5, subtype="PCM_16")
     out = tmp_path / "ev.jsonl"
-    proc = run("run", "--source", f"file:{path}", "--fast", "--duration", "4", "--window", "1",
-               "--hop", "0.25", "--model", MODEL, "--out", str(out))  # fmt: skip
+    proc = run(
+        "run",
+        "--source",
+        f"file:{path}",
+        "--fast",
+        "--duration",
+        "4",
+        "--window",
+        "1",
+        "--hop",
+        "0.25",
+        "--model",
+        MODEL,
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     events = read_jsonl(out)
     assert events and max(e["t1"] for e in events) <= 4.0 + 1e-6
@@ -98,12 +139,16 @@ def test_signal_flushes_engine_and_leaves_complete_jsonl(tmp_path, sig):
     out = tmp_path / "ev.jsonl"
     proc = subprocess.Popen(
         [*CMD, "run", "--source", "stdin", "--model", MODEL, "--out", str(out)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
-    )  # fmt: skip
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
+    )
     audio = dialogue_16k()[: int(3.3 * SR)]
     proc.stdin.write(to_pcm(audio))
     proc.stdin.flush()  # the pipe stays open: the process cannot know the stream ended
     wait_for_lines(out, 3, proc, timeout=30)
+    wait_until_read(proc.stdin, timeout=10)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err.decode()
@@ -119,9 +164,21 @@ def test_sigterm_during_realtime_file(tmp_path):
     path = write_wav(tmp_path / "long.wav", np.tile(dialogue_16k(), 3))
     out = tmp_path / "ev.jsonl"
     proc = subprocess.Popen(
-        [*CMD, "run", "--source", f"file:{path}", "--realtime", "--model", MODEL, "--out",
-         str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
-    )  # fmt: skip
+        [
+            *CMD,
+            "run",
+            "--source",
+            f"file:{path}",
+            "--realtime",
+            "--model",
+            MODEL,
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
+    )
     wait_for_lines(out, 2, proc, timeout=30)
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
@@ -151,8 +208,16 @@ def test_bad_inputs_fail_clearly(tmp_path):
     unknown = run("run", "--source", "tape", "--model", MODEL)
     assert unknown.returncode == 2 and b"unknown source 'tape'" in unknown.stderr
 
-    no_mic = run("run", "--source", "mic", "--device", "no-such-microphone", "--model", MODEL,
-                 env={**ENV, "PULSE_SERVER": "unix:/nonexistent"})  # fmt: skip
+    no_mic = run(
+        "run",
+        "--source",
+        "mic",
+        "--device",
+        "no-such-microphone",
+        "--model",
+        MODEL,
+        env={**ENV, "PULSE_SERVER": "unix:/nonexistent"},
+    )
     assert no_mic.returncode == 2 and b"no-such-microphone" in no_mic.stderr
 
     bad_model = run("run", "--source", "stdin", "--model", "python:nowhere:Model", input=b"")
@@ -185,9 +250,22 @@ def test_devices_and_mic_run_through_the_cli(tmp_path):
 
         out = tmp_path / "ev.jsonl"
         proc = subprocess.Popen(
-            [*CMD, "run", "--source", "mic", "--device", "pulse", "--model", MODEL, "--out",
-             str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-        )  # fmt: skip
+            [
+                *CMD,
+                "run",
+                "--source",
+                "mic",
+                "--device",
+                "pulse",
+                "--model",
+                MODEL,
+                "--out",
+                str(out),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
         try:
             wait_for_lines(out, 1, proc, timeout=30)  # recording: the null sink's silence
             player = pulse.play(espeak("Can you hear me? I am speaking into the microphone now."))

@@ -9,7 +9,6 @@ import time
 import numpy as np
 import pytest
 from audio_fixtures import SR, EnergyModel, dialogue_16k, ravdess_16k, to_pcm, write_wav
-
 from emotion_monitor.streamer.audio import AudioError
 from emotion_monitor.streamer.engine import Engine
 from emotion_monitor.streamer.events import Event
@@ -38,7 +37,7 @@ def comparable(ev: Event) -> dict:
 
 def assert_same_events(a: list[Event], b: list[Event], tol: float = 1e-4) -> None:
     assert a and len(a) == len(b)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         dx, dy = comparable(x), comparable(y)
         assert dx.keys() == dy.keys()
         for k, vx in dx.items():
@@ -96,7 +95,9 @@ def test_ringbuffer_concurrent_writer_loses_nothing_when_read_in_time():
 # -- file source ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("suffix,subtype", [(".wav", "PCM_16"), (".flac", "PCM_16"), (".ogg", None)])
+@pytest.mark.parametrize(
+    "suffix,subtype", [(".wav", "PCM_16"), (".flac", "PCM_16"), (".ogg", None)]
+)
 def test_file_formats_decode_to_16k(tmp_path, suffix, subtype):
     speech = ravdess_16k("angry")
     stereo44 = np.stack([speech, speech], 1)
@@ -119,8 +120,11 @@ def test_mp3_and_m4a_decode(tmp_path):
 
     src = write_wav(tmp_path / "s.wav", ravdess_16k("happy"), subtype="PCM_16")
     for name in ("s.mp3", "s.m4a"):  # mp3: soundfile; m4a: the ffmpeg pipe
-        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(src), str(tmp_path / name)],
-                       check=True, timeout=60)  # fmt: skip
+        subprocess.run(
+            ["ffmpeg", "-v", "error", "-y", "-i", str(src), str(tmp_path / name)],
+            check=True,
+            timeout=60,
+        )
         source = FileSource(tmp_path / name, realtime=False)
         assert source._use_ffmpeg == (name == "s.m4a")
         out = collect(source)
@@ -176,8 +180,9 @@ def test_events_do_not_depend_on_file_block_size(tmp_path):
     speech = dialogue_16k() * 0.4
     x44 = resample_poly(speech, 441, 160).astype(np.float32)
     path = write_wav(tmp_path / "d44.wav", np.stack([x44, x44], 1), 44_100)
-    runs = [run_events(FileSource(path, realtime=False, block_seconds=b))[0]
-            for b in (0.013, 0.1, 0.77)]  # fmt: skip
+    runs = [
+        run_events(FileSource(path, realtime=False, block_seconds=b))[0] for b in (0.013, 0.1, 0.77)
+    ]
     assert any(e.speech for e in runs[0])
     assert_same_events(runs[0], runs[1])
     assert_same_events(runs[0], runs[2])
@@ -216,7 +221,7 @@ def test_stdin_random_chunking_gives_identical_events(rate, channels, fmt):
     assert abs(a[-1].t1 - len(speech) / SR) < 0.01
 
 
-# -- what the engine sees through the sources --------------------------------------------------------
+# -- what the engine sees through the sources ---------------------------------------------
 
 
 def test_silence_and_noise_are_not_speech():
@@ -225,8 +230,9 @@ def test_silence_and_noise_are_not_speech():
     noise = (rng.normal(0, 0.05, 3 * SR)).astype(np.float32)
     hum = (0.1 * np.sin(2 * np.pi * 50 * np.arange(3 * SR) / SR)).astype(np.float32)
     for audio in (quiet, noise, hum):
-        events, engine = run_events(StdinSource(io.BytesIO(to_pcm(audio, "f32le")),
-                                                sample_format="f32le"))  # fmt: skip
+        events, engine = run_events(
+            StdinSource(io.BytesIO(to_pcm(audio, "f32le")), sample_format="f32le")
+        )
         assert events and not any(e.speech for e in events)
         assert all(e.label is None and e.valence is None for e in events)
     speech_events, _ = run_events(StdinSource(io.BytesIO(to_pcm(ravdess_16k("angry")))))
@@ -237,8 +243,9 @@ def test_nan_samples_are_counted_and_replaced():
     audio = ravdess_16k("fear")
     audio[1000:1100] = np.nan
     audio[5000:5010] = np.inf
-    events, engine = run_events(StdinSource(io.BytesIO(to_pcm(audio, "f32le")),
-                                            sample_format="f32le"))  # fmt: skip
+    events, engine = run_events(
+        StdinSource(io.BytesIO(to_pcm(audio, "f32le")), sample_format="f32le")
+    )
     assert engine.stats["nonfinite_samples"] == 110
     for e in events:
         assert all(np.isfinite(v) for v in (e.valence, e.arousal) if v is not None)
