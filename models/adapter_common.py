@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from emotion_monitor.models.base import ModelError, Prediction
 
 #: Abbreviations and synonyms seen in published checkpoints' id2label -> project vocabulary.
@@ -48,7 +47,7 @@ def normalise_labels(raw: Sequence[str]) -> tuple[str, ...]:
     counts: dict[str, int] = {}
     for m in mapped:
         counts[m] = counts.get(m, 0) + 1
-    out = [m if counts[m] == 1 else low for m, low in zip(mapped, lowered)]
+    out = [m if counts[m] == 1 else low for m, low in zip(mapped, lowered, strict=True)]
     if len(set(out)) != len(out):
         raise ModelError(f"duplicate class labels after lower-casing: {list(raw)}")
     return tuple(out)
@@ -65,7 +64,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def class_predictions(logits: np.ndarray, labels: Sequence[str]) -> list[Prediction]:
     """Logits of shape (batch, classes) -> one Prediction with class probabilities per row."""
     probs = softmax(logits)
-    return [Prediction(classes={lab: float(p) for lab, p in zip(labels, row)}) for row in probs]
+    return [
+        Prediction(classes={lab: float(p) for lab, p in zip(labels, row, strict=True)})
+        for row in probs
+    ]
 
 
 def va_predictions(values: np.ndarray) -> list[Prediction]:
@@ -89,7 +91,9 @@ def predict_grouped(
     for i, w in enumerate(windows):
         groups.setdefault(len(w), []).append(i)
     for idx in groups.values():
-        for i, p in zip(idx, run([np.asarray(windows[i], dtype=np.float32) for i in idx])):
+        for i, p in zip(
+            idx, run([np.asarray(windows[i], dtype=np.float32) for i in idx]), strict=True
+        ):
             out[i] = p
     return out  # type: ignore[return-value]
 
@@ -103,7 +107,7 @@ def zero_mean_unit_var(batch: np.ndarray) -> np.ndarray:
 
 
 def resolve_torch_device(device: str) -> str:
-    """"auto" -> "cuda" when torch sees a GPU, else "cpu"; explicit names are checked."""
+    """ "auto" -> "cuda" when torch sees a GPU, else "cpu"; explicit names are checked."""
     import torch
 
     if device == "auto":

@@ -12,7 +12,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-
 from emotion_monitor.models.base import ModelError
 from emotion_monitor.models.onnx_adapter import FORMAT_VERSION
 
@@ -25,13 +24,14 @@ def export_adapter(spec: str, out_dir: str | Path) -> Path:
     Raises ModelError for specs without an ONNX path (the default model has its own exporter).
     """
     import torch
-
     from emotion_monitor.models import load_model
 
     model = load_model(spec, device="cpu")
     if not hasattr(model, "export_plan"):
-        raise ModelError(f"{spec}: {type(model).__name__} has no adapter export; "
-                         "the default model is exported by `emotion-monitor export` itself")
+        raise ModelError(
+            f"{spec}: {type(model).__name__} has no adapter export; "
+            "the default model is exported by `emotion-monitor export` itself"
+        )
     plan = model.export_plan()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -41,8 +41,13 @@ def export_adapter(spec: str, out_dir: str | Path) -> Path:
         # constant for a given model; the parity check below is what guards correctness.
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            plan.module, (example,), str(out / "model.onnx"), input_names=[plan.input_name],
-            output_names=["output"], dynamic_axes=plan.dynamic_axes, opset_version=OPSET,
+            plan.module,
+            (example,),
+            str(out / "model.onnx"),
+            input_names=[plan.input_name],
+            output_names=["output"],
+            dynamic_axes=plan.dynamic_axes,
+            opset_version=OPSET,
             dynamo=False,
         )
     if plan.save_extractor is not None:

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-
 from emotion_monitor.models.adapter_common import (
     ExportPlan,
     class_predictions,
@@ -43,7 +42,10 @@ class HFAudioClassifier(EmotionModel):
         self.device = device
         self.architecture = type(model).__name__
         id2label = model.config.id2label or {}
-        raw = [id2label.get(i, id2label.get(str(i), f"label_{i}")) for i in range(model.config.num_labels)]
+        raw = [
+            id2label.get(i, id2label.get(str(i), f"label_{i}"))
+            for i in range(model.config.num_labels)
+        ]
         self.labels = normalise_labels(raw)
         self.name = f"hf:{Path(location).name or location}"
         # Extractors of layer-norm wav2vec2 models ask for a mask; group-norm ones must not get one.
@@ -60,7 +62,10 @@ class HFAudioClassifier(EmotionModel):
     def _run(self, batch: list[np.ndarray]) -> list[Prediction]:
         import torch
 
-        feats = {k: torch.from_numpy(np.asarray(v)).to(self.device) for k, v in self._features(batch).items()}
+        feats = {
+            k: torch.from_numpy(np.asarray(v)).to(self.device)
+            for k, v in self._features(batch).items()
+        }
         with torch.inference_mode():
             logits = self.model(**feats).logits.float().cpu().numpy()
         return class_predictions(logits, self.labels)
@@ -94,23 +99,38 @@ class HFAudioClassifier(EmotionModel):
                 return self.model(x).logits
 
         module = Logits(self.model.to("cpu")).eval()
-        meta = {"kind": "hf", "architecture": self.architecture, "labels": list(self.labels),
-                "outputs": "logits", "name": self.name}
+        meta = {
+            "kind": "hf",
+            "architecture": self.architecture,
+            "labels": list(self.labels),
+            "outputs": "logits",
+            "name": self.name,
+        }
         if self.architecture.startswith("AST"):
             # The AST extractor (Kaldi-style fbank) is reused as saved, so ORT sees the same input.
             example = self._features([np.zeros(SAMPLE_RATE, np.float32)] * 2)["input_values"]
             meta["preprocess"] = {"kind": "hf_feature_extractor"}
-            return ExportPlan(module, example.astype(np.float32), "input_values",
-                              {"input_values": {0: "batch"}, "output": {0: "batch"}}, meta,
-                              save_extractor=self.extractor)
+            return ExportPlan(
+                module,
+                example.astype(np.float32),
+                "input_values",
+                {"input_values": {0: "batch"}, "output": {0: "batch"}},
+                meta,
+                save_extractor=self.extractor,
+            )
         # Batches hold equal lengths (predict_grouped), so a mask would be all ones: export without.
         meta["preprocess"] = {
             "kind": "waveform",
             "do_normalize": bool(getattr(self.extractor, "do_normalize", False)),
         }
         example = np.random.default_rng(0).standard_normal((2, SAMPLE_RATE)).astype(np.float32)
-        return ExportPlan(module, example, "input_values",
-                          {"input_values": {0: "batch", 1: "samples"}, "output": {0: "batch"}}, meta)
+        return ExportPlan(
+            module,
+            example,
+            "input_values",
+            {"input_values": {0: "batch", 1: "samples"}, "output": {0: "batch"}},
+            meta,
+        )
 
 
 def load_hf_classifier(location: str, device: str = "auto") -> HFAudioClassifier:
@@ -122,23 +142,31 @@ def load_hf_classifier(location: str, device: str = "auto") -> HFAudioClassifier
         config = AutoConfig.from_pretrained(location, local_files_only=True)
     except OSError as exc:
         if local:
-            raise ModelError(f"{location}: not a Hugging Face checkpoint directory ({exc})") from exc
+            raise ModelError(
+                f"{location}: not a Hugging Face checkpoint directory ({exc})"
+            ) from exc
         raise ModelError(
-            f"{location!r} is not a local directory and not in the Hugging Face cache; it cannot be "
-            "downloaded here. Download it elsewhere (e.g. `huggingface-cli download "
+            f"{location!r} is not a local directory and not in the Hugging Face cache; "
+            "it cannot be downloaded here. Download it elsewhere (e.g. `huggingface-cli download "
             f"{location} --local-dir DIR`) and pass --model DIR"
         ) from exc
     archs = config.architectures or []
     if not any(a.endswith(("ForSequenceClassification", "ForAudioClassification")) for a in archs):
-        raise ModelError(f"{location}: config names {archs or 'no architecture'}, "
-                         "not an audio classification model")
+        raise ModelError(
+            f"{location}: config names {archs or 'no architecture'}, "
+            "not an audio classification model"
+        )
     try:
         extractor = AutoFeatureExtractor.from_pretrained(location, local_files_only=True)
     except OSError as exc:
-        raise ModelError(f"{location}: no feature extractor (preprocessor_config.json): {exc}") from exc
+        raise ModelError(
+            f"{location}: no feature extractor (preprocessor_config.json): {exc}"
+        ) from exc
     if getattr(extractor, "sampling_rate", SAMPLE_RATE) != SAMPLE_RATE:
-        raise ModelError(f"{location}: feature extractor expects {extractor.sampling_rate} Hz, "
-                         f"only {SAMPLE_RATE} Hz checkpoints are supported")
+        raise ModelError(
+            f"{location}: feature extractor expects {extractor.sampling_rate} Hz, "
+            f"only {SAMPLE_RATE} Hz checkpoints are supported"
+        )
     dev = resolve_torch_device(device)
     try:
         model = AutoModelForAudioClassification.from_pretrained(location, local_files_only=True)

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-
 from emotion_monitor.models.adapter_common import (
     class_predictions,
     predict_grouped,
@@ -34,7 +33,15 @@ PREPROCESS_KINDS = ("waveform", "vit_mel", "hf_feature_extractor")
 
 
 def _create_session(path: Path, device: str):
-    """ORT session with explicit providers; returns (session, provider actually used)."""
+    """ORT session with explicit, verified providers; returns (session, provider actually used)."""
+    try:
+        from emotion_monitor.models.runtime import create_session
+    except ImportError:  # runtime.py (the project-wide helper) missing in this checkout
+        create_session = _fallback_session
+    return create_session(path, device)
+
+
+def _fallback_session(path: Path, device: str):
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -47,11 +54,11 @@ def _create_session(path: Path, device: str):
         session = ort.InferenceSession(str(path), providers=providers)
     except Exception as exc:  # ORT raises its own exception hierarchy
         raise ModelError(f"{path}: ONNX Runtime cannot load it ({exc})") from exc
-    used = session.get_providers()
+    used = session.get_providers()[0]
     # ORT falls back to CPU silently when CUDA fails to initialise; an explicit request must not.
-    if device == "cuda" and used[0] != "CUDAExecutionProvider":
+    if device == "cuda" and used != "CUDAExecutionProvider":
         raise ModelError(f"{path}: CUDAExecutionProvider requested but ORT runs on {used}")
-    return session, used[0]
+    return session, used
 
 
 class OnnxAdapterModel(EmotionModel):
@@ -96,8 +103,11 @@ class OnnxAdapterModel(EmotionModel):
     def describe(self) -> dict:
         """Name, labels, provider and what the exported model outputs."""
         d = super().describe()
-        what = ("valence and arousal in [-1, 1]; no classes" if self.has_valence_arousal
-                else f"probabilities over {len(self.labels)} classes; no valence/arousal")
+        what = (
+            "valence and arousal in [-1, 1]; no classes"
+            if self.has_valence_arousal
+            else f"probabilities over {len(self.labels)} classes; no valence/arousal"
+        )
         d.update(kind="onnx", source=self.meta.get("kind"), outputs=what, runtime="onnxruntime")
         return d
 

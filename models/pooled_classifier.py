@@ -31,7 +31,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-
 from emotion_monitor.models.adapter_common import (
     ExportPlan,
     class_predictions,
@@ -50,10 +49,10 @@ def load_scaler(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise ModelError(
             f"{path}: pickled scalers are refused (loading pickle runs arbitrary code). Convert it "
-            "once, on a machine where you trust the file, to JSON: python -c \"import joblib, json; "
+            'once, on a machine where you trust the file, to JSON: python -c "import joblib, json; '
             f"s = joblib.load('{path.name}'); json.dump({{'mean': s.mean_.tolist(), "
             "'scale': s.scale_.tolist()}, open('scaler.json', 'w'))\" and set \"scaler\": "
-            "\"scaler.json\" in pooled_config.json"
+            '"scaler.json" in pooled_config.json'
         )
     if path.suffix == ".safetensors":
         from safetensors.numpy import load_file
@@ -91,13 +90,17 @@ def build_classifier(cfg: dict, feature_dim: int):
             self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
             self.pos_embed = nn.Parameter(torch.zeros(1, n_patches + 1, d))
             layer = nn.TransformerEncoderLayer(
-                d, int(cfg["num_heads"]), int(cfg.get("dim_feedforward", 4 * d)),
-                float(cfg.get("dropout", 0.1)), activation=cfg.get("activation", "gelu"),
+                d,
+                int(cfg["num_heads"]),
+                int(cfg.get("dim_feedforward", 4 * d)),
+                float(cfg.get("dropout", 0.1)),
+                activation=cfg.get("activation", "gelu"),
                 batch_first=True,
             )
             # enable_nested_tensor only matters for padding masks, which are never used here.
-            self.encoder = nn.TransformerEncoder(layer, int(cfg["num_layers"]),
-                                                 enable_nested_tensor=False)
+            self.encoder = nn.TransformerEncoder(
+                layer, int(cfg["num_layers"]), enable_nested_tensor=False
+            )
             self.classifier = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, len(cfg["labels"])))
 
         def forward(self, features):
@@ -124,7 +127,9 @@ def build_pipeline(encoder, layers: list[int], combine: str, mean, scale, classi
         def pooled(self, input_values):
             hidden = self.encoder(input_values, output_hidden_states=True).hidden_states
             pooled = [hidden[i].mean(dim=1) for i in self.layers]
-            return torch.cat(pooled, -1) if self.combine == "concat" else torch.stack(pooled).mean(0)
+            return (
+                torch.cat(pooled, -1) if self.combine == "concat" else torch.stack(pooled).mean(0)
+            )
 
         def forward(self, input_values):
             return self.classifier((self.pooled(input_values) - self.mean) / self.scale)
@@ -137,8 +142,9 @@ class PooledClassifier(EmotionModel):
 
     has_valence_arousal = False
 
-    def __init__(self, pipeline, labels: Sequence[str], location: str, device: str,
-                 do_normalize: bool):
+    def __init__(
+        self, pipeline, labels: Sequence[str], location: str, device: str, do_normalize: bool
+    ):
         self.pipeline = pipeline
         self.labels = tuple(labels)
         self.location = location
@@ -166,20 +172,32 @@ class PooledClassifier(EmotionModel):
     def describe(self) -> dict:
         """Name, labels and what the model outputs."""
         d = super().describe()
-        d.update(kind="pooled", outputs=f"probabilities over {', '.join(self.labels)}; "
-                 "no valence/arousal", layers=self.pipeline.layers, combine=self.pipeline.combine)
+        d.update(
+            kind="pooled",
+            outputs=f"probabilities over {', '.join(self.labels)}; no valence/arousal",
+            layers=self.pipeline.layers,
+            combine=self.pipeline.combine,
+        )
         return d
 
     def export_plan(self) -> ExportPlan:
         """The whole pipeline (wav2vec2, pooling, scaler, transformer) as one graph."""
         module = self.pipeline.to("cpu").eval()
         example = np.random.default_rng(0).standard_normal((2, SAMPLE_RATE)).astype(np.float32)
-        meta = {"kind": "pooled", "labels": list(self.labels), "outputs": "logits",
-                "name": self.name,
-                "preprocess": {"kind": "waveform", "do_normalize": self.do_normalize}}
-        return ExportPlan(module, example, "input_values",
-                          {"input_values": {0: "batch", 1: "samples"}, "output": {0: "batch"}},
-                          meta)
+        meta = {
+            "kind": "pooled",
+            "labels": list(self.labels),
+            "outputs": "logits",
+            "name": self.name,
+            "preprocess": {"kind": "waveform", "do_normalize": self.do_normalize},
+        }
+        return ExportPlan(
+            module,
+            example,
+            "input_values",
+            {"input_values": {0: "batch", 1: "samples"}, "output": {0: "batch"}},
+            meta,
+        )
 
 
 def load_pooled_classifier(location: str, device: str = "auto") -> PooledClassifier:
@@ -189,8 +207,20 @@ def load_pooled_classifier(location: str, device: str = "auto") -> PooledClassif
 
     root = Path(location)
     cfg = read_json(root / "pooled_config.json")
-    missing = [k for k in ("wav2vec2", "layers", "scaler", "patch_size", "d_model", "num_heads",
-                           "num_layers", "labels") if k not in cfg]
+    missing = [
+        k
+        for k in (
+            "wav2vec2",
+            "layers",
+            "scaler",
+            "patch_size",
+            "d_model",
+            "num_heads",
+            "num_layers",
+            "labels",
+        )
+        if k not in cfg
+    ]
     if missing:
         raise ModelError(f"{root / 'pooled_config.json'}: missing keys {missing}")
     combine = cfg.get("combine", "concat")
@@ -210,8 +240,11 @@ def load_pooled_classifier(location: str, device: str = "auto") -> PooledClassif
     dim = encoder.config.hidden_size * (len(layers) if combine == "concat" else 1)
     if mean.shape[0] != dim:
         raise ModelError(f"scaler has {mean.shape[0]} features, pooled vector has {dim}")
-    do_normalize = bool(read_json(w2v_dir / "preprocessor_config.json").get("do_normalize", True)) \
-        if (w2v_dir / "preprocessor_config.json").exists() else True
+    do_normalize = (
+        bool(read_json(w2v_dir / "preprocessor_config.json").get("do_normalize", True))
+        if (w2v_dir / "preprocessor_config.json").exists()
+        else True
+    )
 
     classifier = build_classifier(cfg, dim)
     weights = root / cfg.get("weights", "model.safetensors")
@@ -226,5 +259,6 @@ def load_pooled_classifier(location: str, device: str = "auto") -> PooledClassif
     dev = resolve_torch_device(device)
     pipeline = build_pipeline(encoder, layers, combine, mean, scale, classifier)
     pipeline = pipeline.to(dev).eval()
-    return PooledClassifier(pipeline, [str(x) for x in cfg["labels"]], str(location), dev,
-                            do_normalize)
+    return PooledClassifier(
+        pipeline, [str(x) for x in cfg["labels"]], str(location), dev, do_normalize
+    )

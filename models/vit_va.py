@@ -32,7 +32,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-
 from emotion_monitor.models.adapter_common import (
     ExportPlan,
     predict_grouped,
@@ -81,7 +80,9 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
     return weights * (2.0 / (edges[2:] - edges[:-2]))[:, None]
 
 
-def power_mel(samples: np.ndarray, sample_rate: int, n_fft: int, hop: int, n_mels: int) -> np.ndarray:
+def power_mel(
+    samples: np.ndarray, sample_rate: int, n_fft: int, hop: int, n_mels: int
+) -> np.ndarray:
     """Centred STFT power spectrogram projected on the mel filters: (n_mels, frames)."""
     x = np.pad(np.asarray(samples, dtype=np.float64), n_fft // 2)
     if len(x) < n_fft:
@@ -136,8 +137,16 @@ def build_module(config):
             h, p = config.hidden_size, config.hidden_dropout_prob
             nn = torch.nn
             self.head = nn.Sequential(
-                nn.LayerNorm(h), nn.Dropout(p), nn.Linear(h, 512), nn.GELU(), nn.Dropout(p),
-                nn.Linear(512, 128), nn.GELU(), nn.Dropout(p), nn.Linear(128, 2), nn.Tanh(),
+                nn.LayerNorm(h),
+                nn.Dropout(p),
+                nn.Linear(h, 512),
+                nn.GELU(),
+                nn.Dropout(p),
+                nn.Linear(512, 128),
+                nn.GELU(),
+                nn.Dropout(p),
+                nn.Linear(128, 2),
+                nn.Tanh(),
             )
 
         def forward(self, pixel_values):
@@ -156,7 +165,9 @@ def _clean_state_dict(state: dict) -> dict:
     other = {k.split(".")[0] for k in state if not k.startswith("vit.")}
     if len(other) == 1 and other != {"head"}:
         prefix = other.pop() + "."
-        state = {("head." + k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
+        state = {
+            ("head." + k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state.items()
+        }
     return state
 
 
@@ -197,10 +208,20 @@ class ViTValenceArousalModel(EmotionModel):
         """The ViT + head on preprocessed images; the mel image is computed in numpy."""
         module = self.module.to("cpu").eval()
         example = np.stack([mel_image(np.zeros(SAMPLE_RATE, np.float32) + 0.01, self.params)] * 2)
-        meta = {"kind": "vit-va", "labels": [], "outputs": "valence_arousal", "name": self.name,
-                "preprocess": {"kind": "vit_mel", **self.params}}
-        return ExportPlan(module, example, "pixel_values",
-                          {"pixel_values": {0: "batch"}, "output": {0: "batch"}}, meta)
+        meta = {
+            "kind": "vit-va",
+            "labels": [],
+            "outputs": "valence_arousal",
+            "name": self.name,
+            "preprocess": {"kind": "vit_mel", **self.params},
+        }
+        return ExportPlan(
+            module,
+            example,
+            "pixel_values",
+            {"pixel_values": {0: "batch"}, "output": {0: "batch"}},
+            meta,
+        )
 
 
 def load_vit_va(location: str, device: str = "auto") -> ViTValenceArousalModel:

@@ -25,7 +25,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-
 from emotion_monitor.streamer.audio import (
     SAMPLE_RATE,
     AudioError,
@@ -80,7 +79,9 @@ def _ffmpeg_blocks(path: Path, block: int) -> Iterator[np.ndarray]:
             raise AudioError(f"{path}: cannot decode ({lines[-1] if lines else 'ffmpeg failed'})")
 
 
-def iter_file_blocks(path: str | Path, block_seconds: float = BLOCK_SECONDS) -> Iterator[np.ndarray]:
+def iter_file_blocks(
+    path: str | Path, block_seconds: float = BLOCK_SECONDS
+) -> Iterator[np.ndarray]:
     """Yield a file as consecutive 16 kHz mono float32 blocks of about ``block_seconds``.
 
     soundfile reads wav/flac/ogg/mp3 block by block (resampled with the chunk-invariant
@@ -131,8 +132,9 @@ def decode_upload(
     if not data:
         raise UploadError("the uploaded file is empty")
     if len(data) > max_bytes:
-        raise UploadError(f"the uploaded file is {len(data) / 1e6:.1f} MB; the limit is "
-                          f"{max_bytes / 1e6:.1f} MB")
+        raise UploadError(
+            f"the uploaded file is {len(data) / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.1f} MB"
+        )
     too_long = f"{filename}: longer than the limit of {max_seconds:g} s"
     try:
         f = sf.SoundFile(io.BytesIO(data))
@@ -179,12 +181,19 @@ def _r(x: float | None, nd: int = 4) -> float | None:
 def timeline_entry(ev: Event) -> dict:
     """The compact, JSON-able view of one event kept in timelines."""
     return {
-        "t0": _r(ev.t0, 3), "t1": _r(ev.t1, 3), "speech": ev.speech,
-        "speech_prob": _r(ev.speech_prob), "valence": _r(ev.valence), "arousal": _r(ev.arousal),
-        "label": ev.label, "confidence": _r(ev.confidence),
+        "t0": _r(ev.t0, 3),
+        "t1": _r(ev.t1, 3),
+        "speech": ev.speech,
+        "speech_prob": _r(ev.speech_prob),
+        "valence": _r(ev.valence),
+        "arousal": _r(ev.arousal),
+        "label": ev.label,
+        "confidence": _r(ev.confidence),
         "classes": None if ev.classes is None else {k: _r(v) for k, v in ev.classes.items()},
-        "valence_smooth": _r(ev.valence_smooth), "arousal_smooth": _r(ev.arousal_smooth),
-        "label_smooth": ev.label_smooth, "quadrant": ev.quadrant,
+        "valence_smooth": _r(ev.valence_smooth),
+        "arousal_smooth": _r(ev.arousal_smooth),
+        "label_smooth": ev.label_smooth,
+        "quadrant": ev.quadrant,
     }
 
 
@@ -232,18 +241,25 @@ class Summary:
             "speech_s": round(n * self.hop, 3),
             "mean_valence": _r(self.v_sum / self.va_n) if self.va_n else None,
             "mean_arousal": _r(self.a_sum / self.va_n) if self.va_n else None,
-            "quadrant_s": {q: round(c * self.hop, 3)
-                           for q, c in sorted(self.quadrants.items(), key=lambda kv: -kv[1])},
-            "label_distribution": {k: _r(c / n) for k, c in
-                                   sorted(self.labels.items(), key=lambda kv: -kv[1])},
-            "mean_class_probabilities": {k: _r(v / self.class_n) for k, v in
-                                         sorted(self.class_sums.items(), key=lambda kv: -kv[1])}
-            if self.class_n else None,
+            "quadrant_s": {
+                q: round(c * self.hop, 3)
+                for q, c in sorted(self.quadrants.items(), key=lambda kv: -kv[1])
+            },
+            "label_distribution": {
+                k: _r(c / n) for k, c in sorted(self.labels.items(), key=lambda kv: -kv[1])
+            },
+            "mean_class_probabilities": {
+                k: _r(v / self.class_n)
+                for k, v in sorted(self.class_sums.items(), key=lambda kv: -kv[1])
+            }
+            if self.class_n
+            else None,
         }
 
 
-def run_blocks(blocks: Iterable[np.ndarray], model, settings: Settings,
-               stream: str = "file") -> tuple[list[dict], dict, dict]:
+def run_blocks(
+    blocks: Iterable[np.ndarray], model, settings: Settings, stream: str = "file"
+) -> tuple[list[dict], dict, dict]:
     """Push audio blocks through a fresh engine; returns (timeline, summary, engine stats)."""
     from emotion_monitor.streamer.engine import Engine
 
@@ -283,10 +299,10 @@ def predict_response(samples_16k: np.ndarray, model, settings: Settings) -> dict
         scores = summary["mean_class_probabilities"]
     else:
         n = max(summary["speech_windows"], 1)
-        scores = {q.lower(): round(s / settings.hop / n, 4)
-                  for q, s in summary["quadrant_s"].items()}
-    results = [{"label": k, "score": v}
-               for k, v in sorted(scores.items(), key=lambda kv: -kv[1])]
+        scores = {
+            q.lower(): round(s / settings.hop / n, 4) for q, s in summary["quadrant_s"].items()
+        }
+    results = [{"label": k, "score": v} for k, v in sorted(scores.items(), key=lambda kv: -kv[1])]
     return {
         "results": results,
         "dominant": results[0] if results else None,
@@ -317,8 +333,10 @@ def plot_timeline(timeline: list[dict], summary: dict, out: str | Path, title: s
     if has_va:
         for key, colour in (("valence", "tab:blue"), ("arousal", "tab:red")):
             raw = np.array([e[key] for e in speech], dtype=float)
-            smooth = np.array([np.nan if e[key + "_smooth"] is None else e[key + "_smooth"]
-                               for e in speech], dtype=float)
+            smooth = np.array(
+                [np.nan if e[key + "_smooth"] is None else e[key + "_smooth"] for e in speech],
+                dtype=float,
+            )
             ax.scatter(mid, raw, s=8, color=colour, alpha=0.35)
             ax.plot(mid, smooth, color=colour, label=f"{key} (smoothed)")
         ax.set_ylim(-1.05, 1.05)
@@ -328,13 +346,26 @@ def plot_timeline(timeline: list[dict], summary: dict, out: str | Path, title: s
         side.plot(np.cos(t), np.sin(t), color="0.7", lw=1)
         side.axhline(0, color="0.7", lw=0.8)
         side.axvline(0, color="0.7", lw=0.8)
-        for i, name in enumerate(("HAPPY", "EXCITED", "TENSE", "ANGRY", "SAD", "BORED", "CALM",
-                                  "CONTENT")):
+        for i, name in enumerate(
+            ("HAPPY", "EXCITED", "TENSE", "ANGRY", "SAD", "BORED", "CALM", "CONTENT")
+        ):
             a = np.radians(22.5 + 45 * i)
-            side.text(0.82 * np.cos(a), 0.82 * np.sin(a), name.lower(), ha="center",
-                      va="center", fontsize=7, color="0.4")
-        pts = side.scatter([e["valence"] for e in speech], [e["arousal"] for e in speech],
-                           c=mid, cmap="viridis", s=14)
+            side.text(
+                0.82 * np.cos(a),
+                0.82 * np.sin(a),
+                name.lower(),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="0.4",
+            )
+        pts = side.scatter(
+            [e["valence"] for e in speech],
+            [e["arousal"] for e in speech],
+            c=mid,
+            cmap="viridis",
+            s=14,
+        )
         fig.colorbar(pts, ax=side, label="time (s)")
         side.set_xlim(-1.1, 1.1)
         side.set_ylim(-1.1, 1.1)
@@ -368,10 +399,16 @@ def plot_timeline(timeline: list[dict], summary: dict, out: str | Path, title: s
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``emotion-monitor analyze``."""
     parser.add_argument("file", help="audio file (wav, flac, ogg, mp3; m4a etc. through ffmpeg)")
-    parser.add_argument("--model", default=None, help="model spec (default, hf:..., vit-va:..., "
-                        "pooled:..., onnx:... or a directory); see docs/published-models.md")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model spec (default, hf:..., vit-va:..., "
+        "pooled:..., onnx:... or a directory); see docs/published-models.md",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--json", metavar="OUT", help="write summary and timeline as JSON ('-': stdout)")
+    parser.add_argument(
+        "--json", metavar="OUT", help="write summary and timeline as JSON ('-': stdout)"
+    )
     parser.add_argument("--plot", metavar="OUT.png", help="write a timeline + circumplex plot")
     parser.add_argument("--window", type=float, default=None, help="window length, seconds")
     parser.add_argument("--hop", type=float, default=None, help="hop between windows, seconds")
@@ -380,16 +417,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _print_summary(path: str, model_name: str, s: dict) -> None:
-    print(f"{path}: {s['duration_s']:.1f} s, speech {s['speech_s']:.1f} s "
-          f"({s['speech_windows']}/{s['windows']} windows), model {model_name}")
+    print(
+        f"{path}: {s['duration_s']:.1f} s, speech {s['speech_s']:.1f} s "
+        f"({s['speech_windows']}/{s['windows']} windows), model {model_name}"
+    )
     if s["mean_valence"] is not None:
         print(f"  mean valence {s['mean_valence']:+.3f}  mean arousal {s['mean_arousal']:+.3f}")
     if s["quadrant_s"]:
-        print("  time per quadrant: " + ", ".join(f"{q.lower()} {t:.1f} s"
-                                                   for q, t in s["quadrant_s"].items()))
+        print(
+            "  time per quadrant: "
+            + ", ".join(f"{q.lower()} {t:.1f} s" for q, t in s["quadrant_s"].items())
+        )
     if s["label_distribution"]:
-        print("  dominant labels: " + ", ".join(f"{k} {v:.0%}"
-                                                for k, v in s["label_distribution"].items()))
+        print(
+            "  dominant labels: "
+            + ", ".join(f"{k} {v:.0%}" for k, v in s["label_distribution"].items())
+        )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -399,8 +442,9 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         base = Settings.from_toml(args.config) if args.config else Settings()
-        settings = base.replace(window=args.window, hop=args.hop, model=args.model,
-                                device=args.device)
+        settings = base.replace(
+            window=args.window, hop=args.hop, model=args.model, device=args.device
+        )
         if args.no_vad:
             settings = settings.replace(vad=False)
         model = load_model(settings.model, device=settings.device)
@@ -411,8 +455,14 @@ def main(args: argparse.Namespace) -> int:
     if not timeline:
         print(f"error: {args.file}: no audio", file=sys.stderr)
         return 2
-    report = {"file": str(args.file), "model": model.describe(), "settings": settings.to_dict(),
-              "summary": summary, "engine": stats, "timeline": timeline}
+    report = {
+        "file": str(args.file),
+        "model": model.describe(),
+        "settings": settings.to_dict(),
+        "summary": summary,
+        "engine": stats,
+        "timeline": timeline,
+    }
     if args.json == "-":
         json.dump(report, sys.stdout, indent=1)
         print()

@@ -17,8 +17,13 @@ RAVDESS = SHARED / "datasets" / "ravdess_speech_16k"
 #: A real speech clip (test split, angry, 2.39 s, 16 kHz FLAC).
 SPEECH_CLIP = RAVDESS / "Actor_19" / "03-01-05-01-01-01-19.flac"
 
-_CONV = dict(conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2),
-             num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+_CONV = dict(
+    conv_dim=(16, 16),
+    conv_kernel=(10, 3),
+    conv_stride=(5, 2),
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=2,
+)
 _TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 
 
@@ -41,19 +46,28 @@ def _sharpen(model, factor: float = 200.0):
 
 def make_wav2vec2_classifier(out: Path, layer_norm: bool = True) -> Path:
     """Wav2Vec2ForSequenceClassification with IEMOCAP-style abbreviated labels."""
-    from transformers import (Wav2Vec2Config, Wav2Vec2FeatureExtractor,
-                              Wav2Vec2ForSequenceClassification)
+    from transformers import (
+        Wav2Vec2Config,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2ForSequenceClassification,
+    )
 
     _seed(1)
     labels = ["ang", "hap", "neu", "sad"]
-    cfg = Wav2Vec2Config(**_TINY, **_CONV, classifier_proj_size=16, num_labels=4,
-                         id2label=dict(enumerate(labels)),
-                         label2id={v: k for k, v in enumerate(labels)},
-                         feat_extract_norm="layer" if layer_norm else "group",
-                         do_stable_layer_norm=layer_norm)
+    cfg = Wav2Vec2Config(
+        **_TINY,
+        **_CONV,
+        classifier_proj_size=16,
+        num_labels=4,
+        id2label=dict(enumerate(labels)),
+        label2id={v: k for k, v in enumerate(labels)},
+        feat_extract_norm="layer" if layer_norm else "group",
+        do_stable_layer_norm=layer_norm,
+    )
     _sharpen(Wav2Vec2ForSequenceClassification(cfg)).save_pretrained(out)
-    Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True,
-                             return_attention_mask=layer_norm).save_pretrained(out)
+    Wav2Vec2FeatureExtractor(
+        sampling_rate=16000, do_normalize=True, return_attention_mask=layer_norm
+    ).save_pretrained(out)
     return out
 
 
@@ -63,12 +77,18 @@ def make_hubert_classifier(out: Path) -> Path:
 
     _seed(2)
     labels = ["Angry", "Calm", "Fearful", "exc"]
-    cfg = HubertConfig(**_TINY, **_CONV, classifier_proj_size=16, num_labels=4,
-                       id2label=dict(enumerate(labels)),
-                       label2id={v: k for k, v in enumerate(labels)})
+    cfg = HubertConfig(
+        **_TINY,
+        **_CONV,
+        classifier_proj_size=16,
+        num_labels=4,
+        id2label=dict(enumerate(labels)),
+        label2id={v: k for k, v in enumerate(labels)},
+    )
     _sharpen(HubertForSequenceClassification(cfg)).save_pretrained(out)
-    Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=False,
-                             return_attention_mask=False).save_pretrained(out)
+    Wav2Vec2FeatureExtractor(
+        sampling_rate=16000, do_normalize=False, return_attention_mask=False
+    ).save_pretrained(out)
     return out
 
 
@@ -78,10 +98,17 @@ def make_ast_classifier(out: Path) -> Path:
 
     _seed(3)
     labels = ["negative", "neutral", "positive"]
-    cfg = ASTConfig(**_TINY, patch_size=16, frequency_stride=16, time_stride=16,
-                    max_length=128, num_mel_bins=64, num_labels=3,
-                    id2label=dict(enumerate(labels)),
-                    label2id={v: k for k, v in enumerate(labels)})
+    cfg = ASTConfig(
+        **_TINY,
+        patch_size=16,
+        frequency_stride=16,
+        time_stride=16,
+        max_length=128,
+        num_mel_bins=64,
+        num_labels=3,
+        id2label=dict(enumerate(labels)),
+        label2id={v: k for k, v in enumerate(labels)},
+    )
     _sharpen(ASTForAudioClassification(cfg), 20.0).save_pretrained(out)
     ASTFeatureExtractor(num_mel_bins=64, max_length=128, sampling_rate=16000).save_pretrained(out)
     return out
@@ -90,9 +117,8 @@ def make_ast_classifier(out: Path) -> Path:
 def make_vit_va(out: Path, prefix: str = "") -> Path:
     """ViT config.json + a .pth state dict of ViTModel + regression head."""
     import torch
-    from transformers import ViTConfig
-
     from emotion_monitor.models.vit_va import build_module
+    from transformers import ViTConfig
 
     _seed(4)
     cfg = ViTConfig(**_TINY, image_size=224, patch_size=32, num_channels=3)
@@ -110,19 +136,28 @@ def make_vit_va(out: Path, prefix: str = "") -> Path:
 def make_pooled(out: Path, scaler_format: str = "json") -> Path:
     """pooled_config.json + model.safetensors + scaler + a tiny wav2vec2 checkpoint dir."""
     import torch
+    from emotion_monitor.models.pooled_classifier import build_classifier
     from safetensors.torch import save_file
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
-
-    from emotion_monitor.models.pooled_classifier import build_classifier
 
     _seed(5)
     out.mkdir(parents=True, exist_ok=True)
     Wav2Vec2Model(Wav2Vec2Config(**_TINY, **_CONV)).save_pretrained(out / "w2v")
     Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True).save_pretrained(out / "w2v")
-    cfg = {"wav2vec2": "w2v", "layers": [0, 1, 2], "combine": "concat",
-           "scaler": f"scaler.{scaler_format}", "patch_size": 16, "d_model": 32, "num_heads": 2,
-           "num_layers": 2, "dim_feedforward": 64, "dropout": 0.1, "activation": "gelu",
-           "labels": ["negative", "neutral", "positive"]}
+    cfg = {
+        "wav2vec2": "w2v",
+        "layers": [0, 1, 2],
+        "combine": "concat",
+        "scaler": f"scaler.{scaler_format}",
+        "patch_size": 16,
+        "d_model": 32,
+        "num_heads": 2,
+        "num_layers": 2,
+        "dim_feedforward": 64,
+        "dropout": 0.1,
+        "activation": "gelu",
+        "labels": ["negative", "neutral", "positive"],
+    }
     dim = 32 * 3
     clf = build_classifier(cfg, dim)
     with torch.no_grad():  # zeros by default; random values make the test see them
@@ -133,7 +168,9 @@ def make_pooled(out: Path, scaler_format: str = "json") -> Path:
     mean = rng.normal(size=dim).astype(np.float32) * 0.1
     scale = rng.uniform(0.5, 2.0, size=dim).astype(np.float32)
     if scaler_format == "json":
-        (out / "scaler.json").write_text(json.dumps({"mean": mean.tolist(), "scale": scale.tolist()}))
+        (out / "scaler.json").write_text(
+            json.dumps({"mean": mean.tolist(), "scale": scale.tolist()})
+        )
     elif scaler_format == "safetensors":
         from safetensors.numpy import save_file as save_np
 

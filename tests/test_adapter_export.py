@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from published_fixtures import EXPECTED_LABELS, SPEECH_CLIP, published, speech  # noqa: F401
-
 from emotion_monitor.models import ModelError, load_model
 from emotion_monitor.models.adapter_export import export_adapter
 from emotion_monitor.models.onnx_adapter import OnnxAdapterModel
 from emotion_monitor.streamer import cli
+from published_fixtures import EXPECTED_LABELS, SPEECH_CLIP
+
+#: The session fixtures ``published`` and ``speech`` live in published_fixtures.py.
+pytest_plugins = ["published_fixtures"]
 
 TOL = 1e-4
 
@@ -45,7 +47,7 @@ def test_onnx_parity(kind, published, exported, speech):
     torch_model = load_model(str(published(kind)), device="cpu")
     # Other lengths than the export example: dynamic axes really are dynamic.
     wins = [speech[:32000], speech[6000:38000], speech[-20000:], speech[:8000]]
-    for p, q in zip(torch_model.predict(wins), onnx_model.predict(wins)):
+    for p, q in zip(torch_model.predict(wins), onnx_model.predict(wins), strict=True):
         if kind == "vit-va":
             assert q.classes is None
             assert abs(p.valence - q.valence) < TOL and abs(p.arousal - q.arousal) < TOL
@@ -56,11 +58,22 @@ def test_onnx_parity(kind, published, exported, speech):
 
 def test_analyze_through_onnx(exported, tmp_path):
     out = tmp_path / "r.json"
-    rc = cli.main(["analyze", str(SPEECH_CLIP), "--model", "onnx:" + str(exported("vit-va")),
-                   "--json", str(out)])
+    rc = cli.main(
+        [
+            "analyze",
+            str(SPEECH_CLIP),
+            "--model",
+            "onnx:" + str(exported("vit-va")),
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     report = json.loads(out.read_text())
-    assert report["model"]["runtime"] == "onnxruntime" and report["summary"]["mean_valence"] is not None
+    assert (
+        report["model"]["runtime"] == "onnxruntime"
+        and report["summary"]["mean_valence"] is not None
+    )
 
 
 def test_bad_onnx_dir(tmp_path):

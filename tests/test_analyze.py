@@ -11,8 +11,6 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
-from published_fixtures import EXPECTED_LABELS, SPEECH_CLIP, published, speech  # noqa: F401
-
 from emotion_monitor.models import load_model
 from emotion_monitor.streamer import cli
 from emotion_monitor.streamer.analyze import (
@@ -24,6 +22,10 @@ from emotion_monitor.streamer.analyze import (
 )
 from emotion_monitor.streamer.events import QUADRANTS
 from emotion_monitor.streamer.settings import Settings
+from published_fixtures import EXPECTED_LABELS, SPEECH_CLIP
+
+#: The session fixtures ``published`` and ``speech`` live in published_fixtures.py.
+pytest_plugins = ["published_fixtures"]
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
 
@@ -32,16 +34,32 @@ def _m4a_bytes(x: np.ndarray, tmp_path) -> bytes:
     wav = tmp_path / "in.wav"
     sf.write(str(wav), x, 16000)
     out = tmp_path / "clip.m4a"
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(wav), "-ar", "44100",
-                    str(out)], check=True)
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(wav), "-ar", "44100", str(out)],
+        check=True,
+    )
     return out.read_bytes()
 
 
 @pytest.mark.parametrize("kind", ["wav2vec2", "hubert", "ast", "vit-va", "pooled"])
 def test_analyze_cli(kind, published, tmp_path):
     out, png = tmp_path / "out.json", tmp_path / "out.png"
-    rc = cli.main(["analyze", str(SPEECH_CLIP), "--model", str(published(kind)), "--window", "1",
-                   "--hop", "0.5", "--json", str(out), "--plot", str(png)])
+    rc = cli.main(
+        [
+            "analyze",
+            str(SPEECH_CLIP),
+            "--model",
+            str(published(kind)),
+            "--window",
+            "1",
+            "--hop",
+            "0.5",
+            "--json",
+            str(out),
+            "--plot",
+            str(png),
+        ]
+    )
     assert rc == 0
     report = json.loads(out.read_text())
     timeline, summary = report["timeline"], report["summary"]
@@ -68,9 +86,20 @@ def test_analyze_cli(kind, published, tmp_path):
 
 def test_analyze_console_script_json_stdout(published):
     proc = subprocess.run(
-        [sys.executable, "-m", "emotion_monitor.streamer.cli", "analyze", str(SPEECH_CLIP),
-         "--model", "pooled:" + str(published("pooled")), "--json", "-"],
-        capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "emotion_monitor.streamer.cli",
+            "analyze",
+            str(SPEECH_CLIP),
+            "--model",
+            "pooled:" + str(published("pooled")),
+            "--json",
+            "-",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
@@ -78,8 +107,10 @@ def test_analyze_console_script_json_stdout(published):
 
 
 def test_analyze_errors(tmp_path, capsys, published):
-    assert cli.main(["analyze", str(tmp_path / "missing.wav"),
-                     "--model", str(published("hubert"))]) == 2
+    assert (
+        cli.main(["analyze", str(tmp_path / "missing.wav"), "--model", str(published("hubert"))])
+        == 2
+    )
     assert "no such file" in capsys.readouterr().err
     assert cli.main(["analyze", str(SPEECH_CLIP), "--model", "pooled:" + str(tmp_path)]) == 2
     assert "pooled_config.json: missing" in capsys.readouterr().err
@@ -99,7 +130,7 @@ def test_streamed_file_is_chunk_invariant(tmp_path, published, speech):
     assert sa["duration_s"] == pytest.approx(len(long) / 44100, abs=2e-3)
     assert len(a) == len(b) >= 12
     assert sa == sb
-    for ea, eb in zip(a, b):
+    for ea, eb in zip(a, b, strict=True):
         assert (ea["t0"], ea["speech"], ea["label"]) == (eb["t0"], eb["speech"], eb["label"])
 
 
@@ -118,12 +149,15 @@ def test_predict_response_classes(published, speech):
     r = predict_response(speech, model, Settings(window=1.0, hop=0.5))
     scores = [x["score"] for x in r["results"]]
     assert [x["label"] for x in r["results"]] and set(x["label"] for x in r["results"]) == set(
-        model.labels)
+        model.labels
+    )
     assert scores == sorted(scores, reverse=True)
     assert sum(scores) == pytest.approx(1.0, abs=1e-3)
     assert r["dominant"] == r["results"][0]
     assert r["valence"] is None and r["arousal"] is None
-    assert len(r["timeline"]) == 4 and r["duration_s"] == pytest.approx(len(speech) / 16000, abs=1e-3)
+    assert len(r["timeline"]) == 4 and r["duration_s"] == pytest.approx(
+        len(speech) / 16000, abs=1e-3
+    )
     json.dumps(r)  # JSON-able as is
 
 

@@ -6,17 +6,13 @@ import json
 
 import numpy as np
 import pytest
-from published_fixtures import (  # noqa: F401  (pytest fixtures)
-    EXPECTED_LABELS,
-    make_pooled,
-    make_vit_va,
-    published,
-    speech,
-)
-
 from emotion_monitor.models import ModelError, load_model
 from emotion_monitor.models.adapter_common import normalise_labels
 from emotion_monitor.models.registry import parse_spec
+from published_fixtures import EXPECTED_LABELS, make_pooled, make_vit_va
+
+#: The session fixtures ``published`` and ``speech`` live in published_fixtures.py.
+pytest_plugins = ["published_fixtures"]
 
 KINDS = list(EXPECTED_LABELS)
 
@@ -28,7 +24,13 @@ def windows_of(x: np.ndarray) -> list[np.ndarray]:
 
 def test_label_normalisation():
     assert normalise_labels(["ANG", "hap", "Neu", "sad", "exc", "Fearful"]) == (
-        "angry", "happy", "neutral", "sad", "exc", "fear")
+        "angry",
+        "happy",
+        "neutral",
+        "sad",
+        "exc",
+        "fear",
+    )
     # A mapping that would collide is applied to neither label.
     assert normalise_labels(["hap", "Happy", "sur"]) == ("hap", "happy", "surprise")
     with pytest.raises(ModelError):
@@ -55,7 +57,7 @@ def test_load_and_predict(kind, published, speech):
     # The model looks at the audio: different windows give different outputs.
     assert preds[0] != preds[1]
     # Batching (mixed lengths included) does not change any window's prediction.
-    for w, p in zip(wins, preds):
+    for w, p in zip(wins, preds, strict=True):
         (alone,) = model.predict([w])
         if p.classes:
             for k in p.classes:
@@ -121,14 +123,19 @@ def test_vit_state_dict_variants(tmp_path, published, speech):
 
 
 def test_mel_filterbank_matches_slaney_reference():
+    from emotion_monitor.models.vit_va import mel_filterbank
     from transformers.audio_utils import mel_filter_bank
 
-    from emotion_monitor.models.vit_va import mel_filterbank
-
     ours = mel_filterbank(22050, 2048, 128)
-    ref = mel_filter_bank(num_frequency_bins=1025, num_mel_filters=128, min_frequency=0.0,
-                          max_frequency=11025.0, sampling_rate=22050, norm="slaney",
-                          mel_scale="slaney")
+    ref = mel_filter_bank(
+        num_frequency_bins=1025,
+        num_mel_filters=128,
+        min_frequency=0.0,
+        max_frequency=11025.0,
+        sampling_rate=22050,
+        norm="slaney",
+        mel_scale="slaney",
+    )
     assert ours.shape == (128, 1025)
     np.testing.assert_allclose(ours, ref.T, rtol=1e-6, atol=1e-10)
 
