@@ -86,10 +86,13 @@ class Collector:
         return [m for m in self.messages if m["type"] == kind]
 
     async def wait_for(self, predicate, timeout: float = TIMEOUT) -> None:
+        """Until ``predicate()``; re-checked on every message and every 50 ms (for conditions
+        that change without a message, such as a client connecting)."""
         async with asyncio.timeout(timeout):
             while not predicate():
                 self._changed.clear()
-                await self._changed.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), 0.05)
 
     async def ended(self, streams, timeout: float = TIMEOUT) -> None:
         wanted = set(streams)
