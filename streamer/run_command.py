@@ -88,18 +88,28 @@ def make_source(args: argparse.Namespace, workdir: Path) -> Source:
     from emotion_monitor.streamer import sources
 
     spec = args.source
-    if spec is None:
-        spec = "mic" if has_input_device() else "demo"
+    auto = spec is None
+    if auto:
+        spec = "mic" if args.device is not None or has_input_device() else "demo"
     if spec == "mic":
-        return sources.MicrophoneSource(device=args.device)
+        mic = sources.MicrophoneSource(device=args.device)
+        mic.check()
+        return mic
     if spec == "stdin":
+        if sys.stdin.isatty():
+            print(
+                "reading raw PCM from stdin; pipe audio in, e.g. ffmpeg -i talk.mp3 -f s16le "
+                "-ac 1 -ar 16000 - | emotion-monitor run --source stdin",
+                file=sys.stderr,
+            )
         return sources.StdinSource(
             rate=args.rate, channels=args.channels, sample_format=args.sample_format
         )
     if spec == "demo":
+        why = "no --source given and no input device found; " if auto else ""
         print(
-            "DEMO: no --source given and no input device found; playing a synthesized dialogue "
-            "(espeak-ng, calm and agitated voices) in real time, in a loop. Ctrl-C to stop.",
+            f"DEMO: {why}playing a synthesized dialogue (espeak-ng, calm and agitated voices) "
+            "in real time, in a loop. This is not your microphone. Ctrl-C to stop.",
             file=sys.stderr,
         )
         return sources.DemoSource(workdir)
@@ -264,17 +274,24 @@ def main(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         try:
+            out = open(args.out, "w", encoding="utf-8") if args.out else None
+        except OSError as exc:
+            print(f"error: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+            return 2
+        try:
             model = load_emotion_model(args.model)
         except Exception as exc:
             print(f"error: cannot load model {args.model or 'default'!r}: {exc}", file=sys.stderr)
+            if out is not None:
+                out.close()
             return 1
         from emotion_monitor.streamer.engine import Engine
 
         engine = Engine(model, settings)
-        return _run(args, source, engine)
+        return _run(args, source, engine, out)
 
 
-def _run(args: argparse.Namespace, source: Source, engine) -> int:
+def _run(args: argparse.Namespace, source: Source, engine, out: TextIO | None) -> int:
     stop = threading.Event()
 
     def on_signal(signum, frame) -> None:
@@ -283,7 +300,12 @@ def _run(args: argparse.Namespace, source: Source, engine) -> int:
         stop.set()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    out: TextIO | None = open(args.out, "w", encoding="utf-8") if args.out else None
+    print(
+        f"model: {getattr(engine.model, 'name', type(engine.model).__name__)}  source: "
+        f"{source.name}  window {engine.settings.window:g} s, hop {engine.settings.hop:g} s, "
+        f"vad {'on' if engine.vad is not None else 'off'}",
+        file=sys.stderr,
+    )
     bar = None
     if source.duration is not None:
         from tqdm import tqdm
@@ -316,12 +338,6 @@ def _run(args: argparse.Namespace, source: Source, engine) -> int:
         if bar is not None:
             bar.update(round(n / SAMPLE_RATE, 4))
 
-    print(
-        f"model: {getattr(engine.model, 'name', type(engine.model).__name__)}  source: "
-        f"{source.name}  window {engine.settings.window:g} s, hop {engine.settings.hop:g} s, "
-        f"vad {'on' if engine.vad is not None else 'off'}",
-        file=sys.stderr,
-    )
     code = 0
     try:
         run_source(source, engine, emit, stop, args.duration, on_audio)

@@ -366,6 +366,20 @@ class MicrophoneSource(Source):
         if not self._closing:
             self._failure = "the input stream stopped"
 
+    def check(self) -> None:
+        """Fail fast: raise AudioError unless PortAudio works and the device names one input."""
+        try:
+            import sounddevice as sd
+        except OSError as exc:  # the PortAudio library itself is missing
+            raise AudioError(f"no audio input: {exc} (Debian: apt install libportaudio2)") from exc
+        try:
+            sd.query_devices(self.device, kind="input")
+        except (ValueError, sd.PortAudioError) as exc:
+            hint = "; see `emotion-monitor devices`"
+            if self.device is None:
+                raise AudioError(f"no default input device ({exc}){hint}") from exc
+            raise AudioError(f"{self.describe_device()}: {exc}{hint}") from exc
+
     def describe_device(self) -> str:
         return (
             "the default input device" if self.device is None else f"input device {self.device!r}"
