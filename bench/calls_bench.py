@@ -1,0 +1,177 @@
+"""Call-center benchmark: N concurrent Twilio calls at real-time pace through the real server.
+
+Each simulated call opens a websocket on ``/twilio`` and sends 20 ms mu-law packets for two
+tracks (customer and agent, continuous real speech from the RAVDESS test split) on the call's
+clock; one ``/ws`` subscriber receives every event. The event latency is measured end to end:
+from the moment the packet holding a window's last sample was sent to the moment its event
+arrived on ``/ws``. Prints p50/p95/max per N and the largest N whose p95 stays under the
+target (300 ms by default).
+
+    python bench/calls_bench.py --quick                  # N = 1, 4, 8 for 8 s each
+    python bench/calls_bench.py --calls 8 12 16 20 --seconds 30
+    python bench/calls_bench.py --model hf:/path/to/checkpoint
+
+Runs client and server in one process and one event loop (the inference worker has its own
+thread), so the numbers include the server's decoding and resampling of every packet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import csv
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+RAVDESS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "ravdess_speech_16k"
+PACKET_MS = 20
+
+
+def speech(seconds: float, offset: int) -> np.ndarray:
+    """Continuous real speech: test-split utterances, leading/trailing silence trimmed."""
+    from emotion_monitor.streamer.audio import load_audio
+
+    with open(RAVDESS / "manifest.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "test"]
+    parts, total, i = [], 0, offset
+    while total < seconds * 16000:
+        audio = load_audio(RAVDESS / rows[i % len(rows)]["path"])
+        level = np.convolve(audio**2, np.ones(800) / 800, mode="same")
+        voiced = np.flatnonzero(level > 1e-4)
+        if len(voiced):
+            parts.append(audio[voiced[0] : voiced[-1]])
+            total += len(parts[-1])
+        i += 7
+    return np.concatenate(parts)[: int(seconds * 16000)]
+
+
+async def play_call(port: int, sid: str, customer, agent, start_at: float,
+                    sent: dict) -> int:
+    """Send one call at real-time pace; records (stream time, wall time) per packet."""
+    import websockets
+    from emotion_monitor.streamer import twilio
+
+    async with websockets.connect(f"ws://127.0.0.1:{port}/twilio", compression=None) as ws:
+        loop = asyncio.get_running_loop()
+        for msg in twilio.simulate_call(sid, customer, agent, chunk_ms=PACKET_MS):
+            if '"media"' in msg[:20]:
+                media = json.loads(msg)["media"]
+                t_end = (int(media["timestamp"]) + PACKET_MS) / 1000
+                delay = start_at + t_end - PACKET_MS / 1000 - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await ws.send(msg)
+                track = "customer" if media["track"] == "inbound" else "agent"
+                sent[(sid, track)].append((t_end, time.perf_counter()))
+            else:
+                await ws.send(msg)
+        await ws.wait_closed()
+        return ws.close_code
+
+
+async def run(model, settings, n_calls: int, seconds: float, audio: list) -> dict:
+    from emotion_monitor.streamer.api import attach
+    from emotion_monitor.streamer.client import subscribe
+    from emotion_monitor.streamer.engine import Engine
+    from emotion_monitor.streamer.server import Server
+    from emotion_monitor.streamer.service import MonitorService
+
+    service = MonitorService(Engine(model, settings)).start()
+    server = Server(service, settings)
+    await attach(server, service, settings)
+    await server.start()
+    sent: dict = defaultdict(list)
+    received: list[tuple] = []
+    calls = [f"CA{i:032x}" for i in range(n_calls)]
+
+    async def listen():
+        async for ev in subscribe(f"ws://127.0.0.1:{server.port}/ws", until_ended=True,
+                                  streams=calls):
+            received.append((ev.stream, ev.track, ev.t1, ev.speech, ev.latency_ms,
+                             time.perf_counter()))
+
+    listener = asyncio.create_task(listen())
+    while server.clients < 1:
+        await asyncio.sleep(0.01)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time() + 0.2
+    rng = np.random.default_rng(0)
+    try:
+        codes = await asyncio.gather(*(
+            play_call(server.port, sid, audio[i % len(audio)][0], audio[i % len(audio)][1],
+                      t0 + rng.uniform(0, 1.0), sent)
+            for i, sid in enumerate(calls)))
+        await asyncio.wait_for(listener, 60)
+    finally:
+        listener.cancel()
+        await server.stop()
+        await asyncio.to_thread(service.stop)
+    latencies, engine_ms = [], []
+    for stream, track, t1, _speech, lat_ms, got in received:
+        packets = sent[(stream, track)]
+        ends = [p[0] for p in packets]
+        # the resampler needs 2 ms of look-ahead: the window is complete one packet later at most
+        k = bisect.bisect_left(ends, t1 + 0.002)
+        if k >= len(packets):
+            continue  # the tail window, completed by the stop message
+        latencies.append((got - packets[k][1]) * 1000)
+        engine_ms.append(lat_ms)
+    lat = np.array(latencies) if latencies else np.array([np.nan])
+    return {
+        "calls": n_calls,
+        "events": len(received),
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p95_ms": float(np.percentile(lat, 95)),
+        "max_ms": float(lat.max()),
+        "engine_p95_ms": float(np.percentile(engine_ms, 95)) if engine_ms else float("nan"),
+        "chunks_dropped": service.stats["chunks_dropped"],
+        "windows_dropped": service.engine.stats["windows_dropped"],
+        "refused": sum(1 for c in codes if c != 1000),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, nargs="+", default=[1, 4, 8, 12, 16, 20])
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each call")
+    parser.add_argument("--model", default=None, help="model spec (default: the shipped model)")
+    parser.add_argument("--target-ms", type=float, default=300.0, help="p95 latency target")
+    parser.add_argument("--quick", action="store_true", help="N = 1, 4, 8 for 8 s")
+    parser.add_argument("--no-vad", action="store_true", help="analyse every window")
+    args = parser.parse_args()
+    if args.quick:
+        args.calls, args.seconds = [1, 4, 8], 8.0
+
+    from emotion_monitor.models import load_model
+    from emotion_monitor.streamer.settings import Settings
+
+    settings = Settings(host="127.0.0.1", port=0, vad=not args.no_vad, max_streams=256)
+    model = load_model(args.model, device="cpu")
+    print(f"model {model.name} on {model.device}; window {settings.window} s, hop "
+          f"{settings.hop} s; {PACKET_MS} ms packets, calls of {args.seconds:.0f} s")
+    audio = [(speech(args.seconds, k), speech(args.seconds, k + 3)) for k in range(4)]
+    model.predict([audio[0][0][:32000]])  # warm-up
+    print(f"{'calls':>5} {'events':>7} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} "
+          f"{'engine p95':>10} {'dropped':>8}")
+    best = 0
+    for n in sorted(args.calls):
+        r = asyncio.run(run(model, settings, n, args.seconds, audio))
+        dropped = r["chunks_dropped"] + r["windows_dropped"]
+        print(f"{n:>5} {r['events']:>7} {r['p50_ms']:>8.0f} {r['p95_ms']:>8.0f} "
+              f"{r['max_ms']:>8.0f} {r['engine_p95_ms']:>10.0f} {dropped:>8}", flush=True)
+        if r["p95_ms"] < args.target_ms and not dropped and not r["refused"]:
+            best = n
+        else:
+            break  # more calls only get slower
+    print(f"largest N with p95 < {args.target_ms:.0f} ms: {best} concurrent calls "
+          f"({2 * best} tracks)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
