@@ -138,3 +138,26 @@ def test_mic_vanishing_reports_source_error_and_reopens(pulse, tmp_path):
             revived.stop()
     finally:
         got.close()
+
+
+def test_slow_reader_overflow_drops_oldest_and_counts(pulse):
+    """The capture thread never waits: a stalled reader loses the oldest audio, counted."""
+    from emotion_monitor.streamer.sources import list_input_devices
+
+    index = next(d["index"] for d in list_input_devices() if d["name"] == "pulse")
+    source = MicrophoneSource(device=index, buffer_seconds=0.2)  # a device given by index
+    items = iter(source)
+    first = next(items)
+    assert isinstance(first, np.ndarray)
+    rate = source.stats["device_rate"]
+    deadline = time.monotonic() + 20
+    while source._ring.written < rate and time.monotonic() < deadline:  # > 1 s captured
+        time.sleep(0.05)
+    assert source._ring.written >= rate, "the capture thread stopped delivering"
+    backlog = next(items)  # what survived: at most the ring's 0.2 s (resampled to 16 kHz)
+    assert len(backlog) <= int(0.2 * 16_000) + 64
+    source.stop()
+    for _ in items:  # the iteration ends promptly and closes the stream
+        pass
+    assert source._stream is None
+    assert source.stats["frames_dropped"] >= 0.5 * rate
