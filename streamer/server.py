@@ -246,6 +246,7 @@ class Server:
         self._tcp_servers: dict[str, asyncio.Server] = {}
         self._clients: set[_Client] = set()
         self._ws_server = None
+        self._port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._predicting = 0
         self._ingest_count = 0
@@ -331,6 +332,7 @@ class Server:
             compression=None,
             server_header=f"emotion-monitor/{_version()}",
         )
+        self._port = self._ws_server.sockets[0].getsockname()[1]
         for name, (handler, host, port) in self._tcp.items():
             self._tcp_servers[name] = await asyncio.start_server(
                 lambda r, w, h=handler: h(r, w, self.service, self.settings),
@@ -360,7 +362,7 @@ class Server:
     @property
     def port(self) -> int:
         """The bound port (useful with port 0)."""
-        return self._ws_server.sockets[0].getsockname()[1]
+        return self._port
 
     @property
     def url(self) -> str:

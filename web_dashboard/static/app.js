@@ -49,8 +49,10 @@ function handle(msg) {
       state.model = msg.model || {};
       $("#model").textContent = describeModel(state.model);
       for (const card of state.cards.values()) card.root.classList.add("ended");
+      for (const stream of Object.keys(msg.streams || {})) placeholder(stream);
       break;
     case "stream_started":
+      placeholder(msg.stream);
       for (const card of state.cards.values()) {
         if (card.stream === msg.stream) resetCard(card);
       }
@@ -85,14 +87,24 @@ function showNotice(text) {
 
 // -- per-track cards -------------------------------------------------------------------------
 
+// A stream is shown as soon as it starts; its tracks are known only from its first events, so
+// a placeholder card (track "*") stands in until then.
+function placeholder(stream) {
+  const known = [...state.cards.values()].some((c) => c.stream === stream);
+  if (!known) cardFor(stream, "*").root.querySelector(".va").textContent = "waiting for audio";
+}
+
 function cardFor(stream, track) {
   const key = stream + "\u0000" + track;
   let card = state.cards.get(key);
   if (card) return card;
+  const stub = state.cards.get(stream + "\u0000*");
+  if (stub && track !== "*") { stub.root.remove(); state.cards.delete(stub.key); }
   const root = $("#card-template").content.firstElementChild.cloneNode(true);
   root.dataset.stream = stream;
   root.dataset.track = track;
-  root.querySelector(".name").textContent = track === "main" ? stream : `${stream} / ${track}`;
+  const single = track === "main" || track === "*";
+  root.querySelector(".name").textContent = single ? stream : `${stream} / ${track}`;
   card = {
     key, stream, track, root, points: [], classes: null, bars: new Map(),
     circle: root.querySelector(".circumplex"), line: root.querySelector(".timeline"),
@@ -144,7 +156,10 @@ function schedule() {
 
 function draw() {
   scheduled = false;
-  for (const card of state.dirty) {
+  const cards = [...state.dirty];
+  state.dirty.clear();
+  for (const card of cards) {
+    if (!card.last) continue; // a placeholder: nothing to draw yet
     drawText(card);
     if (card.hasVA || (state.model && state.model.valence_arousal)) {
       card.root.querySelector(".plots").classList.remove("no-va");
@@ -155,7 +170,6 @@ function draw() {
     }
     drawBars(card);
   }
-  state.dirty.clear();
 }
 
 function fmt(x) {
@@ -197,6 +211,7 @@ function fitCanvas(canvas) {
 function drawCircumplex(card) {
   const [ctx, w, h] = fitCanvas(card.circle);
   const r = Math.min(w, h) / 2 - 4;
+  if (r < 8) return; // not laid out (hidden or tiny): nothing sensible to draw
   const cx = w / 2;
   const cy = h / 2;
   const toXY = (v, a) => [cx + v * r, cy - a * r];
@@ -250,8 +265,10 @@ function drawCircumplex(card) {
 function drawTimeline(card) {
   const [ctx, w, h] = fitCanvas(card.line);
   const pad = 14;
-  const end = card.points.length ? card.points[card.points.length - 1].t : HISTORY_S;
-  const start = end - HISTORY_S;
+  if (w < 3 * pad || h < 3 * pad) return;
+  // The first minute fills from the left; after that the window scrolls with the stream.
+  const last = card.points.length ? card.points[card.points.length - 1].t : 0;
+  const start = Math.max(0, last - HISTORY_S);
   const x = (t) => pad + ((t - start) / HISTORY_S) * (w - pad - 2);
   const y = (v) => h / 2 - v * (h / 2 - pad);
   ctx.strokeStyle = COLORS.grid;
@@ -272,12 +289,20 @@ function drawTimeline(card) {
     ctx.lineWidth = 2;
     ctx.beginPath();
     let pen = false;
+    let latest = null;
     for (const p of card.points) {
       if (p[key] === null || p[key] === undefined) { pen = false; continue; }
       if (pen) ctx.lineTo(x(p.t), y(p[key])); else ctx.moveTo(x(p.t), y(p[key]));
       pen = true;
+      latest = p;
     }
     ctx.stroke();
+    if (latest) { // the newest value as a dot, so a single window is visible too
+      ctx.fillStyle = color;
+      ctx.beginPath();
+      ctx.arc(x(latest.t), y(latest[key]), 3, 0, 2 * Math.PI);
+      ctx.fill();
+    }
   }
   ctx.textBaseline = "bottom";
   ctx.fillStyle = COLORS.valence;

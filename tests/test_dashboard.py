@@ -1,0 +1,315 @@
+"""The dashboard in a real browser (Debian chromium driven by playwright) against a live server.
+
+Screenshots land in artifacts/ (gitignored) for people to look at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import load_clip, ravdess_clip
+from emotion_monitor.streamer.engine import Engine
+from emotion_monitor.streamer.server import Server
+from emotion_monitor.streamer.service import MonitorService
+from emotion_monitor.streamer.settings import Settings
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--no-first-run", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+TIMEOUT_MS = 60_000
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
+
+
+class ServerThread:
+    """Service + server on their own event loop thread, so the sync playwright API can drive
+    the browser from the test thread."""
+
+    def __init__(self, model, **overrides):
+        self.settings = Settings(port=0, **overrides)
+        self.model = model
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        if not self._ready.wait(60) or self._error:
+            raise RuntimeError(f"server did not start: {self._error}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # surfaced by __enter__
+            self._error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self.service = MonitorService(Engine(self.model, self.settings)).start()
+        self.server = Server(self.service, self.settings)
+        await self.server.start()
+        self.url = self.server.url
+        self._ready.set()
+        await self._stop.wait()
+        await self.server.stop()
+        await asyncio.to_thread(self.service.stop)
+
+    def call(self, fn, *args):
+        """Run ``fn(*args)`` (sync or coroutine function) on the server's loop; its result."""
+
+        async def run():
+            result = fn(*args)
+            return await result if asyncio.iscoroutine(result) else result
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(60)
+
+
+def replay(service: MonitorService, stream: str, audio: np.ndarray, halt: threading.Event,
+           chunk: int = 1600) -> None:
+    """A file source in real time: 100 ms chunks, looping, until ``halt``."""
+    service.open_stream(stream, source="file")
+    i = 0
+    while not halt.is_set():
+        service.push(stream, audio[i : i + chunk])
+        i = (i + chunk) % len(audio)
+        halt.wait(chunk / 16_000)  # pacing of the source, not a readiness wait
+    service.end_stream(stream)
+
+
+def speech(*emotions: str) -> np.ndarray:
+    """Real utterances with short pauses between them."""
+    parts = []
+    for emotion in emotions:
+        parts += [load_clip(ravdess_clip(emotion)), np.zeros(8000, np.float32)]
+    return np.concatenate(parts)
+
+
+@pytest.fixture()
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS + [
+            # A fake microphone that plays a file: the mic button can be tested for real.
+            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={fake_mic_wav()}",
+        ])
+        yield browser
+        browser.close()
+
+
+_FAKE_MIC: list[Path] = []
+
+
+def fake_mic_wav() -> Path:
+    """Real speech as a 48 kHz WAV for chromium's fake capture device."""
+    if not _FAKE_MIC:
+        import soundfile as sf
+        from emotion_monitor.streamer.audio import resample
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        path = ARTIFACTS / "fake-mic.wav"
+        sf.write(path, resample(speech("happy", "angry"), 16_000, 48_000), 48_000,
+                 subtype="PCM_16")
+        _FAKE_MIC.append(path)
+    return _FAKE_MIC[0]
+
+
+def canvas_stats(page, selector: str) -> dict:
+    """Drawn pixels of a canvas, read back from the page."""
+    return page.evaluate(
+        """(sel) => {
+            const c = document.querySelector(sel);
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            // Rows of the plot area only: the legend text below must not count as a line.
+            const edge = Math.round(16 * (window.devicePixelRatio || 1));
+            let drawn = 0, trail = 0, blue = 0, orange = 0;
+            for (let i = c.width * 4 * edge; i < d.length - c.width * 4 * edge; i += 4) {
+                if (d[i + 3] === 0) continue;
+                drawn++;
+                const [r, g, b] = [d[i], d[i + 1], d[i + 2]];
+                if (r > 120 && b > 120 && g < 120) trail++;   // the purple trail and point
+                if (b > 200 && r < 120) blue++;               // the valence line
+                if (r > 200 && g > 120 && b < 110) orange++;  // the arousal line
+            }
+            return {drawn, trail, blue, orange, width: c.width, height: c.height};
+        }""",
+        selector,
+    )
+
+
+def test_dashboard_shows_live_events(tiny_model, browser):
+    halt = threading.Event()
+    with ServerThread(tiny_model) as srv:
+        sources = [
+            threading.Thread(target=replay, args=(srv.service, name, audio, halt), daemon=True)
+            for name, audio in [("call-angry", speech("angry", "sad")),
+                                ("call-happy", speech("happy", "neutral"))]
+        ]
+        for t in sources:
+            t.start()
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 760})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(srv.url)
+            page.wait_for_function(
+                "document.querySelector('#status').textContent === 'live'", timeout=TIMEOUT_MS
+            )
+            card = '.card[data-stream="call-angry"]'
+            page.wait_for_function(
+                f"""() => {{
+                    const c = document.querySelector('{card}');
+                    return c && c.querySelector('.va').textContent.includes('valence')
+                        && c.querySelectorAll('.bars .bar').length > 0;
+                }}""",
+                timeout=TIMEOUT_MS,
+            )
+            page.wait_for_selector('.card[data-stream="call-happy"] .bars .bar',
+                                   timeout=TIMEOUT_MS)
+            assert page.locator('.card[data-stream="call-happy"]').count() == 1
+            first = page.locator(f"{card} .va").text_content()
+            first_label = page.locator(f"{card} .dominant").text_content()
+            # Values and the label (or its confidence) change as new windows arrive.
+            page.wait_for_function(
+                f"""() => document.querySelector('{card} .va').textContent !== {first!r}
+                    && document.querySelector('{card} .dominant').textContent
+                       !== {first_label!r}""",
+                timeout=TIMEOUT_MS,
+            )
+            # Enough windows for lines in the timeline and a trail in the circumplex.
+            page.wait_for_function(
+                "[...window.emotionMonitor.cards.values()].every(c => c.points.length >= 5)",
+                timeout=TIMEOUT_MS,
+            )
+            label = page.locator(f"{card} .dominant .label").text_content().strip()
+            assert label in tiny_model.labels or label == "silence"
+            assert page.locator(f"{card} .latency").text_content().endswith("ms")
+            bars = page.locator(f"{card} .bars .bar").count()
+            assert bars == len(tiny_model.labels)
+            circle = canvas_stats(page, f"{card} canvas.circumplex")
+            line = canvas_stats(page, f"{card} canvas.timeline")
+            assert circle["trail"] > 30, circle
+            assert line["blue"] > 20 and line["orange"] > 20, line
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+            phone = browser.new_page(viewport={"width": 390, "height": 844},
+                                     device_scale_factor=2)
+            phone.goto(srv.url)
+            phone.wait_for_selector(f"{card} .bars .bar", timeout=TIMEOUT_MS)
+            width = phone.evaluate("document.documentElement.scrollWidth")
+            assert width <= 390, "no horizontal scrolling on a phone"
+            phone.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"))
+            assert not errors, errors
+        finally:
+            halt.set()
+            for t in sources:
+                t.join(10)
+
+
+def test_dashboard_reconnects(tiny_model, browser):
+    with ServerThread(tiny_model) as srv:
+        page = browser.new_page()
+        page.goto(srv.url)
+        live = "document.querySelector('#status').textContent === 'live'"
+        page.wait_for_function(live, timeout=TIMEOUT_MS)
+        port = srv.server.port
+        srv.call(srv.server.stop)
+        page.wait_for_function(
+            "document.querySelector('#status').textContent.startsWith('offline')",
+            timeout=TIMEOUT_MS,
+        )
+        srv.server.settings = srv.settings.replace(port=port)
+        srv.call(srv.server.start)  # same port: the page finds it again by itself
+        page.wait_for_function(live, timeout=TIMEOUT_MS)
+
+
+def test_microphone_button_streams_to_ingest(tiny_model, browser):
+    """The browser's (fake, file-backed) microphone goes through the AudioWorklet to /ingest
+    and comes back as a stream on the dashboard."""
+    with ServerThread(tiny_model) as srv:
+        context = browser.new_context(permissions=["microphone"])
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(srv.url)
+        page.wait_for_function(
+            "document.querySelector('#status').textContent === 'live'", timeout=TIMEOUT_MS
+        )
+        page.click("#mic")
+        page.wait_for_function(
+            """() => [...document.querySelectorAll('.card')].some(c =>
+                   c.dataset.stream.startsWith('browser-')
+                   && c.querySelector('.latency').textContent.endsWith('ms'))""",
+            timeout=TIMEOUT_MS,
+        )
+        assert page.locator("#mic").text_content() == "Stop microphone"
+        streams = srv.call(lambda: srv.service.streams)
+        (meta,) = [m for s, m in streams.items() if s.startswith("browser-")]
+        assert meta["sample_rate"] == 16_000 and meta["source"] == "ingest"
+        # Real speech from the fake device must open the voice gate at least once.
+        page.wait_for_function(
+            """() => [...document.querySelectorAll('.card')].some(c =>
+                   c.dataset.stream.startsWith('browser-')
+                   && c.querySelector('.va').textContent.includes('valence'))""",
+            timeout=TIMEOUT_MS,
+        )
+        page.screenshot(path=str(ARTIFACTS / "dashboard-mic.png"))
+        page.click("#mic")
+        page.wait_for_function(
+            "document.querySelector('.card[data-stream^=\"browser-\"]')"
+            ".classList.contains('ended')",
+            timeout=TIMEOUT_MS,
+        )
+        assert not errors, errors
+        context.close()
+
+
+def test_twenty_streams_render(tiny_model, browser):
+    """20 streams at 2 events/s each: every card updates and frames keep coming."""
+    with ServerThread(tiny_model) as srv:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(srv.url)
+        page.wait_for_function(
+            "document.querySelector('#status').textContent === 'live'", timeout=TIMEOUT_MS
+        )
+        page.evaluate("""() => {
+            window.frames_ = []; const tick = (t) => { window.frames_.push(t);
+            requestAnimationFrame(tick); }; requestAnimationFrame(tick); }""")
+        rng = np.random.default_rng(0)
+        labels = list(tiny_model.labels)
+        for seq in range(40):  # 20 s of stream time at a 0.5 s hop
+            batch = []
+            for s in range(20):
+                p = rng.dirichlet(np.ones(len(labels)))
+                v, a = np.tanh(rng.normal(size=2))
+                batch.append({
+                    "type": "event", "v": 1, "stream": f"s{s:02d}", "track": "main", "seq": seq,
+                    "t0": seq * 0.5, "t1": seq * 0.5 + 2, "speech": True, "speech_prob": 1.0,
+                    "valence": float(v), "arousal": float(a), "valence_smooth": float(v),
+                    "arousal_smooth": float(a),
+                    "classes": dict(zip(labels, p.tolist(), strict=True)),
+                    "label": labels[int(p.argmax())], "confidence": float(p.max()),
+                    "quadrant": "HAPPY", "latency_ms": 5.0,
+                })
+            srv.call(srv.server.broadcast, batch)
+        page.wait_for_function(
+            """() => document.querySelectorAll('.card').length === 20 &&
+                [...document.querySelectorAll('.card .va')].every(e => e.textContent)""",
+            timeout=TIMEOUT_MS,
+        )
+        frames = page.evaluate("window.frames_.length")
+        assert frames > 0
+        page.screenshot(path=str(ARTIFACTS / "dashboard-20.png"))
+
