@@ -245,14 +245,16 @@ def run_source(
 
 def _summary(engine, source: Source, samples: int) -> str:
     s = engine.stats
+    extra = {k: v for k, v in source.stats.items() if k != "nonfinite_samples"}
+    nonfinite = s["nonfinite_samples"] + source.stats.get("nonfinite_samples", 0)
     parts = [
         f"{samples / SAMPLE_RATE:.1f} s of audio",
         f"{s['events']} events ({s['speech_windows']} with speech)",
-        f"{s['nonfinite_samples']} NaN/Inf samples replaced by silence",
+        f"{nonfinite} NaN/Inf samples replaced by silence",
         f"{s['clipped_windows']} clipped windows",
         f"{s['windows_dropped']} windows dropped",
     ]
-    parts += [f"{k.replace('_', ' ')} {v}" for k, v in source.stats.items()]
+    parts += [f"{k.replace('_', ' ')} {v}" for k, v in extra.items()]
     return "summary: " + ", ".join(parts)
 
 

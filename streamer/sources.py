@@ -2,8 +2,9 @@
 
 Every source is an iterable of items that are either a chunk of 16 kHz mono float32 samples
 (``np.ndarray``) or a :class:`SourceError` saying that the source failed and is retrying. The
-samples go unchanged into :meth:`Engine.push`; NaN/Inf samples are left for the engine to replace
-by silence and count, so that every source counts them the same way.
+chunks go unchanged into :meth:`Engine.push`. NaN/Inf input samples are replaced by silence and
+counted in ``stats["nonfinite_samples"]`` before down-mixing and resampling (the engine does the
+same for audio that reaches it some other way); clipping is left intact for the engine to flag.
 
 Sources do blocking I/O (device waits, pipe reads, real-time pacing); run them on their own
 thread (see ``emotion_monitor.streamer.run_command``). :meth:`Source.stop` may be called from any
@@ -68,6 +69,18 @@ class Source:
     @property
     def stopped(self) -> bool:
         return self._stop.is_set()
+
+    def _mono(self, frames: np.ndarray) -> np.ndarray:
+        """Down-mix to mono, replacing NaN/Inf by silence and counting them first.
+
+        Done before resampling: one NaN fed to the resampling filter would smear over its taps
+        and turn dozens of good samples into NaN.
+        """
+        finite = np.isfinite(frames)
+        if not finite.all():
+            self.stats["nonfinite_samples"] += int((~finite).sum())
+            frames = np.where(finite, frames, np.float32(0))
+        return to_mono(frames)
 
 
 class _Pacer:
@@ -159,7 +172,7 @@ class FileSource(Source):
         except Exception:  # not a soundfile format (or a broken one): let ffmpeg try or explain
             self._use_ffmpeg = True
             self.duration = _ffprobe_duration(self.path)
-        self.stats = {"samples": 0}
+        self.stats = {"samples": 0, "nonfinite_samples": 0}
 
     def __iter__(self) -> Iterator[Item]:
         pacer = _Pacer(self.realtime, self._stop)
@@ -186,7 +199,7 @@ class FileSource(Source):
             block = max(1, int(self.block_seconds * f.samplerate))
             try:
                 for frames in f.blocks(blocksize=block, dtype="float32", always_2d=True):
-                    yield resampler.process(to_mono(frames))
+                    yield resampler.process(self._mono(frames))
             except sf.LibsndfileError as exc:  # a file truncated or corrupted past its header
                 raise AudioError(f"{self.path}: cannot decode ({exc})") from exc
             yield resampler.flush()
@@ -254,7 +267,7 @@ class StdinSource(Source):
         self.block_bytes = self.frame_bytes * max(1, int(block_seconds * rate))
         self.name = name
         self.close_timeout = 0.0  # a read blocked on an open pipe cannot be interrupted anyway
-        self.stats = {"bytes": 0}
+        self.stats = {"bytes": 0, "nonfinite_samples": 0}
 
     def __iter__(self) -> Iterator[Item]:
         if self.fp is None:
@@ -283,7 +296,7 @@ class StdinSource(Source):
             if not checked_range and self.sample_format == "f32le" and len(frames) >= 256:
                 checked_range = True
                 self._warn_if_not_float(frames)
-            yield resampler.process(to_mono(frames))
+            yield resampler.process(self._mono(frames))
         if self.stopped:
             return
         yield resampler.flush()
@@ -350,6 +363,7 @@ class MicrophoneSource(Source):
         self.start_timeout = start_timeout
         self.backoff = backoff
         self.stats = {"input_overflows": 0, "frames_dropped": 0, "reopens": 0, "device_rate": 0}
+        self.stats["nonfinite_samples"] = 0
         self.close_timeout = 3.0  # closing the PortAudio stream must finish before exit
         self._stream = None
         self._ring: RingBuffer | None = None
@@ -449,7 +463,7 @@ class MicrophoneSource(Source):
                 frames = self._ring.read()
                 if len(frames):
                     got_any, last_data = True, time.monotonic()
-                    yield self._resampler.process(to_mono(frames))
+                    yield self._resampler.process(self._mono(frames))
                 continue
             if self._failure:
                 return

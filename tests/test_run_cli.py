@@ -102,9 +102,7 @@ def test_stdin_stereo_48k_f32_with_nan(tmp_path):
     )
     err = proc.stderr.decode()
     assert proc.returncode == 0, err
-    # 50 stereo frames of NaN at 48 kHz -> a few dozen 16 kHz samples, all replaced and counted
-    n = int(err.split(" NaN/Inf samples")[0].rsplit(" ", 1)[-1])
-    assert n > 0, err
+    assert " 100 NaN/Inf samples replaced by silence" in err  # 50 stereo frames
 
 
 def test_file_fast_with_duration_and_progress(tmp_path):
