@@ -50,8 +50,7 @@ def speech(seconds: float, offset: int) -> np.ndarray:
     return np.concatenate(parts)[: int(seconds * 16000)]
 
 
-async def play_call(port: int, sid: str, customer, agent, start_at: float,
-                    sent: dict) -> int:
+async def play_call(port: int, sid: str, customer, agent, start_at: float, sent: dict) -> int:
     """Send one call at real-time pace; records (stream time, wall time) per packet."""
     import websockets
     from emotion_monitor.streamer import twilio
@@ -90,10 +89,12 @@ async def run(model, settings, n_calls: int, seconds: float, audio: list) -> dic
     calls = [f"CA{i:032x}" for i in range(n_calls)]
 
     async def listen():
-        async for ev in subscribe(f"ws://127.0.0.1:{server.port}/ws", until_ended=True,
-                                  streams=calls):
-            received.append((ev.stream, ev.track, ev.t1, ev.speech, ev.latency_ms,
-                             time.perf_counter()))
+        async for ev in subscribe(
+            f"ws://127.0.0.1:{server.port}/ws", until_ended=True, streams=calls
+        ):
+            received.append(
+                (ev.stream, ev.track, ev.t1, ev.speech, ev.latency_ms, time.perf_counter())
+            )
 
     listener = asyncio.create_task(listen())
     while server.clients < 1:
@@ -102,10 +103,19 @@ async def run(model, settings, n_calls: int, seconds: float, audio: list) -> dic
     t0 = loop.time() + 0.2
     rng = np.random.default_rng(0)
     try:
-        codes = await asyncio.gather(*(
-            play_call(server.port, sid, audio[i % len(audio)][0], audio[i % len(audio)][1],
-                      t0 + rng.uniform(0, 1.0), sent)
-            for i, sid in enumerate(calls)))
+        codes = await asyncio.gather(
+            *(
+                play_call(
+                    server.port,
+                    sid,
+                    audio[i % len(audio)][0],
+                    audio[i % len(audio)][1],
+                    t0 + rng.uniform(0, 1.0),
+                    sent,
+                )
+                for i, sid in enumerate(calls)
+            )
+        )
         await asyncio.wait_for(listener, 60)
     finally:
         listener.cancel()
@@ -152,24 +162,32 @@ def main() -> int:
 
     settings = Settings(host="127.0.0.1", port=0, vad=not args.no_vad, max_streams=256)
     model = load_model(args.model, device="cpu")
-    print(f"model {model.name} on {model.device}; window {settings.window} s, hop "
-          f"{settings.hop} s; {PACKET_MS} ms packets, calls of {args.seconds:.0f} s")
+    print(
+        f"model {model.name} on {model.device}; window {settings.window} s, hop "
+        f"{settings.hop} s; {PACKET_MS} ms packets, calls of {args.seconds:.0f} s"
+    )
     audio = [(speech(args.seconds, k), speech(args.seconds, k + 3)) for k in range(4)]
     model.predict([audio[0][0][:32000]])  # warm-up
-    print(f"{'calls':>5} {'events':>7} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} "
-          f"{'engine p95':>10} {'dropped':>8}")
+    print(
+        f"{'calls':>5} {'events':>7} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} "
+        f"{'engine p95':>10} {'dropped':>8}"
+    )
     best = 0
     for n in sorted(args.calls):
         r = asyncio.run(run(model, settings, n, args.seconds, audio))
         dropped = r["chunks_dropped"] + r["windows_dropped"]
-        print(f"{n:>5} {r['events']:>7} {r['p50_ms']:>8.0f} {r['p95_ms']:>8.0f} "
-              f"{r['max_ms']:>8.0f} {r['engine_p95_ms']:>10.0f} {dropped:>8}", flush=True)
+        print(
+            f"{n:>5} {r['events']:>7} {r['p50_ms']:>8.0f} {r['p95_ms']:>8.0f} "
+            f"{r['max_ms']:>8.0f} {r['engine_p95_ms']:>10.0f} {dropped:>8}",
+            flush=True,
+        )
         if r["p95_ms"] < args.target_ms and not dropped and not r["refused"]:
             best = n
         else:
             break  # more calls only get slower
-    print(f"largest N with p95 < {args.target_ms:.0f} ms: {best} concurrent calls "
-          f"({2 * best} tracks)")
+    print(
+        f"largest N with p95 < {args.target_ms:.0f} ms: {best} concurrent calls ({2 * best} tracks)"
+    )
     return 0
 
 

@@ -64,8 +64,10 @@ async def follow_call(url: str, call: str) -> None:
 
 
 def default_turns() -> list[Path]:
-    return [SAMPLES / "Actor_19/03-01-05-02-01-01-19.flac",  # angry
-            SAMPLES / "Actor_19/03-01-03-02-01-01-19.flac"]  # happy
+    return [
+        SAMPLES / "Actor_19/03-01-05-02-01-01-19.flac",  # angry
+        SAMPLES / "Actor_19/03-01-03-02-01-01-19.flac",
+    ]  # happy
 
 
 async def main(argv: list[str] | None = None) -> int:

@@ -248,7 +248,9 @@ class WebhookSender:
             self.stats["attempts"] += 1
             try:
                 request = urllib.request.Request(
-                    self.url, data=body, method="POST",
+                    self.url,
+                    data=body,
+                    method="POST",
                     headers={"Content-Type": "application/json", "User-Agent": "emotion-monitor"},
                 )
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
@@ -258,13 +260,22 @@ class WebhookSender:
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 reason = exc
             if attempt < self.retries:
-                log.warning("webhook %s failed (%s); retry %d/%d", self.url, reason,
-                            attempt + 1, self.retries)
+                log.warning(
+                    "webhook %s failed (%s); retry %d/%d",
+                    self.url,
+                    reason,
+                    attempt + 1,
+                    self.retries,
+                )
                 if self._stop.wait(self.backoff * 2**attempt):
                     break  # shutting down: give up on this payload
         self.stats["failed"] += 1
-        log.error("webhook %s: giving up on alert %s after %d attempts", self.url,
-                  payload.get("name"), attempt + 1)
+        log.error(
+            "webhook %s: giving up on alert %s after %d attempts",
+            self.url,
+            payload.get("name"),
+            attempt + 1,
+        )
 
 
 class AlertMonitor:
@@ -291,8 +302,13 @@ class AlertMonitor:
             return
         self.fired += len(alerts)
         for alert in alerts:
-            log.info("alert %s on %s/%s at t=%.1f s", alert["name"], alert["stream"],
-                     alert["track"], alert["t"])
+            log.info(
+                "alert %s on %s/%s at t=%.1f s",
+                alert["name"],
+                alert["stream"],
+                alert["track"],
+                alert["t"],
+            )
             if self.webhook is not None:
                 self.webhook.send(alert)
         # MonitorService has no public "publish" yet; its broadcaster is the one fan-out
@@ -306,4 +322,3 @@ class AlertMonitor:
             self._service.remove_listener(self._on_messages)
         if self.webhook is not None:
             self.webhook.close()
-

@@ -255,20 +255,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the call-center flags to ``emotion-monitor serve``."""
     group = parser.add_argument_group("call center")
     group.add_argument(
-        "--audiosocket-port", type=int, metavar="PORT",
+        "--audiosocket-port",
+        type=int,
+        metavar="PORT",
         help="also listen for Asterisk AudioSocket (TCP) calls on this port",
     )
     group.add_argument(
-        "--audiosocket-track", default=CUSTOMER, metavar="NAME",
+        "--audiosocket-track",
+        default=CUSTOMER,
+        metavar="NAME",
         help="track name of AudioSocket audio (one direction per connection; default customer)",
     )
     group.add_argument(
-        "--record", metavar="FILE.sqlite",
+        "--record",
+        metavar="FILE.sqlite",
         help="store every event and alert in this SQLite file (see 'emotion-monitor report')",
     )
     group.add_argument("--webhook", metavar="URL", help="POST every alert as JSON to this URL")
     group.add_argument(
-        "--alerts-config", metavar="TOML",
+        "--alerts-config",
+        metavar="TOML",
         help="alert rules ([[alerts]] tables); default: customer_frustration",
     )
 

@@ -133,8 +133,11 @@ class AudioHookSession:
         if media is None:
             raise AudioHookError("no offered media is PCMU at 8000 Hz with external/internal")
         conversation = params.get("conversationId")
-        stream = conversation if isinstance(conversation, str) and STREAM_ID.match(conversation) \
+        stream = (
+            conversation
+            if isinstance(conversation, str) and STREAM_ID.match(conversation)
             else session_id
+        )
         if stream in self.service.streams:  # a second session on the same conversation
             stream = session_id
         meta = {
@@ -186,9 +189,13 @@ def choose_media(offers: Any) -> dict | None:
         channels = offer.get("channels")
         if offer.get("format") != "PCMU" or offer.get("rate") != RATE:
             continue
-        if not isinstance(channels, list) or not channels or len(channels) > 2 \
-                or any(c not in CHANNEL_TRACKS for c in channels) \
-                or len(set(channels)) != len(channels):
+        if (
+            not isinstance(channels, list)
+            or not channels
+            or len(channels) > 2
+            or any(c not in CHANNEL_TRACKS for c in channels)
+            or len(set(channels)) != len(channels)
+        ):
             continue
         if best is None or len(channels) > len(best["channels"]):
             best = {"type": "audio", "format": "PCMU", "channels": list(channels), "rate": RATE}
@@ -208,8 +215,9 @@ class AudioHookHandler:
                 try:
                     raw = await asyncio.wait_for(ws.recv(), self.idle_timeout)
                 except TimeoutError:
-                    log.warning("audiohook %s: idle for %.0f s; closing", session.id,
-                                self.idle_timeout)
+                    log.warning(
+                        "audiohook %s: idle for %.0f s; closing", session.id, self.idle_timeout
+                    )
                     await ws.close(1000, "idle timeout")
                     return
                 replies, done = session.handle(raw)
@@ -228,7 +236,9 @@ class AudioHookHandler:
 
 
 def open_message(
-    session_id: str, conversation_id: str, channels: tuple[str, ...] = ("external", "internal"),
+    session_id: str,
+    conversation_id: str,
+    channels: tuple[str, ...] = ("external", "internal"),
     seq: int = 1,
 ) -> dict:
     """An ``open`` message as Genesys Cloud sends it (with a mono fallback offer)."""
@@ -242,8 +252,12 @@ def open_message(
         "parameters": {
             "organizationId": "d7934305-0972-4844-938e-9060eef73d05",
             "conversationId": conversation_id,
-            "participant": {"id": "883efee8-3d6c-4537-b500-6d7ca4b92fa0", "ani": "+1-555-555-1234",
-                            "aniName": "John Doe", "dnis": "+1-800-555-6789"},
+            "participant": {
+                "id": "883efee8-3d6c-4537-b500-6d7ca4b92fa0",
+                "ani": "+1-555-555-1234",
+                "aniName": "John Doe",
+                "dnis": "+1-800-555-6789",
+            },
             "media": [
                 {"type": "audio", "format": "PCMU", "channels": list(channels), "rate": RATE},
                 {"type": "audio", "format": "PCMU", "channels": ["external"], "rate": RATE},

@@ -117,16 +117,23 @@ class AudioSocketHandler:
                     log.warning("audiosocket %s: peer error (code %s)", who, code)
                     return
                 elif kind == KIND_DTMF:
-                    log.info("audiosocket %s: DTMF %r", call.stream if call else peer,
-                             payload.decode("ascii", "replace"))
+                    log.info(
+                        "audiosocket %s: DTMF %r",
+                        call.stream if call else peer,
+                        payload.decode("ascii", "replace"),
+                    )
                 else:
                     log.debug("audiosocket %s: ignoring frame type 0x%02x", peer, kind)
         except AudioSocketError as exc:
-            log.warning("audiosocket %s: %s; closing the connection",
-                        call.stream if call else peer, exc)
+            log.warning(
+                "audiosocket %s: %s; closing the connection", call.stream if call else peer, exc
+            )
         except TimeoutError:
-            log.warning("audiosocket %s: no frame for %.0f s; ending the call",
-                        call.stream if call else peer, self.idle_timeout)
+            log.warning(
+                "audiosocket %s: no frame for %.0f s; ending the call",
+                call.stream if call else peer,
+                self.idle_timeout,
+            )
         except ConnectionError as exc:
             log.info("audiosocket %s: connection lost (%s)", call.stream if call else peer, exc)
         finally:
@@ -162,8 +169,9 @@ class AudioSocketHandler:
         self, service: Any, stream: str, peer: Any, writer: asyncio.StreamWriter
     ) -> CallStream | None:
         try:
-            return CallStream(service, stream, source="audiosocket", track=self.track,
-                              peer=str(peer))
+            return CallStream(
+                service, stream, source="audiosocket", track=self.track, peer=str(peer)
+            )
         except (StreamLimitError, ValueError) as exc:
             log.warning("audiosocket %s: refused: %s", stream, exc)
             writer.write(frame(KIND_ERROR, str(exc).encode("ascii", "replace")[:200]))
@@ -179,7 +187,10 @@ class AudioSocketHandler:
 
 
 def simulate_call(
-    call_id: uuid.UUID, samples: np.ndarray, kind: int = 0x10, frame_ms: int = 20,
+    call_id: uuid.UUID,
+    samples: np.ndarray,
+    kind: int = 0x10,
+    frame_ms: int = 20,
     hangup: bool = True,
 ) -> Iterator[bytes]:
     """The frames Asterisk would send for 16 kHz ``samples``: UUID, slin frames, hangup."""

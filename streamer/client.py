@@ -33,8 +33,15 @@ def events_url(url: str) -> str:
     """``ws://host:port`` -> ``ws://host:port/ws``; http(s) becomes ws(s)."""
     parts = urlsplit(url if "://" in url else f"ws://{url}")
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    return urlunsplit((scheme, parts.netloc, parts.path if parts.path not in ("", "/") else "/ws",
-                       parts.query, ""))
+    return urlunsplit(
+        (
+            scheme,
+            parts.netloc,
+            parts.path if parts.path not in ("", "/") else "/ws",
+            parts.query,
+            "",
+        )
+    )
 
 
 async def subscribe(
@@ -67,8 +74,9 @@ async def subscribe(
     while True:
         try:
             async with connect(url, open_timeout=open_timeout, max_size=None) as ws:
-                await ws.send(json.dumps({"type": "subscribe", "v": PROTOCOL_VERSION,
-                                          "streams": wanted}))
+                await ws.send(
+                    json.dumps({"type": "subscribe", "v": PROTOCOL_VERSION, "streams": wanted})
+                )
                 backoff = 0.5
                 async for raw in ws:
                     msg = json.loads(raw)

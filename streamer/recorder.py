@@ -41,9 +41,22 @@ CREATE TABLE IF NOT EXISTS alerts (
     stream TEXT NOT NULL, track TEXT, name TEXT, t REAL, since REAL, time REAL, data TEXT
 );
 """
-EVENT_COLUMNS = ("stream", "track", "seq", "t0", "t1", "speech", "valence", "arousal",
-                 "valence_smooth", "arousal_smooth", "label", "label_smooth", "quadrant",
-                 "latency_ms")
+EVENT_COLUMNS = (
+    "stream",
+    "track",
+    "seq",
+    "t0",
+    "t1",
+    "speech",
+    "valence",
+    "arousal",
+    "valence_smooth",
+    "arousal_smooth",
+    "label",
+    "label_smooth",
+    "quadrant",
+    "latency_ms",
+)
 
 
 class Recorder:
@@ -108,8 +121,9 @@ class Recorder:
                 try:
                     self._write(batch)
                 except sqlite3.Error:
-                    log.exception("recorder: could not write %d messages to %s", len(batch),
-                                  self.path)
+                    log.exception(
+                        "recorder: could not write %d messages to %s", len(batch), self.path
+                    )
             with self._cond:
                 self._handled = handled
                 self._cond.notify_all()
@@ -123,12 +137,21 @@ class Recorder:
             for msg in batch:
                 kind = msg.get("type")
                 if kind == "event":
-                    events.append(tuple(_column(msg.get(c)) for c in EVENT_COLUMNS)
-                                  + (json.dumps(msg),))
+                    events.append(
+                        tuple(_column(msg.get(c)) for c in EVENT_COLUMNS) + (json.dumps(msg),)
+                    )
                 elif kind == "alert":
-                    alerts.append((msg.get("stream"), msg.get("track"), msg.get("name"),
-                                   msg.get("t"), msg.get("since"), msg.get("time"),
-                                   json.dumps(msg)))
+                    alerts.append(
+                        (
+                            msg.get("stream"),
+                            msg.get("track"),
+                            msg.get("name"),
+                            msg.get("t"),
+                            msg.get("since"),
+                            msg.get("time"),
+                            json.dumps(msg),
+                        )
+                    )
                 elif kind == "stream_started":
                     self._db.execute(
                         "INSERT INTO streams (stream, started, meta) VALUES (?, ?, ?)",
@@ -170,19 +193,26 @@ def summarize(path: str | Path, stream: str | None = None) -> list[dict]:
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     db.row_factory = sqlite3.Row
     try:
-        streams = [r[0] for r in db.execute(
-            "SELECT stream FROM events GROUP BY stream ORDER BY MIN(rowid)")]
+        streams = [
+            r[0]
+            for r in db.execute("SELECT stream FROM events GROUP BY stream ORDER BY MIN(rowid)")
+        ]
         if stream is not None:
             streams = [s for s in streams if s == stream]
         out = []
         for s in streams:
             meta_row = db.execute(
-                "SELECT started, ended, meta FROM streams WHERE stream = ? ORDER BY id DESC",
-                (s,)).fetchone()
+                "SELECT started, ended, meta FROM streams WHERE stream = ? ORDER BY id DESC", (s,)
+            ).fetchone()
             events = db.execute(
-                "SELECT * FROM events WHERE stream = ? ORDER BY track, seq", (s,)).fetchall()
-            alerts = [dict(r) for r in db.execute(
-                "SELECT track, name, t, since FROM alerts WHERE stream = ? ORDER BY t", (s,))]
+                "SELECT * FROM events WHERE stream = ? ORDER BY track, seq", (s,)
+            ).fetchall()
+            alerts = [
+                dict(r)
+                for r in db.execute(
+                    "SELECT track, name, t, since FROM alerts WHERE stream = ? ORDER BY t", (s,)
+                )
+            ]
             out.append(_summarize_stream(s, meta_row, events, alerts))
         return out
     finally:
@@ -217,9 +247,12 @@ def _summarize_stream(stream: str, meta_row, events, alerts) -> dict:
             if e["label_smooth"] or e["label"]:
                 labels[e["label_smooth"] or e["label"]] += span
         speech = [e for e in evs if e["speech"] and e["valence_smooth"] is not None]
-        t = {"events": len(evs), "speech_s": round(speech_s, 2),
-             "quadrants_s": {k: round(v, 2) for k, v in quadrants.most_common()},
-             "label": labels.most_common(1)[0][0] if labels else None}
+        t = {
+            "events": len(evs),
+            "speech_s": round(speech_s, 2),
+            "quadrants_s": {k: round(v, 2) for k, v in quadrants.most_common()},
+            "label": labels.most_common(1)[0][0] if labels else None,
+        }
         if speech:
             t["valence_mean"] = round(sum(e["valence_smooth"] for e in speech) / len(speech), 3)
             t["arousal_mean"] = round(sum(e["arousal_smooth"] for e in speech) / len(speech), 3)
@@ -233,28 +266,38 @@ def _summarize_stream(stream: str, meta_row, events, alerts) -> dict:
 
 def format_summary(s: dict) -> str:
     """Human-readable text of one :func:`summarize` entry."""
-    lines = [f"call {s['stream']}  ({s['duration']:.1f} s"
-             + (f", {s['meta'].get('source')}" if s["meta"].get("source") else "") + ")"]
+    lines = [
+        f"call {s['stream']}  ({s['duration']:.1f} s"
+        + (f", {s['meta'].get('source')}" if s["meta"].get("source") else "")
+        + ")"
+    ]
     for track, t in s["tracks"].items():
-        lines.append(f"  {track}: speech {t['speech_s']:.1f} s, {t['events']} windows"
-                     + (f", mostly {t['label']}" if t["label"] else ""))
+        lines.append(
+            f"  {track}: speech {t['speech_s']:.1f} s, {t['events']} windows"
+            + (f", mostly {t['label']}" if t["label"] else "")
+        )
         if "valence_mean" in t:
             lines.append(
                 f"    valence mean {t['valence_mean']:+.2f} (low {t['valence_low']['value']:+.2f}"
                 f" at {t['valence_low']['t']:.1f} s), arousal mean {t['arousal_mean']:+.2f} "
-                f"(peak {t['arousal_peak']['value']:+.2f} at {t['arousal_peak']['t']:.1f} s)")
+                f"(peak {t['arousal_peak']['value']:+.2f} at {t['arousal_peak']['t']:.1f} s)"
+            )
         if t["quadrants_s"]:
-            lines.append("    time per quadrant: " + ", ".join(
-                f"{q} {sec:.1f} s" for q, sec in t["quadrants_s"].items()))
+            lines.append(
+                "    time per quadrant: "
+                + ", ".join(f"{q} {sec:.1f} s" for q, sec in t["quadrants_s"].items())
+            )
     cust, agent = s["tracks"].get("customer"), s["tracks"].get("agent")
     if cust and agent and "valence_mean" in cust and "valence_mean" in agent:
         lines.append(
             f"  customer vs agent: valence {cust['valence_mean'] - agent['valence_mean']:+.2f}, "
-            f"arousal {cust['arousal_mean'] - agent['arousal_mean']:+.2f}")
+            f"arousal {cust['arousal_mean'] - agent['arousal_mean']:+.2f}"
+        )
     if s["alerts"]:
         for a in s["alerts"]:
-            lines.append(f"  ALERT {a['name']} on {a['track']} at {a['t']:.1f} s "
-                         f"(since {a['since']:.1f} s)")
+            lines.append(
+                f"  ALERT {a['name']} on {a['track']} at {a['t']:.1f} s (since {a['since']:.1f} s)"
+            )
     else:
         lines.append("  no alerts")
     return "\n".join(lines)
@@ -272,20 +315,28 @@ def plot(path: str | Path, out: str | Path, stream: str | None = None, max_calls
 
     db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
     try:
-        streams = [r[0] for r in db.execute(
-            "SELECT stream FROM events GROUP BY stream ORDER BY MIN(rowid)")]
+        streams = [
+            r[0]
+            for r in db.execute("SELECT stream FROM events GROUP BY stream ORDER BY MIN(rowid)")
+        ]
         streams = [s for s in streams if stream is None or s == stream][:max_calls]
         if not streams:
             return 0
-        fig, axes = plt.subplots(len(streams), 2, figsize=(12, 2.6 * len(streams)),
-                                 squeeze=False, sharex="row")
+        fig, axes = plt.subplots(
+            len(streams), 2, figsize=(12, 2.6 * len(streams)), squeeze=False, sharex="row"
+        )
         for row, s in zip(axes, streams, strict=True):
-            tracks = [r[0] for r in db.execute(
-                "SELECT DISTINCT track FROM events WHERE stream = ? ORDER BY track", (s,))]
+            tracks = [
+                r[0]
+                for r in db.execute(
+                    "SELECT DISTINCT track FROM events WHERE stream = ? ORDER BY track", (s,)
+                )
+            ]
             for track in tracks:
                 pts = db.execute(
                     "SELECT t1, valence_smooth, arousal_smooth FROM events WHERE stream = ? "
-                    "AND track = ? AND valence_smooth IS NOT NULL ORDER BY seq", (s, track)
+                    "AND track = ? AND valence_smooth IS NOT NULL ORDER BY seq",
+                    (s, track),
                 ).fetchall()
                 if not pts:
                     continue
@@ -325,8 +376,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"report: {exc}", file=sys.stderr)
         return 2
     if not summaries:
-        print("report: no calls" + (f" with stream id {args.stream!r}" if args.stream else ""),
-              file=sys.stderr)
+        print(
+            "report: no calls" + (f" with stream id {args.stream!r}" if args.stream else ""),
+            file=sys.stderr,
+        )
         return 1
     if args.json:
         print(json.dumps(summaries, indent=2))

@@ -187,8 +187,11 @@ class TwilioHandler:
                     raw = await asyncio.wait_for(ws.recv(), self.idle_timeout)
                 except TimeoutError:
                     code, reason = 1000, "idle timeout"
-                    log.warning("twilio %s: no message for %.0f s, ending", session._stream,
-                                self.idle_timeout)
+                    log.warning(
+                        "twilio %s: no message for %.0f s, ending",
+                        session._stream,
+                        self.idle_timeout,
+                    )
                     break
                 if session.handle(raw):
                     break
@@ -233,38 +236,48 @@ def simulate_call(
     seq = 1
     yield json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
     seq += 1
-    yield json.dumps({
-        "event": "start",
-        "sequenceNumber": str(seq),
-        "streamSid": stream_sid,
-        "start": {
-            "accountSid": "AC" + "0" * 32,
+    yield json.dumps(
+        {
+            "event": "start",
+            "sequenceNumber": str(seq),
             "streamSid": stream_sid,
-            "callSid": call_sid,
-            "tracks": list(encoded),
-            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": TWILIO_RATE, "channels": 1},
-            "customParameters": custom_parameters or {},
-        },
-    })
+            "start": {
+                "accountSid": "AC" + "0" * 32,
+                "streamSid": stream_sid,
+                "callSid": call_sid,
+                "tracks": list(encoded),
+                "mediaFormat": {
+                    "encoding": "audio/x-mulaw",
+                    "sampleRate": TWILIO_RATE,
+                    "channels": 1,
+                },
+                "customParameters": custom_parameters or {},
+            },
+        }
+    )
     step = TWILIO_RATE * chunk_ms // 1000
     for i, start in enumerate(range(0, n, step)):
         for name, data in encoded.items():
             seq += 1
-            yield json.dumps({
-                "event": "media",
-                "sequenceNumber": str(seq),
-                "streamSid": stream_sid,
-                "media": {
-                    "track": name,
-                    "chunk": str(i + 1),
-                    "timestamp": str(start * 1000 // TWILIO_RATE),
-                    "payload": base64.b64encode(data[start : start + step]).decode(),
-                },
-            })
+            yield json.dumps(
+                {
+                    "event": "media",
+                    "sequenceNumber": str(seq),
+                    "streamSid": stream_sid,
+                    "media": {
+                        "track": name,
+                        "chunk": str(i + 1),
+                        "timestamp": str(start * 1000 // TWILIO_RATE),
+                        "payload": base64.b64encode(data[start : start + step]).decode(),
+                    },
+                }
+            )
     seq += 1
-    yield json.dumps({
-        "event": "stop",
-        "sequenceNumber": str(seq),
-        "streamSid": stream_sid,
-        "stop": {"accountSid": "AC" + "0" * 32, "callSid": call_sid},
-    })
+    yield json.dumps(
+        {
+            "event": "stop",
+            "sequenceNumber": str(seq),
+            "streamSid": stream_sid,
+            "stop": {"accountSid": "AC" + "0" * 32, "callSid": call_sid},
+        }
+    )

@@ -19,8 +19,16 @@ from test_calls import TIMEOUT, running, test_settings, twilio_call
 
 
 def event(t1: float, track: str = "customer", stream: str = "c1", v=-0.5, a=0.7) -> dict:
-    return {"type": "event", "stream": stream, "track": track, "seq": int(t1 * 2), "t0": t1 - 2,
-            "t1": t1, "valence_smooth": v, "arousal_smooth": a}
+    return {
+        "type": "event",
+        "stream": stream,
+        "track": track,
+        "seq": int(t1 * 2),
+        "t0": t1 - 2,
+        "t1": t1,
+        "valence_smooth": v,
+        "arousal_smooth": a,
+    }
 
 
 def test_fires_once_after_min_duration_per_track_and_rearms():
@@ -61,10 +69,13 @@ def test_rules_from_toml(tmp_path):
     path.write_text(
         '[[alerts]]\nname = "agent_stress"\ntrack = "agent"\nmin_duration = 3\n'
         'conditions = { arousal_smooth = [">=", 0.6] }\n'
-        '[[alerts]]\nname = "anyone_sad"\nconditions = { valence_smooth = ["<", -0.5] }\n')
+        '[[alerts]]\nname = "anyone_sad"\nconditions = { valence_smooth = ["<", -0.5] }\n'
+    )
     rules = load_alert_rules(path)
-    assert rules == (AlertRule("agent_stress", (("arousal_smooth", ">=", 0.6),), 3.0, "agent"),
-                     AlertRule("anyone_sad", (("valence_smooth", "<", -0.5),), 5.0, None))
+    assert rules == (
+        AlertRule("agent_stress", (("arousal_smooth", ">=", 0.6),), 3.0, "agent"),
+        AlertRule("anyone_sad", (("valence_smooth", "<", -0.5),), 5.0, None),
+    )
     path.write_text('[[alerts]]\nname = "x"\nconditions = { arousal_smooth = ["~", 1] }\n')
     with pytest.raises(ValueError, match="unknown operator"):
         load_alert_rules(path)
@@ -139,8 +150,9 @@ def test_webhook_gives_up_after_bounded_retries_and_never_blocks_the_caller():
 
 
 async def test_alerts_reach_listeners_and_webhook_end_to_end():
-    rule = AlertRule("loud_customer", (("arousal_smooth", ">", 0.0),), min_duration=1.0,
-                     track="customer")
+    rule = AlertRule(
+        "loud_customer", (("arousal_smooth", ">", 0.0),), min_duration=1.0, track="customer"
+    )
     rx = Receiver(failures=1)
     settings = test_settings(alerts=(rule,), webhook_url=rx.url)
     loud = (np.random.default_rng(0).standard_normal(16000 * 4) * 0.3).astype(np.float32)
@@ -154,7 +166,8 @@ async def test_alerts_reach_listeners_and_webhook_end_to_end():
         rx.close()
     alerts = col.of_type("alert")
     assert [(a["stream"], a["track"], a["name"]) for a in alerts] == [
-        ("CA5", "customer", "loud_customer")]
+        ("CA5", "customer", "loud_customer")
+    ]
     # the alert follows the event that completed the rule, never precedes it
     idx = col.messages.index(alerts[0])
     assert any(m["type"] == "event" and m["t1"] == alerts[0]["t"] for m in col.messages[:idx])

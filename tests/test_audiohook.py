@@ -30,14 +30,25 @@ class HookClient:
 
     async def send(self, kind: str, **parameters) -> None:
         self.seq += 1
-        await self.ws.send(json.dumps({"version": "2", "type": kind, "seq": self.seq,
-                                       "serverseq": 0, "id": self.id, "position": "PT0S",
-                                       "parameters": parameters}))
+        await self.ws.send(
+            json.dumps(
+                {
+                    "version": "2",
+                    "type": kind,
+                    "seq": self.seq,
+                    "serverseq": 0,
+                    "id": self.id,
+                    "position": "PT0S",
+                    "parameters": parameters,
+                }
+            )
+        )
 
     async def open(self, conversation: str, channels=("external", "internal")) -> dict:
         self.seq += 1
-        await self.ws.send(json.dumps(audiohook.open_message(self.id, conversation, channels,
-                                                             seq=self.seq)))
+        await self.ws.send(
+            json.dumps(audiohook.open_message(self.id, conversation, channels, seq=self.seq))
+        )
         return await self.recv()
 
     async def recv(self) -> dict:
@@ -79,7 +90,8 @@ async def test_session_handshake_tracks_and_metadata():
         await col.ended(["conv-42"])
     assert opened["type"] == "opened" and opened["clientseq"] == 1 and opened["seq"] == 1
     assert opened["parameters"]["media"] == [
-        {"type": "audio", "format": "PCMU", "channels": ["external", "internal"], "rate": 8000}]
+        {"type": "audio", "format": "PCMU", "channels": ["external", "internal"], "rate": 8000}
+    ]
     assert pong["type"] == "pong" and pong["clientseq"] == 2 and pong["seq"] == 2
     assert pong["id"] == opened["id"]
     assert closed["type"] == "closed" and closed["clientseq"] == 3
@@ -149,8 +161,9 @@ async def test_mono_offer_and_refusals():
 
         async def l16_only(c):
             msg = audiohook.open_message(c.id, "conv-l16")
-            msg["parameters"]["media"] = [{"type": "audio", "format": "L16",
-                                           "channels": ["external"], "rate": 16000}]
+            msg["parameters"]["media"] = [
+                {"type": "audio", "format": "L16", "channels": ["external"], "rate": 16000}
+            ]
             await c.ws.send(json.dumps(msg))
 
         async def torn(c):
@@ -181,11 +194,11 @@ async def test_mono_offer_and_refusals():
 
 
 def test_choose_media_prefers_stereo_pcmu():
-    offers = [{"type": "audio", "format": "PCMU", "channels": ["external"], "rate": 8000},
-              {"type": "audio", "format": "PCMU", "channels": ["internal", "external"],
-               "rate": 8000},
-              {"type": "audio", "format": "L16", "channels": ["external", "internal"],
-               "rate": 8000}]
+    offers = [
+        {"type": "audio", "format": "PCMU", "channels": ["external"], "rate": 8000},
+        {"type": "audio", "format": "PCMU", "channels": ["internal", "external"], "rate": 8000},
+        {"type": "audio", "format": "L16", "channels": ["external", "internal"], "rate": 8000},
+    ]
     assert audiohook.choose_media(offers)["channels"] == ["internal", "external"]
     assert audiohook.choose_media([{"format": "PCMU", "channels": ["x"], "rate": 8000}]) is None
     assert audiohook.choose_media("nonsense") is None

@@ -44,8 +44,9 @@ async def test_call_at_8k_and_higher_rates_give_the_same_events():
     ids = {kind: uuid.uuid4() for kind in (0x10, 0x12, 0x16)}
     async with running(settings=asock_settings()) as (server, col):
         port = server.tcp_ports["audiosocket"]
-        await asyncio.gather(*(play(port, asock.simulate_call(i, angry, kind=k))
-                               for k, i in ids.items()))
+        await asyncio.gather(
+            *(play(port, asock.simulate_call(i, angry, kind=k)) for k, i in ids.items())
+        )
         await col.ended(str(i) for i in ids.values())
         assert server.service.engine.streams == []
     events = col.events()
@@ -65,10 +66,13 @@ async def test_angry_connection_more_aroused_than_sad_one(real_model):  # noqa: 
     angry, sad = clips()
     a, s = uuid.uuid4(), uuid.uuid4()
     async with running(real_model, Settings(host="127.0.0.1", port=0, audiosocket_port=0)) as (
-            server, col):
+        server,
+        col,
+    ):
         port = server.tcp_ports["audiosocket"]
-        await asyncio.gather(play(port, asock.simulate_call(a, angry)),
-                             play(port, asock.simulate_call(s, sad)))
+        await asyncio.gather(
+            play(port, asock.simulate_call(a, angry)), play(port, asock.simulate_call(s, sad))
+        )
         await col.ended([str(a), str(s)])
     ev = col.events()
 
@@ -85,8 +89,9 @@ async def test_configured_track_name():
         await server.stop()
         await server.start()  # listeners are opened on start
         call = uuid.uuid4()
-        await play(server.tcp_ports["agent-leg"],
-                   asock.simulate_call(call, np.zeros(16000, np.float32)))
+        await play(
+            server.tcp_ports["agent-leg"], asock.simulate_call(call, np.zeros(16000, np.float32))
+        )
         await col.ended([str(call)])
     assert set(col.events()) == {(str(call), "agent")}
 
@@ -96,16 +101,25 @@ async def test_bad_frames_end_only_that_connection(caplog):
     audio = frame(0x10, b"\x00\x01" * 160)
     cases = {
         "audio before the UUID frame": [audio],
-        "truncated frame": [frame(asock.KIND_UUID, uuid.uuid4().bytes), audio,
-                            struct.pack(">BH", 0x10, 320) + b"\x00" * 100],
+        "truncated frame": [
+            frame(asock.KIND_UUID, uuid.uuid4().bytes),
+            audio,
+            struct.pack(">BH", 0x10, 320) + b"\x00" * 100,
+        ],
         "truncated header": [frame(asock.KIND_UUID, uuid.uuid4().bytes), b"\x10\x01"],
-        "exceeds the limit": [frame(asock.KIND_UUID, uuid.uuid4().bytes),
-                              struct.pack(">BH", 0x10, 60000)],
-        "not whole 16-bit samples": [frame(asock.KIND_UUID, uuid.uuid4().bytes),
-                                     frame(0x10, b"\x00" * 7)],
+        "exceeds the limit": [
+            frame(asock.KIND_UUID, uuid.uuid4().bytes),
+            struct.pack(">BH", 0x10, 60000),
+        ],
+        "not whole 16-bit samples": [
+            frame(asock.KIND_UUID, uuid.uuid4().bytes),
+            frame(0x10, b"\x00" * 7),
+        ],
         "expected 16": [frame(asock.KIND_UUID, b"\x01" * 5)],
-        "second UUID": [frame(asock.KIND_UUID, uuid.uuid4().bytes),
-                        frame(asock.KIND_UUID, uuid.uuid4().bytes)],
+        "second UUID": [
+            frame(asock.KIND_UUID, uuid.uuid4().bytes),
+            frame(asock.KIND_UUID, uuid.uuid4().bytes),
+        ],
     }
     async with running(settings=asock_settings()) as (server, col):
         port = server.tcp_ports["audiosocket"]
@@ -115,10 +129,18 @@ async def test_bad_frames_end_only_that_connection(caplog):
             assert any(words in r.getMessage() for r in caplog.records), words
         # error frame from the peer and a plain socket close both end the call normally
         e1, e2 = uuid.uuid4(), uuid.uuid4()
-        await play(port, [frame(asock.KIND_UUID, e1.bytes), audio,
-                          frame(asock.KIND_ERROR, b"\x02")])
-        await play(port, [frame(asock.KIND_UUID, e2.bytes), audio, frame(asock.KIND_DTMF, b"5"),
-                          frame(0x42, b"future")])
+        await play(
+            port, [frame(asock.KIND_UUID, e1.bytes), audio, frame(asock.KIND_ERROR, b"\x02")]
+        )
+        await play(
+            port,
+            [
+                frame(asock.KIND_UUID, e2.bytes),
+                audio,
+                frame(asock.KIND_DTMF, b"5"),
+                frame(0x42, b"future"),
+            ],
+        )
         await col.ended([str(e1), str(e2)])
         assert any("peer error (code 02)" in r.getMessage() for r in caplog.records)
         # the listener still serves calls

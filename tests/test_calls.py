@@ -25,7 +25,7 @@ from emotion_monitor.streamer.audio import StreamResampler, mulaw_decode, mulaw_
 from emotion_monitor.streamer.engine import Engine
 from emotion_monitor.streamer.server import Server
 from emotion_monitor.streamer.service import MonitorService
-from emotion_monitor.streamer.settings import Settings
+from emotion_monitor.streamer.settings import CUSTOMER_FRUSTRATION, Settings
 
 TIMEOUT = 60.0
 
@@ -97,7 +97,8 @@ class Collector:
     async def ended(self, streams, timeout: float = TIMEOUT) -> None:
         wanted = set(streams)
         await self.wait_for(
-            lambda: wanted <= {m["stream"] for m in self.of_type("stream_ended")}, timeout)
+            lambda: wanted <= {m["stream"] for m in self.of_type("stream_ended")}, timeout
+        )
 
 
 @contextlib.asynccontextmanager
@@ -112,6 +113,7 @@ async def running(model=None, settings: Settings | None = None):
     service.add_listener(collector, asyncio.get_running_loop())
     server = Server(service, settings)
     extras = await attach(server, service, settings)
+    collector.integrations = extras
     try:
         await server.start()
         yield server, collector
@@ -126,8 +128,9 @@ def ws_url(server: Server, path: str) -> str:
     return f"ws://127.0.0.1:{server.port}{path}"
 
 
-async def twilio_call(server: Server, call_sid: str, customer, agent, pace: float = 0.0,
-                      **kw) -> tuple[int, str]:
+async def twilio_call(
+    server: Server, call_sid: str, customer, agent, pace: float = 0.0, **kw
+) -> tuple[int, str]:
     """Play a call into /twilio; returns the close (code, reason) the server answered with."""
     async with websockets.connect(ws_url(server, "/twilio")) as ws:
         for msg in twilio.simulate_call(call_sid, customer, agent, **kw):
@@ -142,8 +145,10 @@ async def twilio_call(server: Server, call_sid: str, customer, agent, pace: floa
 def twilio_reference(model, settings: Settings, customer, agent) -> dict[str, list]:
     """The events of a call analysed alone, offline, through the same conversions."""
     engine = Engine(model, settings)
-    encoded = {t: mulaw_encode(resample(a, 16000, 8000)) for t, a in
-               (("customer", customer), ("agent", agent))}
+    encoded = {
+        t: mulaw_encode(resample(a, 16000, 8000))
+        for t, a in (("customer", customer), ("agent", agent))
+    }
     n = max(len(v) for v in encoded.values())
     for track, data in encoded.items():
         rs = StreamResampler(8000)
@@ -169,15 +174,17 @@ def assert_contiguous(events: dict[tuple[str, str], list[dict]]) -> None:
 async def test_32_concurrent_twilio_calls_no_crosstalk_and_state_freed():
     angry, sad = clips()
     model = LoudnessModel()
-    settings = test_settings(max_pending_windows=4096)
+    # A burst (calls sent faster than real time) may queue more windows than the default bound.
+    settings = test_settings(max_pending_windows=4096, alerts=(CUSTOMER_FRUSTRATION,))
     calls = {}
     for i in range(32):
         # Distinct audio per call and track: gain and a shift, so any mix-up shows.
         gain = 0.2 + 0.025 * i
         calls[f"CA{i:032x}"] = (np.roll(angry, 800 * i) * gain, np.roll(sad, 400 * i) * gain * 0.5)
     async with running(model, settings) as (server, col):
-        results = await asyncio.gather(*(
-            twilio_call(server, sid, c, a, pace=0.002) for sid, (c, a) in calls.items()))
+        results = await asyncio.gather(
+            *(twilio_call(server, sid, c, a, pace=0.002) for sid, (c, a) in calls.items())
+        )
         await col.ended(calls)
         assert all(code == 1000 for code, _ in results), results
         service = server.service
@@ -185,6 +192,7 @@ async def test_32_concurrent_twilio_calls_no_crosstalk_and_state_freed():
         assert service.streams == {} and service.engine.streams == []
         assert service.stats["chunks_dropped"] == 0
         assert service.engine.stats["windows_dropped"] == 0
+        assert col.integrations.alerts.evaluator.active_keys == 0  # alert timers freed too
     events = col.events()
     assert set(events) == {(sid, t) for sid in calls for t in ("customer", "agent")}
     assert_contiguous(events)
@@ -241,8 +249,17 @@ async def test_mixed_protocols_at_once_and_stream_limit():
                     await tw.send(m)
             for f in audiohook.stereo_frames(angry, sad):
                 await hook.send(f)
-            await hook.send(json.dumps({"version": "2", "type": "close", "seq": 2, "id": "x",
-                                        "parameters": {"reason": "end"}}))
+            await hook.send(
+                json.dumps(
+                    {
+                        "version": "2",
+                        "type": "close",
+                        "seq": 2,
+                        "id": "x",
+                        "parameters": {"reason": "end"},
+                    }
+                )
+            )
             closed = json.loads(await asyncio.wait_for(hook.recv(), TIMEOUT))
             assert closed["type"] == "closed"
         writer.write(audiosocket.frame(audiosocket.KIND_HANGUP))
@@ -251,9 +268,13 @@ async def test_mixed_protocols_at_once_and_stream_limit():
         await col.ended(["CA1", "conv-1", str(call_uuid)])
         await col.wait_for(lambda: not server.service.engine.streams)
     events = col.events()
-    assert {k for k in events} == {("CA1", "customer"), ("CA1", "agent"), ("conv-1", "customer"),
-                                  ("conv-1", "agent"), (str(call_uuid), "customer")}
+    assert {k for k in events} == {
+        ("CA1", "customer"),
+        ("CA1", "agent"),
+        ("conv-1", "customer"),
+        ("conv-1", "agent"),
+        (str(call_uuid), "customer"),
+    }
     assert_contiguous(events)
     # the refused calls never became streams
-    assert {m["stream"] for m in col.of_type("stream_started")} == {"CA1", "conv-1",
-                                                                    str(call_uuid)}
+    assert {m["stream"] for m in col.of_type("stream_started")} == {"CA1", "conv-1", str(call_uuid)}

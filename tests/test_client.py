@@ -36,8 +36,9 @@ async def test_subscribe_gets_only_its_call():
         url = f"ws://127.0.0.1:{server.port}"
         task = asyncio.create_task(collect(url, ["CA1"]))
         await col.wait_for(lambda: server.clients == 1)
-        await asyncio.gather(twilio_call(server, "CA1", angry, sad),
-                             twilio_call(server, "CA2", sad, angry))
+        await asyncio.gather(
+            twilio_call(server, "CA1", angry, sad), twilio_call(server, "CA2", sad, angry)
+        )
         events = await asyncio.wait_for(task, TIMEOUT)
     assert events and all(isinstance(e, Event) and e.stream == "CA1" for e in events)
     for track in ("customer", "agent"):

@@ -28,7 +28,8 @@ async def test_served_calls_are_recorded_and_reported(tmp_path, capsys):
     assert n_events == len(col.of_type("event"))
     assert con.execute("SELECT COUNT(*) FROM alerts").fetchone()[0] == len(col.of_type("alert"))
     started, ended, meta = con.execute(
-        "SELECT started, ended, meta FROM streams WHERE stream = 'CA1'").fetchone()
+        "SELECT started, ended, meta FROM streams WHERE stream = 'CA1'"
+    ).fetchone()
     assert ended >= started and '"source": "twilio"' in meta
     con.close()
 
@@ -57,8 +58,19 @@ def test_listener_from_many_threads_batches_and_flush(tmp_path):
 
     def produce(k: int) -> None:
         for i in range(200):
-            rec.listener([{"type": "event", "stream": f"s{k}", "track": "main", "seq": i,
-                           "t0": i * 0.5, "t1": i * 0.5 + 2, "speech": True}])
+            rec.listener(
+                [
+                    {
+                        "type": "event",
+                        "stream": f"s{k}",
+                        "track": "main",
+                        "seq": i,
+                        "t0": i * 0.5,
+                        "t1": i * 0.5 + 2,
+                        "speech": True,
+                    }
+                ]
+            )
 
     threads = [threading.Thread(target=produce, args=(k,)) for k in range(4)]
     for t in threads:

@@ -34,8 +34,9 @@ def mean_arousal(events: list[dict]) -> float:
 async def test_call_tracks_metadata_and_close():
     angry, sad = clips()
     async with running() as (server, col):
-        code, reason = await twilio_call(server, CALL, angry, sad,
-                                         custom_parameters={"queue": "billing", "lang": "en"})
+        code, reason = await twilio_call(
+            server, CALL, angry, sad, custom_parameters={"queue": "billing", "lang": "en"}
+        )
         await col.ended([CALL])
     assert (code, reason) == (1000, "stream stopped")
     started = col.of_type("stream_started")[0]
@@ -166,6 +167,7 @@ async def test_stream_limit_close_code():
             assert code == 1013
             assert "maximum of 1 streams" in reason
             payload = base64.b64encode(b"\xff" * 160).decode()
-            await first.send(json.dumps({"event": "media", "media": {"track": "inbound",
-                                                                      "payload": payload}}))
+            await first.send(
+                json.dumps({"event": "media", "media": {"track": "inbound", "payload": payload}})
+            )
         await col.ended(["CA1"])
