@@ -215,7 +215,7 @@ class FileSource(Source):
                 if not data:
                     break
                 usable = len(data) - len(data) % 4
-                yield np.frombuffer(data[:usable], dtype="<f4").copy()
+                yield self._mono(np.frombuffer(data[:usable], dtype="<f4").copy())
             err = proc.stderr.read().decode(errors="replace").strip().splitlines()
             if proc.wait() != 0:
                 raise AudioError(
@@ -339,7 +339,11 @@ class MicrophoneSource(Source):
         backoff: (first, largest) delay between reopen attempts, seconds.
 
     ``stats``: ``input_overflows`` (PortAudio reported lost input), ``frames_dropped`` (ring
-    buffer overflow, device frames), ``reopens``, ``device_rate``.
+    buffer overflow, device frames), ``reopens``, ``device_rate``, ``nonfinite_samples``.
+
+    Stream time continues across a reopen without the gap: events keep counting audio samples.
+    Reopening re-initialises PortAudio to rescan devices, so other sounddevice streams of the
+    same process would be interrupted; use one microphone source per process.
     """
 
     def __init__(
@@ -448,7 +452,7 @@ class MicrophoneSource(Source):
     def _rescan() -> None:
         # PortAudio lists devices once, at initialisation: re-initialise it so that a device
         # that came back (or a restarted sound server) can be found again. sounddevice has no
-        # public call for this; _terminate/_initialize are what its own docs point to.
+        # public call for this, only the private _terminate/_initialize pair.
         import sounddevice as sd
 
         sd._terminate()
