@@ -172,7 +172,7 @@ class FileSource(Source):
         except Exception:  # not a soundfile format (or a broken one): let ffmpeg try or explain
             self._use_ffmpeg = True
             self.duration = _ffprobe_duration(self.path)
-        self.stats = {"samples": 0, "nonfinite_samples": 0}
+        self.stats = {"nonfinite_samples": 0}
 
     def __iter__(self) -> Iterator[Item]:
         pacer = _Pacer(self.realtime, self._stop)
@@ -186,7 +186,6 @@ class FileSource(Source):
                     continue
                 done += len(chunk)
                 pacer.wait_until(done)
-                self.stats["samples"] = done
                 yield chunk
             if not self.loop:
                 return

