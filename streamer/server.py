@@ -843,64 +843,105 @@ def _integrations():
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``emotion-monitor serve``."""
-    parser.add_argument("--source", default=None,
-                        help="mic | file:PATH | stdin (default: none, wait for audio on /ingest)")
+    from emotion_monitor.streamer.audio import SAMPLE_FORMATS, SAMPLE_RATE
+
+    parser.add_argument(
+        "--source", default=None,
+        help="mic | file:PATH | stdin | demo | auto (the microphone if there is one, else the "
+        "demo); default: none, the server waits for audio on /ingest")
+    parser.add_argument("--device", help="input device index or name for --source mic")
     parser.add_argument("--model", default=None, help="model spec (default: the shipped model)")
     parser.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port (default 8765; 0: any)")
     parser.add_argument("--window", type=float, default=None, help="window length, seconds")
     parser.add_argument("--hop", type=float, default=None, help="hop between windows, seconds")
-    parser.add_argument("--device", default=None, help="auto | cpu | cuda")
     parser.add_argument("--config", default=None, help="TOML settings file (flags win)")
     parser.add_argument("--no-vad", dest="vad", action="store_false", default=None,
                         help="analyse every window, speech or not")
+    parser.add_argument("--rate", type=int, default=SAMPLE_RATE, help="stdin sample rate")
+    parser.add_argument("--channels", type=int, default=1, help="stdin interleaved channels")
+    parser.add_argument("--format", dest="sample_format", default="s16le",
+                        choices=SAMPLE_FORMATS, help="stdin sample format")
     api = _integrations()
     if api is not None:
         api.add_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run engine + server (+ an optional source) until Ctrl-C / SIGTERM."""
-    base = Settings.from_toml(args.config) if args.config else Settings()
-    settings = base.replace(host=args.host, port=args.port, window=args.window, hop=args.hop,
-                            model=args.model, device=args.device, vad=args.vad)
-    api = _integrations()
-    if api is not None:
-        settings = api.settings_from_args(settings, args)
-    asyncio.run(_serve(settings, args, api))
+    """Run engine + server (+ an optional source) until Ctrl-C / SIGTERM.
+
+    Exit codes: 0 stopped, 1 model or server error, 2 bad flags or source.
+    """
+    import tempfile
+
+    from emotion_monitor.streamer.run_command import load_emotion_model, make_source
+
+    try:
+        base = Settings.from_toml(args.config) if args.config else Settings()
+        settings = base.replace(host=args.host, port=args.port, window=args.window,
+                                hop=args.hop, model=args.model, vad=args.vad)
+        api = _integrations()
+        if api is not None:
+            settings = api.settings_from_args(settings, args)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="emotion-monitor-") as tmp:
+        source = None
+        if args.source:
+            args.realtime = True  # a live monitor plays files at the speed of the audio
+            spec = None if args.source == "auto" else args.source
+            try:
+                source = make_source(argparse.Namespace(**{**vars(args), "source": spec}),
+                                     Path(tmp))
+            except (AudioError, OSError) as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+        try:
+            model = load_emotion_model(settings.model)
+        except Exception as exc:
+            print(f"error: cannot load model {settings.model or 'default'!r}: {exc}",
+                  file=sys.stderr)
+            return 1
+        try:
+            asyncio.run(_serve(model, settings, args, api, source))
+        except OSError as exc:  # typically: the port is taken
+            print(f"error: cannot serve on {settings.host}:{settings.port}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return 1
     return 0
 
 
-async def _serve(settings: Settings, args: argparse.Namespace, api: Any) -> None:
-    from emotion_monitor.models import load_model
+async def _serve(model, settings: Settings, args: argparse.Namespace, api: Any, source) -> None:
     from emotion_monitor.streamer.engine import Engine
 
-    model = await asyncio.to_thread(load_model, settings.model, settings.device)
     service = MonitorService(Engine(model, settings)).start()
     server = Server(service, settings)
-    extras = None
-    if api is not None:
-        track = getattr(args, "audiosocket_track", None)
-        extras = await api.attach(server, service, settings, **({"audiosocket_track": track}
-                                                                 if track else {}))
-    await server.start()
-    print(f"emotion-monitor dashboard: {server.url}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    halt = threading.Event()
-    thread = None
-    if args.source:
-        thread = threading.Thread(target=run_source, args=(args.source, service, halt),
-                                  name="source", daemon=True)
-        thread.start()
+    extras = thread = None
     try:
+        if api is not None:
+            track = getattr(args, "audiosocket_track", None) or "customer"
+            extras = await api.attach(server, service, settings, audiosocket_track=track)
+        await server.start()
+        print(f"emotion-monitor dashboard: {server.url}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if source is not None:
+
+            def report(err: Any) -> None:  # a failing microphone shows up on the dashboard
+                loop.call_soon_threadsafe(server.broadcast, [err.to_dict()])
+
+            thread = threading.Thread(target=run_source, args=(source, service, report),
+                                      name="source", daemon=True)
+            thread.start()
         await stop.wait()
     finally:
-        halt.set()
-        if thread is not None:
-            await asyncio.to_thread(thread.join, 5)
+        if source is not None:
+            source.stop()
+            if thread is not None:
+                await asyncio.to_thread(thread.join, source.close_timeout + 1)
         if extras is not None:
             await extras.close_listeners()
         await server.stop()
@@ -909,29 +950,25 @@ async def _serve(settings: Settings, args: argparse.Namespace, api: Any) -> None
             await extras.close()  # after the service, so the recorder gets the last events
 
 
-def run_source(spec: str, service: MonitorService, halt: threading.Event,
-               stream: str | None = None) -> None:
-    """Feed a ``--source`` into the service until it ends or ``halt`` is set (own thread).
+def run_source(source: Any, service: MonitorService,
+               on_error: Callable[[Any], None] | None = None) -> None:
+    """Feed a :mod:`~emotion_monitor.streamer.sources` source into the service (own thread).
 
-    Uses :mod:`emotion_monitor.streamer.sources` for the audio; the stream is named after the
-    source (``mic``, ``stdin`` or the file name).
+    The stream is named after the source (``mic``, ``stdin``, the file name). ``SourceError``
+    notices (a microphone that vanished and is being retried) go to ``on_error``. Ends the stream
+    when the source ends or is stopped.
     """
-    from emotion_monitor.streamer import sources
+    from emotion_monitor.streamer.events import SourceError
 
-    stream = stream or _stream_name(spec)
-    service.open_stream(stream, source=spec)
+    service.open_stream(source.name, source=type(source).__name__)
     try:
-        for chunk in sources.open_source(spec):
-            if halt.is_set():
-                break
-            service.push(stream, chunk)
+        for item in source:
+            if isinstance(item, SourceError):
+                if on_error is not None:
+                    on_error(item)
+            else:
+                service.push(source.name, item)
     except Exception as exc:  # the server stays up for /ingest clients; say why the source died
-        print(f"source {spec} failed: {exc}", file=sys.stderr, flush=True)
+        print(f"source {source.name} failed: {exc}", file=sys.stderr, flush=True)
     finally:
-        service.end_stream(stream)
-
-
-def _stream_name(spec: str) -> str:
-    kind, _, rest = spec.partition(":")
-    name = Path(rest).stem if kind == "file" and rest else kind
-    return "".join(c if c.isalnum() or c in "_.-" else "-" for c in name)[:64] or "source"
+        service.end_stream(source.name)

@@ -69,13 +69,21 @@ def combine_models(classifier, regressor):
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    """A fast real model (tiny random wav2vec2 classifier + tiny ViT valence/arousal regressor,
-    loaded through the real adapters), built once per session."""
-    from emotion_monitor.models import load_model
+def tiny_checkpoints(tmp_path_factory) -> dict:
+    """Directories of a tiny random wav2vec2 classifier ("classifier") and a tiny ViT
+    valence/arousal regressor ("regressor"), in the published on-disk formats."""
     from published_fixtures import make_vit_va, make_wav2vec2_classifier
 
     root = tmp_path_factory.mktemp("tiny-models")
-    classifier = load_model(str(make_wav2vec2_classifier(root / "w2v")), device="cpu")
-    regressor = load_model(str(make_vit_va(root / "vit")), device="cpu")
+    return {"classifier": make_wav2vec2_classifier(root / "w2v"),
+            "regressor": make_vit_va(root / "vit")}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_checkpoints):
+    """A fast real model: both tiny checkpoints loaded through the real adapters, combined."""
+    from emotion_monitor.models import load_model
+
+    classifier = load_model(str(tiny_checkpoints["classifier"]), device="cpu")
+    regressor = load_model(str(tiny_checkpoints["regressor"]), device="cpu")
     return combine_models(classifier, regressor)

@@ -1,0 +1,98 @@
+"""`emotion-monitor serve` as a user runs it: a subprocess with a file source, then SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+
+import numpy as np
+import soundfile as sf
+from conftest import load_clip, ravdess_clip
+from websockets.sync.client import connect
+
+TIMEOUT = 120  # generous: model imports on a loaded 2-core machine take a while
+
+
+def start_serve(*args: str) -> tuple[subprocess.Popen, str]:
+    """Start the server; returns the process and the dashboard URL it printed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emotion_monitor.streamer.cli", "serve", "--port", "0", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+    seen = []
+    while True:
+        try:
+            line = lines.get(timeout=TIMEOUT)
+        except queue.Empty:
+            proc.kill()
+            raise AssertionError(f"no dashboard URL within {TIMEOUT} s: {seen}") from None
+        seen.append(line)
+        if "dashboard: http://" in line:
+            return proc, line.split("dashboard: ", 1)[1].strip()
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited early: {''.join(seen)}")
+
+
+def test_serve_file_source_events_and_clean_shutdown(tiny_checkpoints, tmp_path):
+    audio = np.concatenate([load_clip(ravdess_clip(e)) for e in ("angry", "sad", "happy")])
+    wav = tmp_path / "talk.wav"
+    sf.write(wav, audio, 16_000)
+    proc, url = start_serve("--source", f"file:{wav}", "--model",
+                            str(tiny_checkpoints["classifier"]))
+    try:
+        assert url.startswith("http://127.0.0.1:")  # loopback unless told otherwise
+        ws_url = url.replace("http://", "ws://") + "ws"
+        with connect(ws_url, open_timeout=TIMEOUT) as ws:
+            hello = json.loads(ws.recv(timeout=TIMEOUT))
+            assert hello["type"] == "hello" and hello["model"]["kind"] == "hf"
+            events = []
+            while True:
+                msg = json.loads(ws.recv(timeout=TIMEOUT))
+                if msg["type"] == "event":
+                    events.append(msg)
+                elif msg["type"] == "stream_ended":
+                    assert msg["stream"] == "talk.wav"
+                    break
+        # Played in real time: the client connected during playback and saw the windows up to
+        # the tail, which ends with the file.
+        assert events and {e["stream"] for e in events} == {"talk.wav"}
+        assert abs(events[-1]["t1"] - len(audio) / 16_000) < 0.01
+        with urllib.request.urlopen(url + "healthz", timeout=TIMEOUT) as r:
+            assert json.loads(r.read())["streams"] == {}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(TIMEOUT) == 0
+
+
+def test_serve_refuses_a_missing_file(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "emotion_monitor.streamer.cli", "serve", "--port", "0",
+         "--source", f"file:{tmp_path / 'nope.wav'}"],
+        capture_output=True, text=True, timeout=TIMEOUT,
+    )
+    assert proc.returncode == 2
+    assert "nope.wav" in proc.stderr
+
+
+def test_serve_refuses_a_taken_port(tiny_checkpoints):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "emotion_monitor.streamer.cli", "serve", "--port", str(port),
+             "--model", str(tiny_checkpoints["classifier"])],
+            capture_output=True, text=True, timeout=TIMEOUT,
+        )
+    assert proc.returncode == 1
+    assert "cannot serve" in proc.stderr
+
