@@ -34,14 +34,15 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in text.splitlines()]
 
 
-def wait_for_lines(path: Path, n: int, proc: subprocess.Popen, timeout: float) -> list[dict]:
+def wait_for_lines(path: Path, n: int, proc: subprocess.Popen, timeout: float) -> None:
+    """Wait until ``path`` holds ``n`` complete lines (fails if the child exits first)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stderr.read().decode()
         if path.exists():
-            lines = [ln for ln in path.read_text().splitlines()]
-            if len(lines) >= n:
-                return lines
+            complete = path.read_text().count("\n")
+            if complete >= n:
+                return
         time.sleep(0.05)
     proc.kill()
     raise AssertionError(f"fewer than {n} events in {path} after {timeout} s")
@@ -59,6 +60,19 @@ def wait_until_read(pipe, timeout: float) -> None:
             return
         time.sleep(0.02)
     raise AssertionError(f"the child did not read its stdin within {timeout} s")
+
+
+def wait_for(path: Path, predicate, proc: subprocess.Popen, timeout: float) -> None:
+    """Wait until a complete JSON line of ``path`` satisfies ``predicate``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        text = path.read_text() if path.exists() else ""
+        complete = text[: text.rfind("\n") + 1]  # the child may be mid-way through a line
+        if any(predicate(json.loads(line)) for line in complete.splitlines()):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no matching line in {path} after {timeout} s")
 
 
 def test_stdin_pcm_to_jsonl_and_readable_lines(tmp_path):
@@ -252,35 +266,22 @@ def test_devices_and_mic_run_through_the_cli(tmp_path):
         assert any(ln.startswith(b"*") for ln in listed.stdout.splitlines())
 
         out = tmp_path / "ev.jsonl"
-        proc = subprocess.Popen(
-            [
-                *CMD,
-                "run",
-                "--source",
-                "mic",
-                "--device",
-                "pulse",
-                "--model",
-                MODEL,
-                "--out",
-                str(out),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-        )
+        cmd = [*CMD, *"run --source mic --device pulse --model".split(), MODEL, "--out", str(out)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         try:
             wait_for_lines(out, 1, proc, timeout=30)  # recording: the null sink's silence
             player = pulse.play(espeak("Can you hear me? I am speaking into the microphone now."))
             assert player.wait(timeout=30) == 0
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and not any(e["speech"] for e in read_jsonl(out)):
-                time.sleep(0.1)
+            wait_for(out, lambda e: e["type"] == "event" and e["speech"], proc, timeout=10)
+            pulse.kill()  # the microphone vanishes: reported in the JSONL, the run goes on
+            wait_for(out, lambda e: e["type"] == "source_error", proc, timeout=15)
         finally:
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=20)
         assert proc.returncode == 0, err.decode()
-        events = read_jsonl(out)
+        assert b"[source error] mic:" in err
+        records = read_jsonl(out)
+        events = [e for e in records if e["type"] == "event"]
         assert not events[0]["speech"] and any(e["speech"] for e in events)
         assert all(e["stream"] == "mic" for e in events)
 
