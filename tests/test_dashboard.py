@@ -18,8 +18,15 @@ from emotion_monitor.streamer.service import MonitorService
 from emotion_monitor.streamer.settings import Settings
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--no-first-run", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 TIMEOUT_MS = 60_000
 
@@ -76,8 +83,13 @@ class ServerThread:
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(60)
 
 
-def replay(service: MonitorService, stream: str, audio: np.ndarray, halt: threading.Event,
-           chunk: int = 1600) -> None:
+def replay(
+    service: MonitorService,
+    stream: str,
+    audio: np.ndarray,
+    halt: threading.Event,
+    chunk: int = 1600,
+) -> None:
     """A file source in real time: 100 ms chunks, looping, until ``halt``."""
     service.open_stream(stream, source="file")
     i = 0
@@ -100,11 +112,16 @@ def speech(*emotions: str) -> np.ndarray:
 def browser():
     playwright = pytest.importorskip("playwright.sync_api")
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS + [
-            # A fake microphone that plays a file: the mic button can be tested for real.
-            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={fake_mic_wav()}",
-        ])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=CHROMIUM_ARGS
+            + [
+                # A fake microphone that plays a file: the mic button can be tested for real.
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={fake_mic_wav()}",
+            ],
+        )
         yield browser
         browser.close()
 
@@ -120,8 +137,7 @@ def fake_mic_wav() -> Path:
 
         ARTIFACTS.mkdir(exist_ok=True)
         path = ARTIFACTS / "fake-mic.wav"
-        sf.write(path, resample(speech("happy", "angry"), 16_000, 48_000), 48_000,
-                 subtype="PCM_16")
+        sf.write(path, resample(speech("happy", "angry"), 16_000, 48_000), 48_000, subtype="PCM_16")
         _FAKE_MIC.append(path)
     return _FAKE_MIC[0]
 
@@ -154,8 +170,10 @@ def test_dashboard_shows_live_events(tiny_model, browser):
     with ServerThread(tiny_model) as srv:
         sources = [
             threading.Thread(target=replay, args=(srv.service, name, audio, halt), daemon=True)
-            for name, audio in [("call-angry", speech("angry", "sad")),
-                                ("call-happy", speech("happy", "neutral"))]
+            for name, audio in [
+                ("call-angry", speech("angry", "sad")),
+                ("call-happy", speech("happy", "neutral")),
+            ]
         ]
         for t in sources:
             t.start()
@@ -176,8 +194,7 @@ def test_dashboard_shows_live_events(tiny_model, browser):
                 }}""",
                 timeout=TIMEOUT_MS,
             )
-            page.wait_for_selector('.card[data-stream="call-happy"] .bars .bar',
-                                   timeout=TIMEOUT_MS)
+            page.wait_for_selector('.card[data-stream="call-happy"] .bars .bar', timeout=TIMEOUT_MS)
             assert page.locator('.card[data-stream="call-happy"]').count() == 1
             first = page.locator(f"{card} .va").text_content()
             first_label = page.locator(f"{card} .dominant").text_content()
@@ -204,8 +221,7 @@ def test_dashboard_shows_live_events(tiny_model, browser):
             assert line["blue"] > 20 and line["orange"] > 20, line
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
-            phone = browser.new_page(viewport={"width": 390, "height": 844},
-                                     device_scale_factor=2)
+            phone = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
             phone.goto(srv.url)
             phone.wait_for_selector(f"{card} .bars .bar", timeout=TIMEOUT_MS)
             width = phone.evaluate("document.documentElement.scrollWidth")
@@ -294,15 +310,28 @@ def test_twenty_streams_render(tiny_model, browser):
             for s in range(20):
                 p = rng.dirichlet(np.ones(len(labels)))
                 v, a = np.tanh(rng.normal(size=2))
-                batch.append({
-                    "type": "event", "v": 1, "stream": f"s{s:02d}", "track": "main", "seq": seq,
-                    "t0": seq * 0.5, "t1": seq * 0.5 + 2, "speech": True, "speech_prob": 1.0,
-                    "valence": float(v), "arousal": float(a), "valence_smooth": float(v),
-                    "arousal_smooth": float(a),
-                    "classes": dict(zip(labels, p.tolist(), strict=True)),
-                    "label": labels[int(p.argmax())], "confidence": float(p.max()),
-                    "quadrant": "HAPPY", "latency_ms": 5.0,
-                })
+                batch.append(
+                    {
+                        "type": "event",
+                        "v": 1,
+                        "stream": f"s{s:02d}",
+                        "track": "main",
+                        "seq": seq,
+                        "t0": seq * 0.5,
+                        "t1": seq * 0.5 + 2,
+                        "speech": True,
+                        "speech_prob": 1.0,
+                        "valence": float(v),
+                        "arousal": float(a),
+                        "valence_smooth": float(v),
+                        "arousal_smooth": float(a),
+                        "classes": dict(zip(labels, p.tolist(), strict=True)),
+                        "label": labels[int(p.argmax())],
+                        "confidence": float(p.max()),
+                        "quadrant": "HAPPY",
+                        "latency_ms": 5.0,
+                    }
+                )
             srv.call(srv.server.broadcast, batch)
         page.wait_for_function(
             """() => document.querySelectorAll('.card').length === 20 &&
@@ -311,5 +340,29 @@ def test_twenty_streams_render(tiny_model, browser):
         )
         frames = page.evaluate("window.frames_.length")
         assert frames > 0
+        stats = page.evaluate("window.emotionMonitor.stats")
+        # Events arriving together are drawn in one animation frame, each card once.
+        assert stats["events"] == 800 and stats["frames"] < stats["events"]
+        assert stats["cardDraws"] <= stats["events"]
+        print(f"20 streams: {stats}")
+        srv.call(
+            srv.server.broadcast,
+            [
+                {
+                    "type": "alert",
+                    "v": 1,
+                    "stream": "s03",
+                    "track": "main",
+                    "name": "customer_frustration",
+                    "t": 12.5,
+                    "since": 7.5,
+                    "values": {"arousal_smooth": 0.62, "valence_smooth": -0.41},
+                    "time": 0.0,
+                }
+            ],
+        )
+        alert = page.locator('.card[data-stream="s03"] .alert')
+        alert.wait_for(state="visible", timeout=TIMEOUT_MS)
+        assert "customer frustration" in alert.text_content()
+        assert page.locator(".card .alert:visible").count() == 1
         page.screenshot(path=str(ARTIFACTS / "dashboard-20.png"))
-

@@ -9,7 +9,8 @@ const COLORS = { valence: "#4fc3f7", arousal: "#ffb74d", grid: "#2c353f", text: 
                  point: "#ba68c8", sector: "rgba(186,104,200,0.12)" };
 
 const $ = (sel) => document.querySelector(sel);
-const state = { model: null, cards: new Map(), dirty: new Set(), ws: null, retry: 500 };
+const state = { model: null, cards: new Map(), dirty: new Set(), ws: null, retry: 500,
+                stats: { events: 0, frames: 0, cardDraws: 0, maxFrameMs: 0 } };
 window.emotionMonitor = state; // handy in the browser console and for tests
 
 // -- connection ------------------------------------------------------------------------------
@@ -64,6 +65,13 @@ function handle(msg) {
       for (const card of state.cards.values()) {
         if (card.stream === msg.stream) card.root.classList.add("ended");
       }
+      break;
+    case "alert":
+      onAlert(msg);
+      break;
+    case "source_error":
+      showNotice(`source ${msg.stream}: ${msg.message}` +
+                 (msg.retry_in ? ` (retrying in ${msg.retry_in} s)` : ""));
       break;
     case "error":
       showNotice(`server: ${msg.message}`);
@@ -121,6 +129,7 @@ function cardFor(stream, track) {
 
 function resetCard(card) {
   card.points = [];
+  card.root.querySelector(".alert").hidden = true;
   card.root.classList.remove("ended");
   state.dirty.add(card);
   schedule();
@@ -131,6 +140,7 @@ function pick(...values) {
 }
 
 function onEvent(ev) {
+  state.stats.events++;
   const card = cardFor(ev.stream, ev.track);
   card.root.classList.remove("ended");
   const valence = pick(ev.valence_smooth, ev.valence);
@@ -147,6 +157,16 @@ function onEvent(ev) {
   schedule();
 }
 
+function onAlert(msg) {
+  // Stays on the track's card (also after the stream ends) until the stream starts again.
+  const card = cardFor(msg.stream, msg.track || "main");
+  const el = card.root.querySelector(".alert");
+  el.textContent = `\u26a0 ${String(msg.name).replace(/_/g, " ")}`;
+  el.title = JSON.stringify(msg.values || {});
+  el.hidden = false;
+  card.alertAt = msg.t;
+}
+
 // -- drawing (only dirty cards, once per animation frame) -------------------------------------
 
 let scheduled = false;
@@ -156,8 +176,11 @@ function schedule() {
 
 function draw() {
   scheduled = false;
+  const began = performance.now();
   const cards = [...state.dirty];
   state.dirty.clear();
+  state.stats.frames++;
+  state.stats.cardDraws += cards.length;
   for (const card of cards) {
     if (!card.last) continue; // a placeholder: nothing to draw yet
     drawText(card);
@@ -170,6 +193,7 @@ function draw() {
     }
     drawBars(card);
   }
+  state.stats.maxFrameMs = Math.max(state.stats.maxFrameMs, performance.now() - began);
 }
 
 function fmt(x) {
