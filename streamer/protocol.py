@@ -6,7 +6,8 @@ are decoded into the dataclasses below; anything malformed raises :class:`Protoc
 ``/ingest`` carry raw PCM audio in the format announced by :class:`Start`.
 
 Server -> client: :class:`Hello`, ``event`` (:class:`~emotion_monitor.streamer.events.Event`),
-:class:`StreamStarted`, :class:`StreamEnded`, :class:`Subscribed`, :class:`ErrorMessage`.
+:class:`StreamStarted`, :class:`StreamEnded`, :class:`Subscribed`, :class:`ErrorMessage`, and
+``alert`` / ``source_error`` notices (decoded to plain dicts).
 Client -> server: :class:`Subscribe` (``/ws`` and ``/ingest``), :class:`Start` and :class:`Stop`
 (``/ingest``). See ``docs/protocol.md`` for examples.
 """
@@ -229,10 +230,31 @@ class EventMessage:
         return Event.from_dict(d)
 
 
+class _Notice:
+    """Messages other modules define (``alert`` in streamer/alerts.py, ``source_error`` in
+    streamer/events.py): checked for a stream id and passed through as dicts."""
+
+    TYPE: ClassVar[str] = ""
+
+    @classmethod
+    def from_dict(cls, d: dict) -> dict:
+        _field(d, "stream", str)
+        return d
+
+
+class AlertNotice(_Notice):
+    TYPE: ClassVar[str] = "alert"
+
+
+class SourceErrorNotice(_Notice):
+    TYPE: ClassVar[str] = "source_error"
+
+
 CLIENT_MESSAGES: dict[str, type] = {m.TYPE: m for m in (Subscribe, Start, Stop)}
 SERVER_MESSAGES: dict[str, type] = {
     m.TYPE: m
-    for m in (Hello, Subscribed, StreamStarted, StreamEnded, ErrorMessage, EventMessage)
+    for m in (Hello, Subscribed, StreamStarted, StreamEnded, ErrorMessage, EventMessage,
+              AlertNotice, SourceErrorNotice)
 }
 
 

@@ -732,7 +732,7 @@ class _Ingest:
                 sample_rate=msg.sample_rate,
                 format=msg.format,
                 channels=msg.channels,
-                peer=str(peer),
+                peer=":".join(map(str, peer[:2])) if isinstance(peer, tuple) else str(peer),
             )
         except StreamLimitError as exc:
             raise protocol.ProtocolError(

@@ -10,8 +10,13 @@ from emotion_monitor.streamer.events import PROTOCOL_VERSION, Event
 from emotion_monitor.streamer.protocol import ProtocolError
 
 SERVER_MESSAGES = [
-    protocol.Hello(server="0.1.0", limits={"max_clients": 3}, streams={"a": {"source": "mic"}},
-                   model={"name": "m", "labels": ["sad"]}, settings={"window": 2.0}),
+    protocol.Hello(
+        server="0.1.0",
+        limits={"max_clients": 3},
+        streams={"a": {"source": "mic"}},
+        model={"name": "m", "labels": ["sad"]},
+        settings={"window": 2.0},
+    ),
     protocol.Subscribed(["a", "b"]),
     protocol.Subscribed(None),
     protocol.StreamStarted(stream="a", time=12.5, meta={"source": "ingest"}),
@@ -38,9 +43,22 @@ def test_round_trip(message):
 
 
 def test_event_round_trip():
-    ev = Event(stream="a", track="main", seq=3, t0=0.5, t1=2.5, speech=True, speech_prob=0.9,
-               valence=0.2, arousal=-0.1, classes={"sad": 0.7, "happy": 0.3}, label="sad",
-               confidence=0.7, quadrant="CONTENT", latency_ms=12.0)
+    ev = Event(
+        stream="a",
+        track="main",
+        seq=3,
+        t0=0.5,
+        t1=2.5,
+        speech=True,
+        speech_prob=0.9,
+        valence=0.2,
+        arousal=-0.1,
+        classes={"sad": 0.7, "happy": 0.3},
+        label="sad",
+        confidence=0.7,
+        quadrant="CONTENT",
+        latency_ms=12.0,
+    )
     decoded = protocol.decode(protocol.encode(ev), protocol.SERVER_MESSAGES)
     assert decoded == ev
 
@@ -85,6 +103,13 @@ def test_subscription_limit():
     streams = [f"s{i}" for i in range(protocol.MAX_SUBSCRIPTIONS + 1)]
     with pytest.raises(ProtocolError):
         protocol.decode(json.dumps({"type": "subscribe", "streams": streams}))
+
+
+def test_notices_pass_through():
+    alert = {"type": "alert", "v": 1, "stream": "CA1", "track": "customer", "name": "x"}
+    assert protocol.decode(json.dumps(alert), protocol.SERVER_MESSAGES) == alert
+    with pytest.raises(ProtocolError):
+        protocol.decode('{"type": "source_error"}', protocol.SERVER_MESSAGES)
 
 
 def test_event_needs_its_identity():
