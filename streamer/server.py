@@ -71,6 +71,7 @@ STATIC_DIR = Path(__file__).resolve().parents[1] / "web_dashboard" / "static"
 INTEGRATIONS = "emotion_monitor.streamer.api"
 MAX_UPLOAD_BYTES = 50 << 20  # a few minutes of WAV; longer recordings belong to `analyze`
 HEAD_LIMIT = 16 << 10  # request line + headers of a POST
+HEAD_TIMEOUT = 10.0  # seconds a new connection may take to send its request head
 MAX_ERRORS = 20  # protocol errors tolerated from one client before it is closed
 CLOSE_TRY_AGAIN_LATER = 1013
 LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -178,7 +179,8 @@ class _FrontDoor(ServerConnection):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
-        self._timer = asyncio.get_running_loop().call_later(10.0, transport.abort)
+        # A peer that never sends a request line must not hold a socket forever.
+        self._timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT, transport.abort)
 
     def data_received(self, data: bytes) -> None:
         if self._decided:
@@ -251,7 +253,7 @@ class Server:
         self._predicting = 0
         self._ingest_count = 0
         self.stats = {
-            "messages_sent": 0,
+            "messages_queued": 0,
             "messages_dropped": 0,
             "clients_refused": 0,
             "protocol_errors": 0,
@@ -400,7 +402,7 @@ class Server:
 
     def _offer(self, client: _Client, text: str) -> None:
         if client.offer(text):
-            self.stats["messages_sent"] += 1
+            self.stats["messages_queued"] += 1
         else:
             self.stats["messages_dropped"] += 1
 
@@ -603,7 +605,7 @@ class Server:
                "Windows dropped because inference fell behind.")
         metric(p + "chunks_dropped_total", "counter", svc["chunks_dropped"],
                "Audio chunks dropped because the service inbox was full.")
-        metric(p + "messages_sent_total", "counter", self.stats["messages_sent"],
+        metric(p + "messages_queued_total", "counter", self.stats["messages_queued"],
                "Messages queued to clients.")
         metric(p + "messages_dropped_total", "counter", self.stats["messages_dropped"],
                "Messages dropped from slow clients' queues.")
@@ -678,7 +680,7 @@ class Server:
 
     async def _read_and_answer(self, reader, writer) -> HttpResponse:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
         except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, TimeoutError):
             return HttpResponse.error(400, "bad_request", "incomplete or oversized request head")
         lines = head.decode("latin-1").split("\r\n")

@@ -45,12 +45,16 @@ def ws_url(server: Server, path: str) -> str:
     return f"ws://127.0.0.1:{server.port}{path}"
 
 
-async def http(server: Server, path: str, data: bytes | None = None,
-               headers: dict | None = None) -> tuple[int, str, bytes]:
+async def http(
+    server: Server, path: str, data: bytes | None = None, headers: dict | None = None
+) -> tuple[int, str, bytes]:
     """(status, content type, body) of one request, 4xx/5xx included."""
-    req = urllib.request.Request(f"http://127.0.0.1:{server.port}{path}", data=data,
-                                 headers=headers or {},
-                                 method="POST" if data is not None else "GET")
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{server.port}{path}",
+        data=data,
+        headers=headers or {},
+        method="POST" if data is not None else "GET",
+    )
 
     def go():
         try:
@@ -66,8 +70,9 @@ async def recv_json(ws, timeout: float = TIMEOUT) -> dict:
     return json.loads(await asyncio.wait_for(ws.recv(), timeout))
 
 
-async def recv_until(ws, kind: str, stream: str | None = None,
-                     timeout: float = TIMEOUT) -> list[dict]:
+async def recv_until(
+    ws, kind: str, stream: str | None = None, timeout: float = TIMEOUT
+) -> list[dict]:
     """Messages up to and including the first of type ``kind`` (of ``stream``, if given)."""
     out = []
     async with asyncio.timeout(timeout):
@@ -108,14 +113,30 @@ def speech_16k() -> np.ndarray:
     return np.concatenate([load_clip(ravdess_clip("angry")), load_clip(ravdess_clip("sad"))])
 
 
-async def stream_ingest(ws, audio_16k: np.ndarray, stream: str, rate: int = 48_000,
-                        channels: int = 2, frame_ms: int = 20) -> None:
+async def stream_ingest(
+    ws,
+    audio_16k: np.ndarray,
+    stream: str,
+    rate: int = 48_000,
+    channels: int = 2,
+    frame_ms: int = 20,
+) -> None:
     """Send speech as interleaved s16le at ``rate`` (resampled, duplicated to ``channels``)."""
     audio = resample(audio_16k, 16_000, rate)
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
     frames = np.repeat(pcm[:, None], channels, axis=1).tobytes()
-    await ws.send(json.dumps({"type": "start", "v": 1, "stream": stream, "sample_rate": rate,
-                              "format": "s16le", "channels": channels}))
+    await ws.send(
+        json.dumps(
+            {
+                "type": "start",
+                "v": 1,
+                "stream": stream,
+                "sample_rate": rate,
+                "format": "s16le",
+                "channels": channels,
+            }
+        )
+    )
     step = rate * frame_ms // 1000 * 2 * channels
     for i in range(0, len(frames), step):
         await ws.send(frames[i : i + step])
@@ -138,8 +159,14 @@ async def test_http_routes(tiny_model):
         status, ctype, body = await http(server, "/metrics")
         text = body.decode()
         assert status == 200 and ctype.startswith("text/plain")
-        for name in ("windows_total", "events_total", "messages_dropped_total", "clients",
-                     "streams", 'latency_seconds_bucket{le="+Inf"}'):
+        for name in (
+            "windows_total",
+            "events_total",
+            "messages_dropped_total",
+            "clients",
+            "streams",
+            'latency_seconds_bucket{le="+Inf"}',
+        ):
             assert f"emotion_monitor_{name}" in text
         for path in ("/nope", "/static/../server.py", "/static/%2e%2e/server.py"):
             status, ctype, body = await http(server, path)
@@ -161,8 +188,9 @@ async def test_hello_and_subscribe(tiny_model):
             assert hello["settings"]["window"] == 2.0
             await ws.send(json.dumps({"type": "subscribe", "streams": ["b"]}))
             assert (await recv_json(ws)) == {"type": "subscribed", "v": 1, "streams": ["b"]}
-            server.broadcast([{"type": "event", "stream": s, "seq": i}
-                              for i, s in enumerate("abab")])
+            server.broadcast(
+                [{"type": "event", "stream": s, "seq": i} for i, s in enumerate("abab")]
+            )
             got = [await recv_json(ws), await recv_json(ws)]
             assert [(m["stream"], m["seq"]) for m in got] == [("b", 1), ("b", 3)]
             await ws.send(json.dumps({"type": "subscribe", "streams": None}))
@@ -176,8 +204,10 @@ async def test_ingest_speech_returns_events(tiny_model):
     reach /ws subscribers too."""
     audio = speech_16k()
     async with running(tiny_model) as server:
-        async with connect(ws_url(server, "/ws")) as watcher, \
-                connect(ws_url(server, "/ingest")) as ws:
+        async with (
+            connect(ws_url(server, "/ws")) as watcher,
+            connect(ws_url(server, "/ingest")) as ws,
+        ):
             assert (await recv_json(watcher))["type"] == "hello"
             assert (await recv_json(ws))["type"] == "hello"
             await stream_ingest(ws, audio, "call-1")
@@ -202,8 +232,7 @@ async def test_ingest_speech_returns_events(tiny_model):
 
 async def test_auto_stream_id_and_stream_limit(tiny_model):
     async with running(tiny_model, max_streams=1) as server:
-        async with connect(ws_url(server, "/ingest")) as a, \
-                connect(ws_url(server, "/ingest")) as b:
+        async with connect(ws_url(server, "/ingest")) as a, connect(ws_url(server, "/ingest")) as b:
             await recv_json(a), await recv_json(b)
             await a.send(json.dumps({"type": "start", "sample_rate": 16000}))
             started = await recv_json(a)
@@ -214,6 +243,26 @@ async def test_auto_stream_id_and_stream_limit(tiny_model):
             with pytest.raises(ConnectionClosed):
                 await recv_json(b)
             assert b.close_code == 1013
+
+
+async def test_ingest_socket_reuse_and_duplicate_ids(tiny_model):
+    """After stop, the same socket can start another stream; a taken id is refused."""
+    audio = load_clip(ravdess_clip("happy"))
+    async with running(tiny_model) as server:
+        async with connect(ws_url(server, "/ingest")) as a, \
+                connect(ws_url(server, "/ingest")) as b:
+            await recv_json(a), await recv_json(b)
+            await a.send(json.dumps({"type": "start", "stream": "one", "sample_rate": 16000}))
+            assert (await recv_json(a))["type"] == "stream_started"
+            await b.send(json.dumps({"type": "start", "stream": "one", "sample_rate": 16000}))
+            err = await recv_json(b)
+            assert err["code"] == "stream_exists" and "one" in err["message"]
+            await a.send(json.dumps({"type": "stop"}))
+            await recv_until(a, "stream_ended", "one")
+            await stream_ingest(a, audio, "two", rate=16_000, channels=1)
+            msgs = await recv_until(a, "stream_ended", "two")
+            assert {m["stream"] for m in msgs} == {"two"}
+            assert any(m["type"] == "event" for m in msgs)
 
 
 # -- bounds ---------------------------------------------------------------------------------
@@ -229,19 +278,24 @@ async def test_slow_client_never_delays_others(tiny_model):
             pad = "x" * 8000
             n = 0
             for _batch in range(120):  # ~15 MB: more than the kernel buffers can absorb
-                server.broadcast([{"type": "event", "stream": "s", "seq": n + i, "pad": pad}
-                                  for i in range(16)])
+                server.broadcast(
+                    [{"type": "event", "stream": "s", "seq": n + i, "pad": pad} for i in range(16)]
+                )
                 for i in range(16):
                     assert (await recv_json(good, 10))["seq"] == n + i
                 n += 16
-            slow_client = next(c for c in server._clients if c.ws.remote_address[1]
-                               == slow.getsockname()[1])
+            slow_client = next(
+                c for c in server._clients if c.ws.remote_address[1] == slow.getsockname()[1]
+            )
             assert slow_client.dropped > 0
             assert len(slow_client.queue) <= 16
             assert server.stats["messages_dropped"] == slow_client.dropped
             _, _, body = await http(server, "/metrics")
-            line = [x for x in body.decode().splitlines()
-                    if x.startswith("emotion_monitor_messages_dropped_total ")][0]
+            line = [
+                x
+                for x in body.decode().splitlines()
+                if x.startswith("emotion_monitor_messages_dropped_total ")
+            ][0]
             assert int(line.split()[1]) == slow_client.dropped
         slow.close()
 
@@ -290,13 +344,15 @@ BAD_CLIENTS = [
     ("/ingest", ['{"type": "stop"}'], "not_started", None),
     ("/ingest", ['{"type": "subscribe"}'], "unexpected_type", None),
     ("/ingest", ['{"type": "start", "sample_rate": 16000}', b"\x00\x01\x02"], "bad_audio", 1003),
+    ("/ingest", ['{"type": "start", "sample_rate": 16000}'] * 2, "already_started", None),
     ("/ingest", [b"\x00" * 70_000], "too_big", 1009),
     ("/ws", ["[" * 70_000], "too_big", 1009),
 ]
 
 
-async def bad_client(server: Server, path: str, messages: list, code: str,
-                     close_code: int | None) -> None:
+async def bad_client(
+    server: Server, path: str, messages: list, code: str, close_code: int | None
+) -> None:
     async with connect(ws_url(server, path), max_size=None) as ws:
         assert (await recv_json(ws))["type"] == "hello"
         for m in messages:
@@ -418,11 +474,14 @@ async def test_predict(tiny_model):
         assert {r["label"] for r in result["results"]} == set(tiny_model.labels)
 
         boundary = "----emotion"
-        form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-                f"filename=\"b.wav\"\r\nContent-Type: audio/wav\r\n\r\n").encode()
+        form = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="b.wav"\r\nContent-Type: audio/wav\r\n\r\n'
+        ).encode()
         form += wav_bytes(audio, 48_000 // 3) + f"\r\n--{boundary}--\r\n".encode()
-        status, _, body = await http(server, "/predict", form,
-                                     {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        status, _, body = await http(
+            server, "/predict", form, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        )
         assert status == 200 and json.loads(body)["results"], body
 
         for data, want in [(b"not audio at all", 400), (b"", 400), (b"x" * (2 << 20), 413)]:
