@@ -556,6 +556,10 @@ class Server:
 
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
+        if request.method != "GET":  # POST never gets here (front door); the rest is refused
+            resp = HttpResponse.error(405, "method_not_allowed", f"{request.method} is not served")
+            resp.headers["Allow"] = "GET, POST"
+            return _to_ws_response(resp)
         if path in self._ws_routes:
             return None  # websockets answers a non-upgrade GET with 426 itself
         route = self._http_routes.get(("GET", path))
@@ -698,9 +702,9 @@ class Server:
         if "chunked" in headers.get("transfer-encoding", ""):
             return HttpResponse.error(411, "length_required", "send a Content-Length body")
         try:
-            length = int(headers.get("content-length", ""))
+            length = int(headers.get("content-length", "0"))  # none: an empty body (RFC 9112)
         except ValueError:
-            return HttpResponse.error(411, "length_required", "a Content-Length header is required")
+            return HttpResponse.error(400, "bad_request", "Content-Length is not a number")
         if not 0 <= length <= self.max_upload_bytes:
             return HttpResponse.error(
                 413, "too_big", f"body of {length} bytes exceeds {self.max_upload_bytes} bytes"

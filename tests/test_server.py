@@ -492,6 +492,11 @@ async def test_predict(tiny_model):
         assert status == 404 and json.loads(body)["code"] == "not_found"
         status, _, _ = await http(server, "/predict")  # GET
         assert status == 404
+        for method in ("PUT", "HEAD", "DELETE"):
+            req = urllib.request.Request(f"http://127.0.0.1:{server.port}/healthz", method=method)
+            with pytest.raises(urllib.error.HTTPError) as info:
+                await asyncio.to_thread(urllib.request.urlopen, req, timeout=TIMEOUT)
+            assert info.value.code == 405
         # The same port still speaks websocket after serving POSTs.
         async with connect(ws_url(server, "/ws")) as ws:
             assert (await recv_json(ws))["type"] == "hello"
