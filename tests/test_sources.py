@@ -74,12 +74,13 @@ def test_ringbuffer_drops_oldest_and_counts():
 
 
 def test_ringbuffer_concurrent_writer_loses_nothing_when_read_in_time():
-    rb, chunks = RingBuffer(4096), [np.full(64, i, np.float32) for i in range(500)]
+    rb, chunks = RingBuffer(1000), [np.full(64, i, np.float32) for i in range(500)]
 
-    def writer():
+    def writer():  # a producer never faster than the reader: the buffer wraps ~32 times
         for c in chunks:
+            while len(rb) > rb.capacity - len(c):
+                time.sleep(0.0005)
             rb.write(c)
-            time.sleep(0.0002)
 
     t = threading.Thread(target=writer)
     t.start()
