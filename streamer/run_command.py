@@ -33,19 +33,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``emotion-monitor run``."""
     p.add_argument(
         "--source",
+        metavar="SRC",
         help="mic | file:PATH | stdin | demo (default: the microphone when an input device "
         "exists, otherwise the synthesized demo dialogue)",
     )
-    p.add_argument("--device", help="input device index or name (see `emotion-monitor devices`)")
+    p.add_argument(
+        "--device", metavar="D", help="input device index or name (see `emotion-monitor devices`)"
+    )
     p.add_argument(
         "--model",
+        metavar="SPEC",
         help="model spec (default: the shipped model); also python:MODULE:CALLABLE for a "
         "callable returning an EmotionModel",
     )
-    p.add_argument("--window", type=float, help="analysis window, seconds (default 2.0)")
-    p.add_argument("--hop", type=float, help="hop between windows, seconds (default 0.5)")
-    p.add_argument("--duration", type=float, help="stop after this many seconds of audio")
-    p.add_argument("--out", help="write events as JSON lines to this file")
+    p.add_argument(
+        "--window", type=float, metavar="S", help="analysis window, seconds (default 2.0)"
+    )
+    p.add_argument(
+        "--hop", type=float, metavar="S", help="hop between windows, seconds (default 0.5)"
+    )
+    p.add_argument(
+        "--duration", type=float, metavar="S", help="stop after this many seconds of audio"
+    )
+    p.add_argument("--out", metavar="FILE.jsonl", help="write events as JSON lines to this file")
     pace = p.add_mutually_exclusive_group()
     pace.add_argument(
         "--realtime",
@@ -58,8 +68,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--fast", dest="realtime", action="store_false", help="process files as fast as possible"
     )
     p.add_argument("--no-vad", action="store_true", help="analyse every window, speech or not")
-    p.add_argument("--rate", type=int, default=SAMPLE_RATE, help="stdin sample rate (16000)")
-    p.add_argument("--channels", type=int, default=1, help="stdin interleaved channels (1)")
+    p.add_argument(
+        "--rate", type=int, default=SAMPLE_RATE, metavar="HZ", help="stdin sample rate (16000)"
+    )
+    p.add_argument(
+        "--channels", type=int, default=1, metavar="N", help="stdin interleaved channels (1)"
+    )
     p.add_argument(
         "--format",
         dest="sample_format",

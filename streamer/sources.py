@@ -7,8 +7,18 @@ counted in ``stats["nonfinite_samples"]`` before down-mixing and resampling (the
 same for audio that reaches it some other way); clipping is left intact for the engine to flag.
 
 Sources do blocking I/O (device waits, pipe reads, real-time pacing); run them on their own
-thread (see ``emotion_monitor.streamer.run_command``). :meth:`Source.stop` may be called from any
-thread and ends the iteration promptly, except for a read that is already blocked on a pipe.
+thread (``run_command.run_source`` does, with a bounded queue). :meth:`Source.stop` may be called
+from any thread and ends the iteration promptly, except for a read already blocked on a pipe.
+
+Example (one thread, a file as fast as possible)::
+
+    engine = Engine(load_model(None))
+    for item in FileSource("call.wav", realtime=False):
+        if isinstance(item, SourceError):
+            print(item.message)
+        else:
+            events = engine.push("call", item)
+    events += engine.flush()
 """
 
 from __future__ import annotations
