@@ -12,12 +12,12 @@ from any thread and ends the iteration promptly, except for a read already block
 
 Example (one thread, a file as fast as possible)::
 
-    engine = Engine(load_model(None))
+    engine, events = Engine(load_model(None)), []
     for item in FileSource("call.wav", realtime=False):
-        if isinstance(item, SourceError):
+        if isinstance(item, SourceError):  # only live sources retry; a file raises AudioError
             print(item.message)
         else:
-            events = engine.push("call", item)
+            events += engine.push("call", item)
     events += engine.flush()
 """
 
