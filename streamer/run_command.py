@@ -110,7 +110,7 @@ def make_source(args: argparse.Namespace, workdir: Path) -> Source:
         mic.check()
         return mic
     if spec == "stdin":
-        if sys.stdin.isatty():
+        if sys.stdin is not None and sys.stdin.isatty():
             print(
                 "reading raw PCM from stdin; pipe audio in, e.g. ffmpeg -i talk.mp3 -f s16le "
                 "-ac 1 -ar 16000 - | emotion-monitor run --source stdin",
@@ -146,7 +146,11 @@ def load_emotion_model(spec: str | None):
 
 
 def format_event(ev: Event | SourceError) -> str:
-    """One human-readable line: time, label and confidence, valence/arousal, quadrant, latency."""
+    """One human-readable line: time, label and confidence, valence/arousal, quadrant, latency.
+
+    The label and confidence are this window's; valence, arousal and the quadrant are the
+    smoothed values (they carry the last speech through silence, as the engine defines them).
+    """
     if isinstance(ev, SourceError):
         retry = f" (retry in {ev.retry_in:g} s)" if ev.retry_in is not None else ""
         return f"[source error] {ev.stream}: {ev.message}{retry}"
