@@ -63,8 +63,12 @@ function handle(msg) {
       break;
     case "stream_ended":
       for (const card of state.cards.values()) {
-        if (card.stream === msg.stream) card.root.classList.add("ended");
+        if (card.stream === msg.stream) {
+          card.root.classList.add("ended");
+          card.endedAt = Date.now();
+        }
       }
+      pruneEnded();
       break;
     case "alert":
       onAlert(msg);
@@ -127,7 +131,21 @@ function cardFor(stream, track) {
   return card;
 }
 
+// Ended streams stay visible (greyed) for a look back, but a long-running call center must not
+// accumulate cards forever: keep the most recent few.
+const KEEP_ENDED = 12;
+function pruneEnded() {
+  const ended = [...state.cards.values()].filter((c) => c.endedAt)
+    .sort((a, b) => b.endedAt - a.endedAt);
+  for (const card of ended.slice(KEEP_ENDED)) {
+    card.root.remove();
+    state.cards.delete(card.key);
+    state.dirty.delete(card);
+  }
+}
+
 function resetCard(card) {
+  card.endedAt = null;
   card.points = [];
   card.root.querySelector(".alert").hidden = true;
   card.root.classList.remove("ended");
@@ -143,6 +161,7 @@ function onEvent(ev) {
   state.stats.events++;
   const card = cardFor(ev.stream, ev.track);
   card.root.classList.remove("ended");
+  card.endedAt = null;
   const valence = pick(ev.valence_smooth, ev.valence);
   const arousal = pick(ev.arousal_smooth, ev.arousal);
   if (card.points.length && ev.t1 < card.points[card.points.length - 1].t) card.points = [];
