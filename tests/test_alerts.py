@@ -8,14 +8,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from conftest import load_clip, ravdess_clip
 from emotion_monitor.streamer.alerts import (
     Alert,
     AlertEvaluator,
     WebhookSender,
     load_alert_rules,
 )
-from emotion_monitor.streamer.settings import CUSTOMER_FRUSTRATION, AlertRule
-from test_calls import TIMEOUT, running, test_settings, twilio_call
+from emotion_monitor.streamer.settings import CUSTOMER_FRUSTRATION, AlertRule, Settings
+from test_calls import (
+    TIMEOUT,
+    real_model,  # noqa: F401  (fixture)
+    running,
+    test_settings,
+    twilio_call,
+)
 
 
 def event(t1: float, track: str = "customer", stream: str = "c1", v=-0.5, a=0.7) -> dict:
@@ -172,3 +179,16 @@ async def test_alerts_reach_listeners_and_webhook_end_to_end():
     idx = col.messages.index(alerts[0])
     assert any(m["type"] == "event" and m["t1"] == alerts[0]["t"] for m in col.messages[:idx])
     assert rx.bodies[0]["name"] == "loud_customer"
+
+
+async def test_frustrated_customer_alert_with_the_default_model(real_model):  # noqa: F811
+    # three strong angry utterances in a row (~7 s) from the customer, a sad agent
+    angry = np.concatenate([load_clip(ravdess_clip("angry", sentence_index=i)) for i in range(3)])
+    sad = np.concatenate([load_clip(ravdess_clip("sad", sentence_index=i)) for i in range(3)])
+    settings = Settings(host="127.0.0.1", port=0, alerts=(CUSTOMER_FRUSTRATION,))
+    async with running(real_model, settings) as (server, col):
+        await twilio_call(server, "CA-angry", angry, sad)
+        await col.ended(["CA-angry"])
+    alerts = col.of_type("alert")
+    assert [(a["track"], a["name"]) for a in alerts] == [("customer", "customer_frustration")]
+    assert alerts[0]["t"] - alerts[0]["since"] >= 5.0
