@@ -253,8 +253,16 @@ class SourceErrorNotice(_Notice):
 CLIENT_MESSAGES: dict[str, type] = {m.TYPE: m for m in (Subscribe, Start, Stop)}
 SERVER_MESSAGES: dict[str, type] = {
     m.TYPE: m
-    for m in (Hello, Subscribed, StreamStarted, StreamEnded, ErrorMessage, EventMessage,
-              AlertNotice, SourceErrorNotice)
+    for m in (
+        Hello,
+        Subscribed,
+        StreamStarted,
+        StreamEnded,
+        ErrorMessage,
+        EventMessage,
+        AlertNotice,
+        SourceErrorNotice,
+    )
 }
 
 
@@ -282,8 +290,9 @@ def decode(text: str | bytes, registry: dict[str, type] = CLIENT_MESSAGES) -> An
     version = data.get("v", PROTOCOL_VERSION)
     if version != PROTOCOL_VERSION:
         raise ProtocolError(
-            "bad_version", f"protocol version {version!r} is not supported; this server speaks "
-            f"v{PROTOCOL_VERSION}"
+            "bad_version",
+            f"protocol version {version!r} is not supported; this server speaks "
+            f"v{PROTOCOL_VERSION}",
         )
     cls = registry.get(kind)
     if cls is None:

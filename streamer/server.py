@@ -279,7 +279,8 @@ class Server:
         if path in self._ws_routes or any(p == path for _, p in self._http_routes):
             raise ValueError(f"route {path} is already registered")
         positional = [
-            p for p in inspect.signature(handler).parameters.values()
+            p
+            for p in inspect.signature(handler).parameters.values()
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
         ]
         if len(positional) == 1:
@@ -597,31 +598,52 @@ class Server:
         lines: list[str] = []
 
         def metric(name: str, kind: str, value: float, help_text: str) -> None:
-            lines.extend(
-                [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
-            )
+            lines.extend([f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"])
 
         p = "emotion_monitor_"
         metric(p + "windows_total", "counter", eng["windows"], "Windows analysed.")
         metric(p + "speech_windows_total", "counter", eng["speech_windows"], "Speech windows.")
         metric(p + "events_total", "counter", eng["events"], "Events produced.")
-        metric(p + "windows_dropped_total", "counter", eng["windows_dropped"],
-               "Windows dropped because inference fell behind.")
-        metric(p + "chunks_dropped_total", "counter", svc["chunks_dropped"],
-               "Audio chunks dropped because the service inbox was full.")
-        metric(p + "messages_queued_total", "counter", self.stats["messages_queued"],
-               "Messages queued to clients.")
-        metric(p + "messages_dropped_total", "counter", self.stats["messages_dropped"],
-               "Messages dropped from slow clients' queues.")
-        metric(p + "clients_refused_total", "counter", self.stats["clients_refused"],
-               "Connections refused because max_clients was reached.")
-        metric(p + "protocol_errors_total", "counter", self.stats["protocol_errors"],
-               "Bad client messages answered with an error.")
+        metric(
+            p + "windows_dropped_total",
+            "counter",
+            eng["windows_dropped"],
+            "Windows dropped because inference fell behind.",
+        )
+        metric(
+            p + "chunks_dropped_total",
+            "counter",
+            svc["chunks_dropped"],
+            "Audio chunks dropped because the service inbox was full.",
+        )
+        metric(
+            p + "messages_queued_total",
+            "counter",
+            self.stats["messages_queued"],
+            "Messages queued to clients.",
+        )
+        metric(
+            p + "messages_dropped_total",
+            "counter",
+            self.stats["messages_dropped"],
+            "Messages dropped from slow clients' queues.",
+        )
+        metric(
+            p + "clients_refused_total",
+            "counter",
+            self.stats["clients_refused"],
+            "Connections refused because max_clients was reached.",
+        )
+        metric(
+            p + "protocol_errors_total",
+            "counter",
+            self.stats["protocol_errors"],
+            "Bad client messages answered with an error.",
+        )
         metric(p + "clients", "gauge", self.clients, "Connected event subscribers.")
         metric(p + "streams", "gauge", len(self.service.streams), "Open streams.")
         name = p + "latency_seconds"
-        lines += [f"# HELP {name} Window completion to event latency.",
-                  f"# TYPE {name} histogram"]
+        lines += [f"# HELP {name} Window completion to event latency.", f"# TYPE {name} histogram"]
         total = 0
         for bound, count in zip((*LATENCY_BUCKETS_S, "+Inf"), self._latency_counts, strict=True):
             total += count
@@ -793,9 +815,13 @@ def _to_ws_response(resp: HttpResponse) -> Response:
 
 
 def _serialize(resp: HttpResponse) -> bytes:
-    head = [f"HTTP/1.1 {resp.status} {http.HTTPStatus(resp.status).phrase}",
-            f"Content-Type: {resp.content_type}", f"Content-Length: {len(resp.body)}",
-            "Connection: close", *(f"{k}: {v}" for k, v in resp.headers.items())]
+    head = [
+        f"HTTP/1.1 {resp.status} {http.HTTPStatus(resp.status).phrase}",
+        f"Content-Type: {resp.content_type}",
+        f"Content-Length: {len(resp.body)}",
+        "Connection: close",
+        *(f"{k}: {v}" for k, v in resp.headers.items()),
+    ]
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + resp.body
 
 
@@ -852,9 +878,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from emotion_monitor.streamer.audio import SAMPLE_FORMATS, SAMPLE_RATE
 
     parser.add_argument(
-        "--source", default=None,
+        "--source",
+        default=None,
         help="mic | file:PATH | stdin | demo | auto (the microphone if there is one, else the "
-        "demo); default: none, the server waits for audio on /ingest")
+        "demo); default: none, the server waits for audio on /ingest",
+    )
     parser.add_argument("--device", help="input device index or name for --source mic")
     parser.add_argument("--model", default=None, help="model spec (default: the shipped model)")
     parser.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
@@ -862,12 +890,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=float, default=None, help="window length, seconds")
     parser.add_argument("--hop", type=float, default=None, help="hop between windows, seconds")
     parser.add_argument("--config", default=None, help="TOML settings file (flags win)")
-    parser.add_argument("--no-vad", dest="vad", action="store_false", default=None,
-                        help="analyse every window, speech or not")
+    parser.add_argument(
+        "--no-vad",
+        dest="vad",
+        action="store_false",
+        default=None,
+        help="analyse every window, speech or not",
+    )
     parser.add_argument("--rate", type=int, default=SAMPLE_RATE, help="stdin sample rate")
     parser.add_argument("--channels", type=int, default=1, help="stdin interleaved channels")
-    parser.add_argument("--format", dest="sample_format", default="s16le",
-                        choices=SAMPLE_FORMATS, help="stdin sample format")
+    parser.add_argument(
+        "--format",
+        dest="sample_format",
+        default="s16le",
+        choices=SAMPLE_FORMATS,
+        help="stdin sample format",
+    )
     api = _integrations()
     if api is not None:
         api.add_arguments(parser)
@@ -884,8 +922,14 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         base = Settings.from_toml(args.config) if args.config else Settings()
-        settings = base.replace(host=args.host, port=args.port, window=args.window,
-                                hop=args.hop, model=args.model, vad=args.vad)
+        settings = base.replace(
+            host=args.host,
+            port=args.port,
+            window=args.window,
+            hop=args.hop,
+            model=args.model,
+            vad=args.vad,
+        )
         api = _integrations()
         if api is not None:
             settings = api.settings_from_args(settings, args)
@@ -898,22 +942,26 @@ def main(args: argparse.Namespace) -> int:
             args.realtime = True  # a live monitor plays files at the speed of the audio
             spec = None if args.source == "auto" else args.source
             try:
-                source = make_source(argparse.Namespace(**{**vars(args), "source": spec}),
-                                     Path(tmp))
+                source = make_source(
+                    argparse.Namespace(**{**vars(args), "source": spec}), Path(tmp)
+                )
             except (AudioError, OSError) as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
         try:
             model = load_emotion_model(settings.model)
         except Exception as exc:
-            print(f"error: cannot load model {settings.model or 'default'!r}: {exc}",
-                  file=sys.stderr)
+            print(
+                f"error: cannot load model {settings.model or 'default'!r}: {exc}", file=sys.stderr
+            )
             return 1
         try:
             asyncio.run(_serve(model, settings, args, api, source))
         except OSError as exc:  # typically: the port is taken
-            print(f"error: cannot serve on {settings.host}:{settings.port}: {exc.strerror or exc}",
-                  file=sys.stderr)
+            print(
+                f"error: cannot serve on {settings.host}:{settings.port}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
             return 1
     return 0
 
@@ -939,8 +987,9 @@ async def _serve(model, settings: Settings, args: argparse.Namespace, api: Any, 
             def report(err: Any) -> None:  # a failing microphone shows up on the dashboard
                 loop.call_soon_threadsafe(server.broadcast, [err.to_dict()])
 
-            thread = threading.Thread(target=run_source, args=(source, service, report),
-                                      name="source", daemon=True)
+            thread = threading.Thread(
+                target=run_source, args=(source, service, report), name="source", daemon=True
+            )
             thread.start()
         await stop.wait()
     finally:
@@ -956,8 +1005,9 @@ async def _serve(model, settings: Settings, args: argparse.Namespace, api: Any, 
             await extras.close()  # after the service, so the recorder gets the last events
 
 
-def run_source(source: Any, service: MonitorService,
-               on_error: Callable[[Any], None] | None = None) -> None:
+def run_source(
+    source: Any, service: MonitorService, on_error: Callable[[Any], None] | None = None
+) -> None:
     """Feed a :mod:`~emotion_monitor.streamer.sources` source into the service (own thread).
 
     The stream is named after the source (``mic``, ``stdin``, the file name). ``SourceError``

@@ -377,9 +377,12 @@ def test_twenty_streams_render(tiny_model, browser):
         assert "customer frustration" in alert.text_content()
         assert page.locator(".card .alert:visible").count() == 1
         # Ended streams are greyed out; only the most recent dozen stay on the page.
-        srv.call(srv.server.broadcast,
-                 [{"type": "stream_ended", "v": 1, "stream": f"s{s:02d}"} for s in range(20)])
-        page.wait_for_function("document.querySelectorAll('.card').length === 12",
-                               timeout=TIMEOUT_MS)
+        srv.call(
+            srv.server.broadcast,
+            [{"type": "stream_ended", "v": 1, "stream": f"s{s:02d}"} for s in range(20)],
+        )
+        page.wait_for_function(
+            "document.querySelectorAll('.card').length === 12", timeout=TIMEOUT_MS
+        )
         assert page.locator(".card.ended").count() == 12
         page.screenshot(path=str(ARTIFACTS / "dashboard-20.png"))

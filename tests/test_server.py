@@ -249,8 +249,7 @@ async def test_ingest_socket_reuse_and_duplicate_ids(tiny_model):
     """After stop, the same socket can start another stream; a taken id is refused."""
     audio = load_clip(ravdess_clip("happy"))
     async with running(tiny_model) as server:
-        async with connect(ws_url(server, "/ingest")) as a, \
-                connect(ws_url(server, "/ingest")) as b:
+        async with connect(ws_url(server, "/ingest")) as a, connect(ws_url(server, "/ingest")) as b:
             await recv_json(a), await recv_json(b)
             await a.send(json.dumps({"type": "start", "stream": "one", "sample_rate": 16000}))
             assert (await recv_json(a))["type"] == "stream_started"

@@ -22,7 +22,9 @@ def start_serve(*args: str) -> tuple[subprocess.Popen, str]:
     """Start the server; returns the process and the dashboard URL it printed."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "emotion_monitor.streamer.cli", "serve", "--port", "0", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
@@ -44,8 +46,9 @@ def test_serve_file_source_events_and_clean_shutdown(tiny_checkpoints, tmp_path)
     audio = np.concatenate([load_clip(ravdess_clip(e)) for e in ("angry", "sad", "happy")])
     wav = tmp_path / "talk.wav"
     sf.write(wav, audio, 16_000)
-    proc, url = start_serve("--source", f"file:{wav}", "--model",
-                            str(tiny_checkpoints["classifier"]))
+    proc, url = start_serve(
+        "--source", f"file:{wav}", "--model", str(tiny_checkpoints["classifier"])
+    )
     try:
         assert url.startswith("http://127.0.0.1:")  # loopback unless told otherwise
         ws_url = url.replace("http://", "ws://") + "ws"
@@ -73,9 +76,19 @@ def test_serve_file_source_events_and_clean_shutdown(tiny_checkpoints, tmp_path)
 
 def test_serve_refuses_a_missing_file(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "emotion_monitor.streamer.cli", "serve", "--port", "0",
-         "--source", f"file:{tmp_path / 'nope.wav'}"],
-        capture_output=True, text=True, timeout=TIMEOUT,
+        [
+            sys.executable,
+            "-m",
+            "emotion_monitor.streamer.cli",
+            "serve",
+            "--port",
+            "0",
+            "--source",
+            f"file:{tmp_path / 'nope.wav'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
     )
     assert proc.returncode == 2
     assert "nope.wav" in proc.stderr
@@ -89,10 +102,19 @@ def test_serve_refuses_a_taken_port(tiny_checkpoints):
         busy.listen()
         port = busy.getsockname()[1]
         proc = subprocess.run(
-            [sys.executable, "-m", "emotion_monitor.streamer.cli", "serve", "--port", str(port),
-             "--model", str(tiny_checkpoints["classifier"])],
-            capture_output=True, text=True, timeout=TIMEOUT,
+            [
+                sys.executable,
+                "-m",
+                "emotion_monitor.streamer.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--model",
+                str(tiny_checkpoints["classifier"]),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
         )
     assert proc.returncode == 1
     assert "cannot serve" in proc.stderr
-
