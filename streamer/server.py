@@ -326,9 +326,9 @@ class Server:
             s.port,
             process_request=self._process_request,
             create_connection=lambda *a, **kw: _FrontDoor(self, *a, **kw),
-            # Oversized messages up to 4x the limit get a readable error from us; beyond that
-            # websockets closes with 1009 before buffering them.
-            max_size=s.max_message_bytes * 4,
+            # Oversized messages up to twice the limit get a readable error from us; beyond
+            # that websockets closes with 1009 before buffering them.
+            max_size=s.max_message_bytes * 2,
             ping_interval=s.ping_interval,
             ping_timeout=s.ping_timeout,
             # Per-client deflate would compress every broadcast once per client; events are small.
@@ -402,9 +402,8 @@ class Server:
                     self._offer(client, text)
 
     def _offer(self, client: _Client, text: str) -> None:
-        if client.offer(text):
-            self.stats["messages_queued"] += 1
-        else:
+        self.stats["messages_queued"] += 1
+        if not client.offer(text):
             self.stats["messages_dropped"] += 1
 
     def _observe_latency(self, latency_ms: float) -> None:

@@ -396,6 +396,20 @@ async def test_many_bad_clients_beside_good_ones(tiny_model):
         assert server.service.streams == {}  # bad clients left no stream open
 
 
+async def test_huge_message_refused_before_buffering(tiny_model):
+    """Far over the limit, the websocket layer closes with 1009 without reading it all."""
+    async with running(tiny_model, max_message_bytes=16_384) as server:
+        async with connect(ws_url(server, "/ingest"), max_size=None) as ws:
+            await recv_json(ws)
+            await ws.send(b"\x00" * 40_000)
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await recv_json(ws)
+            assert ws.close_code == 1009
+        async with connect(ws_url(server, "/ws")) as ws:  # everyone else is still served
+            assert (await recv_json(ws))["type"] == "hello"
+
+
 async def test_error_flood_closes_client(tiny_model):
     async with running(tiny_model) as server:
         async with connect(ws_url(server, "/ws")) as ws:
