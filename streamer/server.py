@@ -528,8 +528,10 @@ class Server:
                         if not msg.stream:
                             self._ingest_count += 1
                             msg.stream = f"ingest-{self._ingest_count}"
-                        client.streams = {msg.stream}
                         ingest.start(msg, ws.remote_address)
+                        # Only once the stream is ours: a refused id must not leak another
+                        # client's events. stream_started is published later by the worker.
+                        client.streams = {msg.stream}
                     elif isinstance(msg, protocol.Stop):
                         if ingest.fmt is None:
                             raise protocol.ProtocolError("not_started", "no stream to stop")

@@ -258,6 +258,9 @@ async def test_ingest_socket_reuse_and_duplicate_ids(tiny_model):
             assert err["code"] == "stream_exists" and "one" in err["message"]
             await a.send(json.dumps({"type": "stop"}))
             await recv_until(a, "stream_ended", "one")
+            # b was refused "one": it must not have heard a's stream.
+            await b.send(json.dumps({"type": "stop"}))
+            assert (await recv_json(b))["code"] == "not_started"
             await stream_ingest(a, audio, "two", rate=16_000, channels=1)
             msgs = await recv_until(a, "stream_ended", "two")
             assert {m["stream"] for m in msgs} == {"two"}
