@@ -68,6 +68,15 @@ def pool_states(states, layers: Sequence[int]):
     return torch.cat(parts, dim=-1)
 
 
+def layer_columns(all_layers: Sequence[int], chosen: Sequence[int], dim: int) -> np.ndarray:
+    """Column indices of ``chosen`` layers inside features pooled over ``all_layers``."""
+    pos = {layer: k for k, layer in enumerate(all_layers)}
+    missing = [c for c in chosen if c not in pos]
+    if missing:
+        raise ModelError(f"layer(s) {missing} not among the pooled layers {list(all_layers)}")
+    return np.concatenate([np.arange(2 * dim * pos[c], 2 * dim * (pos[c] + 1)) for c in chosen])
+
+
 class WhisperTorchEmbedder:
     """Pooled Whisper features computed by the project's torch encoder."""
 
@@ -80,7 +89,8 @@ class WhisperTorchEmbedder:
         self.input_norm = input_norm
         self.device = device
         self.name = encoder_name
-        self.feature_dim = 2 * self.encoder.dim * len(self.layers)
+        self.dim = self.encoder.dim
+        self.feature_dim = 2 * self.dim * len(self.layers)
 
     def embed(self, windows: Sequence[np.ndarray]) -> np.ndarray:
         """(batch, feature_dim) float32 features for windows of any lengths."""

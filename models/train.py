@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from emotion_monitor.models.base import EMOTIONS, ModelError
+from emotion_monitor.models.embedding import layer_columns
 from emotion_monitor.models.manifest import Row, load_audio, read_manifest
 
 DEFAULT_CACHE = Path(__file__).resolve().parents[1] / "cache"
@@ -243,6 +244,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="artifacts/heads", help="output folder (heads.onnx + config.json)")
     p.add_argument("--cache", default=str(DEFAULT_CACHE), help="embedding cache folder")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    p.add_argument("--backend", default="ort-int8", choices=("torch", "ort-fp32", "ort-int8"),
+                   help="encoder backend recorded in config.json for serving Whisper encoders on CPU")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
 
@@ -268,10 +271,15 @@ def main(args: argparse.Namespace) -> int:
     augs = [a.strip() for a in args.augment.split(",") if a.strip()]
     if "clean" not in augs:
         augs.insert(0, "clean")
-    embedder = make_embedder(args.encoder, args.device, args.input_norm, layers)
+    # The cache always holds every layer; the chosen ones are sliced out afterwards, so trying
+    # another layer selection never re-runs the encoder.
+    embedder = make_embedder(args.encoder, args.device, args.input_norm, None)
+    layers = embedder.layers if layers is None else layers
+    cols = layer_columns(embedder.layers, layers, embedder.dim)
     cache = None if args.no_cache else Path(args.cache)
     t0 = time.time()
     feats, problems = embed_rows(train, embedder, augs, cache)
+    feats = {a: f[:, cols] for a, f in feats.items()}
     for p in problems:
         print(f"unreadable: {p}")
     ok = ~np.isnan(feats["clean"]).any(1)
@@ -289,10 +297,11 @@ def main(args: argparse.Namespace) -> int:
     config = {
         "format": 1,
         "encoder": args.encoder,
-        "layers": list(embedder.layers),
+        "backend": args.backend if args.encoder.startswith("whisper") else "torch",
+        "layers": list(layers),
         "pooling": "mean+std over frames per layer",
         "input_norm": args.input_norm,
-        "feature_dim": int(embedder.feature_dim),
+        "feature_dim": int(len(cols)),
         "labels": list(CLASSES),
         "valence_arousal": "derived targets, see emotion_monitor.models.circumplex",
         "heads": "heads.onnx",
@@ -300,9 +309,9 @@ def main(args: argparse.Namespace) -> int:
                   "C": heads["C"], "alpha": heads["alpha"], "seed": args.seed, "cv": heads["cv"]},
     }
     if test:
-        tf, tp = embed_rows(test, embedder, ["clean"], cache)
-        tok = ~np.isnan(tf["clean"]).any(1)
-        xs = (tf["clean"][tok] - heads["mean"]) / heads["std"]
+        tf = embed_rows(test, embedder, ["clean"], cache)[0]["clean"][:, cols]
+        tok = ~np.isnan(tf).any(1)
+        xs = (tf[tok] - heads["mean"]) / heads["std"]
         yt = np.array([CLASSES.index(r.emotion) for r in test])[tok]
         pred = (xs @ heads["w_cls"] + heads["b_cls"]).argmax(1)
         config["test"] = {"clips": int(tok.sum()), "accuracy": float(np.mean(pred == yt)),

@@ -1,0 +1,61 @@
+"""Encoder + heads time per 2 s window: torch vs ONNX Runtime, fp32 vs int8, batch 1 and 16.
+
+Usage: python bench/model_bench.py [--seconds 3] [--threads 2] [--batches 1,16]
+
+Prints one line per (backend, batch): ms per batch, ms per window, windows/s, and the p95 of
+single-window latency for batch 1; finally the peak RSS of the process. The ONNX encoders are
+taken from the package when shipped, else built into the user cache (first run is slower).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import numpy as np
+
+
+def _time(fn, seconds: float) -> list[float]:
+    fn()  # warm-up (allocations, ORT graph optimisation)
+    times, start = [], time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=3.0, help="time per configuration")
+    p.add_argument("--threads", type=int, default=2, help="torch / ORT intra-op threads")
+    p.add_argument("--batches", default="1,16")
+    p.add_argument("--backends", default="torch,ort-fp32,ort-int8")
+    args = p.parse_args()
+
+    import torch
+
+    from emotion_monitor.models.default_model import DEFAULT_DIR, load_model_dir
+
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    print(f"torch threads {args.threads}, window 2.0 s, {args.seconds:g} s per configuration")
+    for backend in args.backends.split(","):
+        model = load_model_dir(DEFAULT_DIR, device="cpu", backend=backend, threads=args.threads)
+        for b in (int(v) for v in args.batches.split(",")):
+            windows = [(0.1 * rng.standard_normal(32000)).astype(np.float32) for _ in range(b)]
+            times = _time(lambda: model.predict(windows), args.seconds)
+            mean = float(np.mean(times))
+            line = (f"{backend:9s} batch {b:3d}: {1000 * mean:8.1f} ms/batch "
+                    f"{1000 * mean / b:7.1f} ms/window {b / mean:7.1f} windows/s")
+            if b == 1:
+                line += f"  p95 {1000 * float(np.percentile(times, 95)):.1f} ms"
+            print(line, flush=True)
+        del model
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS of this process (all backends loaded in turn): {rss:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
