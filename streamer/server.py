@@ -70,6 +70,7 @@ STATIC_DIR = Path(__file__).resolve().parents[1] / "web_dashboard" / "static"
 #: The call-center integrations (see the module docstring); optional.
 INTEGRATIONS = "emotion_monitor.streamer.api"
 MAX_UPLOAD_BYTES = 50 << 20  # a few minutes of WAV; longer recordings belong to `analyze`
+BROWSER_ROUTES = ("/ws", "/ingest")  # websocket routes that refuse cross-origin pages
 HEAD_LIMIT = 16 << 10  # request line + headers of a POST
 HEAD_TIMEOUT = 10.0  # seconds a new connection may take to send its request head
 MAX_ERRORS = 20  # protocol errors tolerated from one client before it is closed
@@ -563,6 +564,11 @@ class Server:
             resp.headers["Allow"] = "GET, POST"
             return _to_ws_response(resp)
         if path in self._ws_routes:
+            # Only the browser-facing routes: telephony platforms may send an Origin of their own.
+            if path in BROWSER_ROUTES and not _same_origin(request.headers):
+                return _to_ws_response(
+                    HttpResponse.error(403, "forbidden_origin", "cross-origin websocket refused")
+                )
             return None  # websockets answers a non-upgrade GET with 426 itself
         route = self._http_routes.get(("GET", path))
         if route is not None:
@@ -824,6 +830,17 @@ def _serialize(resp: HttpResponse) -> bytes:
         *(f"{k}: {v}" for k, v in resp.headers.items()),
     ]
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + resp.body
+
+
+def _same_origin(headers: Headers) -> bool:
+    """Browsers send Origin; any other web page must not read a local monitor's calls.
+
+    Clients that are not browsers (telephony platforms, scripts) send no Origin and pass.
+    """
+    origin = headers.get("Origin")
+    if origin is None:
+        return True
+    return urlsplit(origin).netloc.lower() == headers.get("Host", "").lower()
 
 
 def _lower(items) -> dict[str, str]:

@@ -230,6 +230,20 @@ async def test_ingest_speech_returns_events(tiny_model):
     assert [m for m in seen if m["type"] == "event"] == events
 
 
+async def test_cross_origin_websocket_refused(tiny_model):
+    """Another web page open in the user's browser must not read the monitor's calls."""
+    from websockets.exceptions import InvalidStatus
+
+    async with running(tiny_model) as server:
+        host = f"127.0.0.1:{server.port}"
+        for path in ("/ws", "/ingest"):
+            with pytest.raises(InvalidStatus) as info:
+                await connect(ws_url(server, path), origin="http://evil.example")
+            assert info.value.response.status_code == 403
+        async with connect(ws_url(server, "/ws"), origin=f"http://{host}") as ws:
+            assert (await recv_json(ws))["type"] == "hello"
+
+
 async def test_auto_stream_id_and_stream_limit(tiny_model):
     async with running(tiny_model, max_streams=1) as server:
         async with connect(ws_url(server, "/ingest")) as a, connect(ws_url(server, "/ingest")) as b:
