@@ -386,3 +386,51 @@ def test_twenty_streams_render(tiny_model, browser):
         )
         assert page.locator(".card.ended").count() == 12
         page.screenshot(path=str(ARTIFACTS / "dashboard-20.png"))
+
+
+def worklet_output(page, freq: float, rate: int = 48_000) -> np.ndarray:
+    """Render one second of a sine through the microphone worklet; the 16 kHz samples it posts."""
+    samples = page.evaluate(
+        """async ([freq, rate]) => {
+            const ctx = new OfflineAudioContext(1, rate, rate);
+            await ctx.audioWorklet.addModule('/static/mic-worklet.js');
+            const osc = ctx.createOscillator();
+            osc.frequency.value = freq;
+            const gain = ctx.createGain();
+            gain.gain.value = 0.5;
+            const node = new AudioWorkletNode(ctx, 'resampler-16k');
+            const chunks = [];
+            node.port.onmessage = (e) => chunks.push(...new Int16Array(e.data));
+            osc.connect(gain).connect(node).connect(ctx.destination);
+            osc.start();
+            await ctx.startRendering();
+            // Messages posted during rendering arrive on this thread afterwards.
+            const want = Math.floor(16000 / 320) * 320 - 320;
+            for (let i = 0; i < 200 && chunks.length < want; i++) {
+                await new Promise((ok) => setTimeout(ok, 10));
+            }
+            return chunks;
+        }""",
+        [freq, rate],
+    )
+    return np.asarray(samples, np.float32) / 32768
+
+
+@pytest.mark.parametrize("rate", [48_000, 44_100])
+def test_microphone_worklet_resamples_to_16k(tiny_model, browser, rate):
+    """The AudioWorklet's resampler in the real browser: a 1 kHz tone stays a 1 kHz tone of
+    the same level at 16 kHz; a 12 kHz tone (above the new Nyquist) is filtered out instead of
+    folding back into the speech band."""
+    with ServerThread(tiny_model) as srv:
+        page = browser.new_page()
+        page.goto(srv.url)
+        out = worklet_output(page, 1000, rate)
+        assert len(out) >= 15_000, len(out)  # about one second at 16 kHz
+        steady = out[1000:15_000]
+        spectrum = np.abs(np.fft.rfft(steady * np.hanning(len(steady))))
+        peak_hz = np.argmax(spectrum) * 16_000 / len(steady)
+        assert abs(peak_hz - 1000) < 5, peak_hz
+        rms = float(np.sqrt(np.mean(steady**2)))
+        assert abs(rms - 0.5 / np.sqrt(2)) < 0.03, rms
+        alias = worklet_output(page, 12_000, rate)[1000:15_000]
+        assert float(np.sqrt(np.mean(alias**2))) < 0.1 * rms
