@@ -278,3 +278,34 @@ async def test_mixed_protocols_at_once_and_stream_limit():
     assert_contiguous(events)
     # the refused calls never became streams
     assert {m["stream"] for m in col.of_type("stream_started")} == {"CA1", "conv-1", str(call_uuid)}
+
+
+def test_callstream_coalesces_packets_but_never_holds_back_a_window_end():
+    pushes: list[tuple[str, int]] = []
+
+    class FakeService:
+        engine = Engine(LoudnessModel(), test_settings())  # window 2 s, hop 0.5 s
+
+        def open_stream(self, stream, **meta):
+            pass
+
+        def push(self, stream, samples, track):
+            pushes.append((track, len(samples)))
+
+        def end_stream(self, stream):
+            pushes.append(("end", 0))
+
+    from emotion_monitor.streamer.api import CallStream
+
+    call = CallStream(FakeService(), "s")
+    for _ in range(150):  # 3 s of 20 ms packets at 16 kHz
+        call.push("customer", np.zeros(320, np.float32), 16000)
+    totals = np.cumsum([n for _, n in pushes])
+    assert all(n >= 320 for _, n in pushes)
+    assert len(pushes) < 150 / 4  # far fewer wake-ups than packets
+    # every window end (2.0, 2.5, 3.0 s) is handed over with the packet that completes it
+    for end in (32000, 40000, 48000):
+        assert end in totals
+    call.push("customer", np.zeros(100, np.float32), 16000)
+    call.close()
+    assert pushes[-1] == ("end", 0) and sum(n for _, n in pushes) == 48100
