@@ -251,6 +251,10 @@ def test_dashboard_reconnects(tiny_model, browser):
         page.goto(srv.url)
         live = "document.querySelector('#status').textContent === 'live'"
         page.wait_for_function(live, timeout=TIMEOUT_MS)
+        srv.call(srv.service.open_stream, "kept")
+        srv.call(srv.server.broadcast, [{"type": "stream_started", "v": 1, "stream": "gone"}])
+        page.wait_for_selector('.card[data-stream="kept"]', timeout=TIMEOUT_MS)
+        page.wait_for_selector('.card[data-stream="gone"]', timeout=TIMEOUT_MS)
         port = srv.server.port
         srv.call(srv.server.stop)
         page.wait_for_function(
@@ -260,6 +264,9 @@ def test_dashboard_reconnects(tiny_model, browser):
         srv.server.settings = srv.settings.replace(port=port)
         srv.call(srv.server.start)  # same port: the page finds it again by itself
         page.wait_for_function(live, timeout=TIMEOUT_MS)
+        # The new hello lists the open streams: what ended meanwhile is greyed out.
+        page.wait_for_selector('.card.ended[data-stream="gone"]', timeout=TIMEOUT_MS)
+        assert page.locator('.card.ended[data-stream="kept"]').count() == 0
 
 
 def test_microphone_button_streams_to_ingest(tiny_model, browser):

@@ -49,8 +49,14 @@ function handle(msg) {
     case "hello":
       state.model = msg.model || {};
       $("#model").textContent = describeModel(state.model);
-      for (const card of state.cards.values()) card.root.classList.add("ended");
+      // After a reconnect: streams that ended meanwhile are greyed out, open ones stay.
+      for (const card of state.cards.values()) {
+        const open = msg.streams && card.stream in msg.streams;
+        card.root.classList.toggle("ended", !open);
+        if (!open && !card.endedAt) card.endedAt = Date.now();
+      }
       for (const stream of Object.keys(msg.streams || {})) placeholder(stream);
+      pruneEnded();
       break;
     case "stream_started":
       placeholder(msg.stream);
@@ -111,7 +117,7 @@ function cardFor(stream, track) {
   let card = state.cards.get(key);
   if (card) return card;
   const stub = state.cards.get(stream + "\u0000*");
-  if (stub && track !== "*") { stub.root.remove(); state.cards.delete(stub.key); }
+  if (stub && track !== "*") removeCard(stub);
   const root = $("#card-template").content.firstElementChild.cloneNode(true);
   root.dataset.stream = stream;
   root.dataset.track = track;
@@ -127,8 +133,16 @@ function cardFor(stream, track) {
   const after = [...$("#streams").querySelectorAll(".card")]
     .find((el) => el.querySelector(".name").textContent > root.querySelector(".name").textContent);
   $("#streams").insertBefore(root, after || null);
-  new ResizeObserver(() => { state.dirty.add(card); schedule(); }).observe(card.circle);
+  card.resize = new ResizeObserver(() => { state.dirty.add(card); schedule(); });
+  card.resize.observe(card.circle);
   return card;
+}
+
+function removeCard(card) {
+  card.resize.disconnect();
+  card.root.remove();
+  state.cards.delete(card.key);
+  state.dirty.delete(card);
 }
 
 // Ended streams stay visible (greyed) for a look back, but a long-running call center must not
@@ -137,11 +151,7 @@ const KEEP_ENDED = 12;
 function pruneEnded() {
   const ended = [...state.cards.values()].filter((c) => c.endedAt)
     .sort((a, b) => b.endedAt - a.endedAt);
-  for (const card of ended.slice(KEEP_ENDED)) {
-    card.root.remove();
-    state.cards.delete(card.key);
-    state.dirty.delete(card);
-  }
+  for (const card of ended.slice(KEEP_ENDED)) removeCard(card);
 }
 
 function resetCard(card) {
