@@ -6,6 +6,7 @@ import sqlite3
 import threading
 
 import numpy as np
+import pytest
 from emotion_monitor.streamer import recorder
 from emotion_monitor.streamer.cli import main as cli_main
 from emotion_monitor.streamer.settings import AlertRule
@@ -101,3 +102,24 @@ def test_report_errors(tmp_path, capsys):
     assert "no such recording" in capsys.readouterr().err
     recorder.Recorder(tmp_path / "empty.sqlite").close()
     assert cli_main(["report", str(tmp_path / "empty.sqlite")]) == 1
+
+
+def test_serve_flags_are_validated(tmp_path):
+    import argparse
+
+    from emotion_monitor.streamer.api import add_arguments, settings_from_args
+    from emotion_monitor.streamer.settings import CUSTOMER_FRUSTRATION, Settings
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--record", str(tmp_path / "r.sqlite"), "--audiosocket-port", "0"])
+    s = settings_from_args(Settings(), args)
+    assert s.record == str(tmp_path / "r.sqlite") and s.audiosocket_port == 0
+    assert s.alerts == (CUSTOMER_FRUSTRATION,) and s.webhook_url is None
+    for bad in (
+        ["--webhook", "ftp://x"],
+        ["--record", "/nonexistent/r.sqlite"],
+        ["--alerts-config", str(tmp_path / "missing.toml")],
+    ):
+        with pytest.raises(ValueError):
+            settings_from_args(Settings(), parser.parse_args(bad))
