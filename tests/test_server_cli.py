@@ -18,16 +18,18 @@ from websockets.sync.client import connect
 TIMEOUT = 120  # generous: model imports on a loaded 2-core machine take a while
 
 
-def start_serve(*args: str) -> tuple[subprocess.Popen, str]:
+def start_serve(*args: str, stdin=None) -> tuple[subprocess.Popen, str]:
     """Start the server; returns the process and the dashboard URL it printed."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "emotion_monitor.streamer.cli", "serve", "--port", "0", *args],
+        stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
     )
     lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+    threading.Thread(
+        target=lambda: [lines.put(x.decode(errors="replace")) for x in proc.stdout], daemon=True
+    ).start()
     seen = []
     while True:
         try:
@@ -69,6 +71,36 @@ def test_serve_file_source_events_and_clean_shutdown(tiny_checkpoints, tmp_path)
         assert abs(events[-1]["t1"] - len(audio) / 16_000) < 0.01
         with urllib.request.urlopen(url + "healthz", timeout=TIMEOUT) as r:
             assert json.loads(r.read())["streams"] == {}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(TIMEOUT) == 0
+
+
+def test_serve_stdin_source_48k_stereo(tiny_checkpoints):
+    """Raw PCM piped into serve (48 kHz stereo s16le) becomes the ``stdin`` stream."""
+    from emotion_monitor.streamer.audio import resample
+
+    audio = np.concatenate([load_clip(ravdess_clip(e)) for e in ("angry", "sad")])
+    pcm = (np.clip(resample(audio, 16_000, 48_000), -1, 1) * 32767).astype("<i2")
+    stereo = np.repeat(pcm[:, None], 2, axis=1).tobytes()
+    proc, url = start_serve(
+        "--source", "stdin", "--rate", "48000", "--channels", "2",
+        "--model", str(tiny_checkpoints["classifier"]),
+        stdin=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        with connect(url.replace("http://", "ws://") + "ws", open_timeout=TIMEOUT) as ws:
+            assert json.loads(ws.recv(timeout=TIMEOUT))["type"] == "hello"
+            proc.stdin.write(stereo)
+            proc.stdin.close()  # end of input ends the stream; the server keeps serving
+            events = []
+            while (msg := json.loads(ws.recv(timeout=TIMEOUT)))["type"] != "stream_ended":
+                if msg["type"] == "event":
+                    events.append(msg)
+        assert msg["stream"] == "stdin"
+        assert events and abs(events[-1]["t1"] - len(audio) / 16_000) < 0.01
+        with urllib.request.urlopen(url + "healthz", timeout=TIMEOUT) as r:
+            assert json.loads(r.read())["ok"] is True
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(TIMEOUT) == 0
