@@ -56,6 +56,7 @@ class TwilioSession:
         self.call: CallStream | None = None
         self.rate = TWILIO_RATE
         self._received: dict[str, int] = {}  # samples per Twilio track, to detect gaps
+        self._skew: dict[str, int] = {}  # per track: samples forgiven after a gap > max_gap
         self.stats = {"media": 0, "gap_samples": 0, "marks": 0, "dtmf": 0}
 
     def handle(self, raw: str | bytes) -> bool:
@@ -143,22 +144,25 @@ class TwilioSession:
             raise TwilioError("media payload is not valid base64", 1007) from None
         self.stats["media"] += 1
         received = self._received.get(name, 0)
-        gap = self._gap(media.get("timestamp"), received)
+        gap = self._gap(name, media.get("timestamp"), received)
         if gap:
             self.call.push(track, np.zeros(gap, np.float32), self.rate)
         self._received[name] = received + gap + len(data)
         self.call.push(track, mulaw_decode(data), self.rate)
 
-    def _gap(self, timestamp: Any, received: int) -> int:
+    def _gap(self, name: str, timestamp: Any, received: int) -> int:
         """Samples of silence to insert when the timestamp runs ahead of what arrived."""
         try:
             expected = int(float(timestamp) * self.rate / 1000)
         except (TypeError, ValueError):
             return 0
-        gap = expected - received
+        gap = expected - self._skew.get(name, 0) - received
         if gap <= self.rate // 50:  # within one 20 ms packet: jitter, not loss
             return 0
-        gap = min(gap, int(self.max_gap * self.rate))
+        cap = int(self.max_gap * self.rate)
+        if gap > cap:  # fill at most max_gap, and from now on count from the new timestamp
+            self._skew[name] = self._skew.get(name, 0) + gap - cap
+            gap = cap
         self.stats["gap_samples"] += gap
         return gap
 

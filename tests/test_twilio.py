@@ -104,6 +104,9 @@ def test_gap_in_timestamps_is_filled_with_bounded_silence():
     media[2]["media"]["timestamp"] = "100000"  # a huge jump is capped at max_gap
     session.handle(json.dumps(media[2]))
     assert session.stats["gap_samples"] == 3840 + 8000
+    media[3]["media"]["timestamp"] = "100020"  # and the clock continues from there
+    session.handle(json.dumps(media[3]))
+    assert session.stats["gap_samples"] == 3840 + 8000
     session.close()
 
 
