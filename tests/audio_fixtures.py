@@ -4,10 +4,7 @@
 - :func:`dialogue_16k`: calm speech, a pause, agitated speech, as 16 kHz float32.
 - :func:`ravdess_path` / :func:`ravdess_16k`: clips of the shared RAVDESS set (CC BY-NC-SA 4.0).
 - :func:`write_wav`, :func:`to_pcm`: write fixtures as files or raw PCM bytes.
-- :class:`EnergyModel`: a deterministic numpy-only :class:`EmotionModel` (loudness -> arousal,
-  brightness -> valence) for tests of the plumbing that should not wait on a neural network.
-  Load it in a subprocess with ``--model python:audio_fixtures:EnergyModel`` and ``tests/`` on
-  ``PYTHONPATH``.
+- :func:`default_model_once`: the shipped default model, loaded once per process.
 - :class:`PulseServer`: a private PulseAudio daemon with a null sink whose monitor acts as a
   virtual microphone; the real PortAudio capture thread records what :meth:`PulseServer.play`
   plays into it.
@@ -22,12 +19,10 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from emotion_monitor.models.base import EmotionModel, Prediction
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 RAVDESS = SHARED / "datasets" / "ravdess_speech_16k"
@@ -122,40 +117,13 @@ def to_pcm(samples: np.ndarray, sample_format: str = "s16le") -> bytes:
 # -- a deterministic model ------------------------------------------------------------------------
 
 
-class EnergyModel(EmotionModel):
-    """Loudness -> arousal, spectral brightness -> valence; classes from the circumplex corner.
+@lru_cache(maxsize=1)
+def default_model_once():
+    """The shipped default model, loaded once per test process (tests that need a real model
+    outside pytest fixtures, e.g. in helper threads)."""
+    from emotion_monitor.models import load_model
 
-    Deterministic, numpy only, microseconds per window: a stand-in for a trained model where a
-    test checks streaming plumbing rather than emotion recognition.
-    """
-
-    name = "energy-test"
-    labels = ("angry", "calm", "happy", "sad")
-    has_valence_arousal = True
-    device = "cpu"
-
-    def predict(self, windows: Sequence[np.ndarray]):
-        out = []
-        for w in windows:
-            w = np.asarray(w, np.float64)
-            rms_db = 10 * np.log10(np.mean(w**2) + 1e-10)
-            arousal = float(np.tanh((rms_db + 25.0) / 8.0))
-            spectrum = np.abs(np.fft.rfft(w))
-            freqs = np.fft.rfftfreq(len(w), 1 / SR)
-            centroid = float((spectrum * freqs).sum() / (spectrum.sum() + 1e-9))
-            valence = float(np.tanh((1500.0 - centroid) / 1000.0))
-            scores = np.array(
-                [-valence + arousal, valence - arousal, valence + arousal, -valence - arousal]
-            )
-            p = np.exp(2 * scores - np.max(2 * scores))
-            p /= p.sum()
-            out.append(
-                Prediction(dict(zip(self.labels, map(float, p), strict=True)), valence, arousal)
-            )
-        return out
-
-
-# -- a virtual microphone -------------------------------------------------------------------------
+    return load_model(None, device="cpu")
 
 
 class PulseServer:

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 import pytest
-from audio_fixtures import ANGRY_TEXT, CALM_TEXT, EnergyModel, PulseServer, espeak
+from audio_fixtures import ANGRY_TEXT, CALM_TEXT, PulseServer, default_model_once, espeak
 from emotion_monitor.streamer.engine import Engine
 from emotion_monitor.streamer.events import SourceError
 from emotion_monitor.streamer.run_command import run_source
@@ -86,7 +86,7 @@ def is_audio(item) -> bool:
 def test_mic_records_speech_played_into_null_sink(pulse):
     clip = espeak(CALM_TEXT + " " + ANGRY_TEXT, speed=170)
     source = MicrophoneSource(device="pulse")
-    engine = Engine(EnergyModel(), Settings())
+    engine = Engine(default_model_once(), Settings())
     events, stop = [], threading.Event()
     runner = threading.Thread(
         target=run_source, args=(source, engine, events.append, stop), daemon=True

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from audio_fixtures import SR, EnergyModel, dialogue_16k, ravdess_16k, to_pcm, write_wav
+from audio_fixtures import SR, default_model_once, dialogue_16k, ravdess_16k, to_pcm, write_wav
 from emotion_monitor.streamer.audio import AudioError
 from emotion_monitor.streamer.engine import Engine
 from emotion_monitor.streamer.events import Event
@@ -23,7 +23,7 @@ def collect(source) -> np.ndarray:
 
 
 def run_events(source, settings: Settings | None = None) -> tuple[list[Event], Engine]:
-    engine = Engine(EnergyModel(), settings or Settings())
+    engine = Engine(default_model_once(), settings or Settings())
     events: list = []
     run_source(source, engine, events.append, threading.Event())
     return events, engine
