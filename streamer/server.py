@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
 from emotion_monitor.streamer import protocol
 from emotion_monitor.streamer.audio import AudioError, StreamResampler, pcm_to_float, to_mono
 from emotion_monitor.streamer.engine import StreamLimitError
@@ -73,6 +74,7 @@ MAX_UPLOAD_BYTES = 50 << 20  # a few minutes of WAV; longer recordings belong to
 BROWSER_ROUTES = ("/ws", "/ingest")  # websocket routes that refuse cross-origin pages
 HEAD_LIMIT = 16 << 10  # request line + headers of a POST
 HEAD_TIMEOUT = 10.0  # seconds a new connection may take to send its request head
+LINGER_S = 5.0  # seconds to discard a refused POST body so the client can read the answer
 MAX_ERRORS = 20  # protocol errors tolerated from one client before it is closed
 CLOSE_TRY_AGAIN_LATER = 1013
 LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -259,6 +261,7 @@ class Server:
             "clients_refused": 0,
             "protocol_errors": 0,
             "predict_requests": 0,
+            "nonfinite_samples": 0,
         }
         self._latency_counts = [0] * (len(LATENCY_BUCKETS_S) + 1)
         self._latency_sum = 0.0
@@ -515,7 +518,7 @@ class Server:
         client = self._register(ws, set())  # hears only its own stream once started
         if client is None:
             return await self._refuse_full(ws)
-        ingest = _Ingest(self.service)
+        ingest = _Ingest(self.service, self.stats)
         try:
             client.offer(self._hello())
             async for message in ws:
@@ -647,6 +650,12 @@ class Server:
             self.stats["protocol_errors"],
             "Bad client messages answered with an error.",
         )
+        metric(
+            p + "ingest_nonfinite_samples_total",
+            "counter",
+            self.stats["nonfinite_samples"],
+            "NaN/Inf samples received on /ingest, replaced by silence.",
+        )
         metric(p + "clients", "gauge", self.clients, "Connected event subscribers.")
         metric(p + "streams", "gauge", len(self.service.streams), "Open streams.")
         name = p + "latency_seconds"
@@ -706,7 +715,13 @@ class Server:
         try:
             writer.write(_serialize(response))
             await writer.drain()
-        except ConnectionError:
+            # Lingering close: a client still sending a refused body (413 before reading it)
+            # would get a reset instead of the answer if we closed with unread data pending.
+            writer.write_eof()
+            async with asyncio.timeout(LINGER_S):
+                while await reader.read(1 << 16):
+                    pass
+        except (ConnectionError, TimeoutError):
             pass
         finally:
             writer.close()
@@ -750,8 +765,9 @@ class Server:
 class _Ingest:
     """State of one ``/ingest`` connection: at most one open stream at a time."""
 
-    def __init__(self, service: MonitorService):
+    def __init__(self, service: MonitorService, stats: dict[str, int]):
         self.service = service
+        self.stats = stats
         self.fmt: protocol.Start | None = None
         self.resampler: StreamResampler | None = None
 
@@ -790,20 +806,31 @@ class _Ingest:
                 fatal=True,
                 close_code=1003,
             )
-        samples = to_mono(pcm_to_float(data, self.fmt.format, self.fmt.channels))
-        out = self.resampler.process(samples)
-        if len(out):
-            self.service.push(self.fmt.stream, out)
+        frames = pcm_to_float(data, self.fmt.format, self.fmt.channels)
+        finite = np.isfinite(frames)
+        if not finite.all():
+            # Before resampling: one NaN would smear over the filter taps into good samples.
+            self.stats["nonfinite_samples"] += int((~finite).sum())
+            frames = np.where(finite, frames, np.float32(0))
+        self._push(self.resampler.process(to_mono(frames)))
 
     def stop(self) -> None:
         """End the open stream, if any (idempotent)."""
         if self.fmt is None or self.resampler is None:
             return
-        tail = self.resampler.flush()
-        if len(tail):
-            self.service.push(self.fmt.stream, tail)
+        self._push(self.resampler.flush())
         self.service.end_stream(self.fmt.stream)
         self.fmt = self.resampler = None
+
+    def _push(self, samples: np.ndarray) -> None:
+        if not len(samples):
+            return
+        try:
+            self.service.push(self.fmt.stream, samples)
+        except KeyError:  # the service ended the stream (shutting down): nothing to analyse
+            raise protocol.ProtocolError(
+                "stream_gone", "the server ended this stream", fatal=True, close_code=1001
+            ) from None
 
 
 # -- helpers ---------------------------------------------------------------------------------

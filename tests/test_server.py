@@ -281,6 +281,24 @@ async def test_ingest_socket_reuse_and_duplicate_ids(tiny_model):
             assert any(m["type"] == "event" for m in msgs)
 
 
+async def test_ingest_nonfinite_samples_replaced_and_counted(tiny_model):
+    audio = load_clip(ravdess_clip("angry")).copy()
+    audio[5000:5010] = np.nan
+    audio[9000] = np.inf
+    async with running(tiny_model) as server:
+        async with connect(ws_url(server, "/ingest")) as ws:
+            await recv_json(ws)
+            pcm = audio.astype("<f4").tobytes()
+            await ws.send(json.dumps({"type": "start", "sample_rate": 16000, "format": "f32le"}))
+            for i in range(0, len(pcm), 4096):
+                await ws.send(pcm[i : i + 4096])
+            await ws.send(json.dumps({"type": "stop"}))
+            events = [m for m in await recv_until(ws, "stream_ended") if m["type"] == "event"]
+    assert events and all(np.isfinite(e["speech_prob"]) for e in events)
+    assert server.stats["nonfinite_samples"] == 11
+    assert server.service.engine.stats["nonfinite_samples"] == 0  # none reached the engine
+
+
 # -- bounds ---------------------------------------------------------------------------------
 
 
@@ -514,7 +532,7 @@ async def test_predict(tiny_model):
         )
         assert status == 200 and json.loads(body)["results"], body
 
-        for data, want in [(b"not audio at all", 400), (b"", 400), (b"x" * (2 << 20), 413)]:
+        for data, want in [(b"not audio at all", 400), (b"", 400), (b"x" * (8 << 20), 413)]:
             status, ctype, body = await http(server, "/predict?filename=x.wav", data)
             err = json.loads(body)
             assert status == want and err["type"] == "error" and err["message"], body
