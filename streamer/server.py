@@ -812,17 +812,7 @@ class _Ingest:
             # Before resampling: one NaN would smear over the filter taps into good samples.
             self.stats["nonfinite_samples"] += int((~finite).sum())
             frames = np.where(finite, frames, np.float32(0))
-        self._push(self.resampler.process(to_mono(frames)))
-
-    def stop(self) -> None:
-        """End the open stream, if any (idempotent)."""
-        if self.fmt is None or self.resampler is None:
-            return
-        self._push(self.resampler.flush())
-        self.service.end_stream(self.fmt.stream)
-        self.fmt = self.resampler = None
-
-    def _push(self, samples: np.ndarray) -> None:
+        samples = self.resampler.process(to_mono(frames))
         if not len(samples):
             return
         try:
@@ -831,6 +821,17 @@ class _Ingest:
             raise protocol.ProtocolError(
                 "stream_gone", "the server ended this stream", fatal=True, close_code=1001
             ) from None
+
+    def stop(self) -> None:
+        """End the open stream, if any (idempotent, never raises)."""
+        if self.fmt is None or self.resampler is None:
+            return
+        stream, tail = self.fmt.stream, self.resampler.flush()
+        self.fmt = self.resampler = None
+        with contextlib.suppress(KeyError):  # already ended by the service
+            if len(tail):
+                self.service.push(stream, tail)
+        self.service.end_stream(stream)
 
 
 # -- helpers ---------------------------------------------------------------------------------

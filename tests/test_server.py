@@ -299,6 +299,21 @@ async def test_ingest_nonfinite_samples_replaced_and_counted(tiny_model):
     assert server.service.engine.stats["nonfinite_samples"] == 0  # none reached the engine
 
 
+async def test_ingest_stream_ended_by_the_server(tiny_model):
+    async with running(tiny_model) as server:
+        async with connect(ws_url(server, "/ingest")) as ws:
+            await recv_json(ws)
+            await ws.send(json.dumps({"type": "start", "stream": "s", "sample_rate": 16000}))
+            assert (await recv_json(ws))["type"] == "stream_started"
+            server.service.end_stream("s")  # e.g. the service shutting down
+            await ws.send(b"\x00\x00" * 1600)
+            msgs = await recv_until(ws, "error")
+            assert msgs[-1]["code"] == "stream_gone"
+            with pytest.raises(ConnectionClosed):
+                await recv_until(ws, "never")
+            assert ws.close_code == 1001
+
+
 # -- bounds ---------------------------------------------------------------------------------
 
 
