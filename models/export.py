@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,7 +38,9 @@ def export_encoder(encoder, layers: Sequence[int], path: str | Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the TorchScript exporter is deprecated but is the one that honours dynamic_axes
+        warnings.simplefilter("ignore")
         torch.onnx.export(
             Pooled().eval(), (torch.zeros(1, 80, 200),), str(path), dynamo=False,
             input_names=["mel"], output_names=["features"],

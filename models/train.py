@@ -12,6 +12,7 @@ import argparse
 import hashlib
 import json
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -178,12 +179,14 @@ def export_heads(path: Path, mean: np.ndarray, std: np.ndarray, w_cls: np.ndarra
             return probs, va
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(
-        Heads(), (torch.zeros(1, len(mean)),), str(path), dynamo=False,
-        input_names=["features"], output_names=["probs", "va"],
-        dynamic_axes={"features": {0: "batch"}, "probs": {0: "batch"}, "va": {0: "batch"}},
-        opset_version=17,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            Heads(), (torch.zeros(1, len(mean)),), str(path), dynamo=False,
+            input_names=["features"], output_names=["probs", "va"],
+            dynamic_axes={"features": {0: "batch"}, "probs": {0: "batch"}, "va": {0: "batch"}},
+            opset_version=17,
+        )
 
 
 def train_heads(x: np.ndarray, y: np.ndarray, va: np.ndarray, groups: np.ndarray,

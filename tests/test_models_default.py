@@ -1,0 +1,70 @@
+"""The shipped default model, the ONNX runtime helpers and their error paths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import load_clip, ravdess_clip
+
+from emotion_monitor.models.base import EMOTIONS, ModelError
+from emotion_monitor.models.default_model import DEFAULT_DIR, read_config
+from emotion_monitor.models.runtime import check_input_size, create_session
+
+
+def test_default_model_interface(default_model):
+    assert default_model.labels == EMOTIONS[:8]
+    assert default_model.has_valence_arousal
+    assert default_model.device == "CPUExecutionProvider"
+    assert default_model.predict([]) == []
+
+
+def test_default_model_real_clips(default_model):
+    angry = load_clip(ravdess_clip("angry", "strong"))
+    sad = load_clip(ravdess_clip("sad", "normal"))
+    calm = load_clip(ravdess_clip("calm", "normal"))
+    preds = default_model.predict([angry, sad, calm, angry[:32000]])
+    for p in preds:
+        assert set(p.classes) == set(EMOTIONS[:8])
+        assert abs(sum(p.classes.values()) - 1) < 1e-4
+        assert -1 <= p.valence <= 1 and -1 <= p.arousal <= 1
+    a, s, c, a2 = preds
+    assert a.arousal > s.arousal and a.arousal > c.arousal
+    assert a.classes["angry"] > a.classes["sad"]
+    # stateless: the same window alone gives the same answer as inside a mixed batch
+    again = default_model.predict([angry[:32000]])[0]
+    assert abs(again.arousal - a2.arousal) < 1e-4
+    assert max(abs(again.classes[k] - a2.classes[k]) for k in again.classes) < 1e-4
+
+
+def test_default_model_odd_inputs(default_model):
+    tiny = default_model.predict([np.zeros(100, np.float32), np.full(8000, np.nan, np.float32)])
+    assert len(tiny) == 2 and all(p.classes for p in tiny)
+    with pytest.raises(ModelError, match="1-D"):
+        default_model.predict([np.zeros((2, 16000), np.float32)])
+
+
+def test_corrupt_onnx_names_file(tmp_path):
+    bad = tmp_path / "heads.onnx"
+    bad.write_bytes(b"this is not a protobuf")
+    with pytest.raises(ModelError, match="heads.onnx.*not a valid ONNX"):
+        create_session(bad, "cpu")
+    with pytest.raises(ModelError, match="not found"):
+        create_session(tmp_path / "missing.onnx", "cpu")
+
+
+def test_head_size_mismatch_is_explained():
+    config = read_config(DEFAULT_DIR)
+    session, provider = create_session(DEFAULT_DIR / config["heads"], "cpu")
+    assert provider == "CPUExecutionProvider"
+    check_input_size(session, config["feature_dim"], "heads.onnx")
+    with pytest.raises(ModelError, match="expects .* input features but the encoder produces 10"):
+        check_input_size(session, 10, "heads.onnx")
+
+
+def test_cuda_request_without_cuda_is_an_error():
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ModelError, match="CUDAExecutionProvider"):
+        create_session(DEFAULT_DIR / "heads.onnx", "cuda")

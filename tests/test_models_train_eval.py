@@ -1,0 +1,164 @@
+"""train -> heads -> evaluate end to end on a handful of real clips, and evaluate's edge cases."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import RAVDESS, ravdess_rows
+
+from emotion_monitor.models.base import EmotionModel, ModelError, Prediction
+from emotion_monitor.models.evaluate import evaluate, score
+from emotion_monitor.streamer.cli import main as cli
+
+
+def _write_manifest(path, rows, root=None):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "speaker", "emotion", "intensity", "split"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in w.fieldnames})
+
+
+def _subset(per_class: int, speakers, split: str):
+    rows, seen = [], {}
+    for r in ravdess_rows():
+        key = (r["speaker"], r["emotion"])
+        if r["speaker"] in speakers and seen.get(key, 0) < per_class:
+            seen[key] = seen.get(key, 0) + 1
+            rows.append({**r, "split": split})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    rows = _subset(2, {"Actor_01", "Actor_02"}, "train") + _subset(1, {"Actor_20"}, "test")
+    rows.append({"path": "Actor_01/does-not-exist.flac", "speaker": "Actor_01",
+                 "emotion": "sad", "split": "train"})
+    manifest = tmp / "small.csv"
+    _write_manifest(manifest, rows)
+    out = tmp / "heads"
+    argv = ["train", "--manifest", str(manifest), "--root", str(RAVDESS), "--encoder",
+            "whisper-tiny", "--augment", "clean,phone", "--layers", "1,2,4", "--C", "0.1",
+            "--alpha", "10", "--out", str(out), "--cache", str(tmp / "cache"), "--backend", "torch"]
+    assert cli(argv) == 0
+    return {"out": out, "argv": argv, "manifest": manifest, "tmp": tmp}
+
+
+def test_train_writes_heads_and_is_reproducible(trained, capsys):
+    from emotion_monitor.models.default_model import load_model_dir
+
+    out = trained["out"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["encoder"] == "whisper-tiny" and config["layers"] == [1, 2, 4]
+    assert config["feature_dim"] == 2 * 384 * 3
+    assert config["train"]["clips"] == 32  # the missing file was reported and skipped
+    assert "test" in config
+    first = (out / "heads.onnx").read_bytes()
+    model = load_model_dir(out, device="cpu")
+    rng = np.random.default_rng(0)
+    windows = [(0.1 * rng.standard_normal(32000)).astype(np.float32)]
+    p1 = model.predict(windows)[0]
+    # second run: features come from the cache, the result is the same
+    assert cli(trained["argv"]) == 0
+    assert "does-not-exist" in capsys.readouterr().out
+    p2 = load_model_dir(out, device="cpu").predict(windows)[0]
+    assert p1 == p2
+    assert len((out / "heads.onnx").read_bytes()) == len(first)
+
+
+def test_evaluate_cli_on_trained_heads(trained):
+    # the heads folder is not a registry spec, so score it through the function
+    from emotion_monitor.models.default_model import load_model_dir
+
+    model = load_model_dir(trained["out"], device="cpu")
+    result, true, va = evaluate(model, trained["manifest"], root=str(RAVDESS), split="test",
+                                progress=False)
+    assert result["n"] == 8 and len(va) == 8
+    assert result["valence_arousal_source"] == "model"
+
+
+class LoudnessModel(EmotionModel):
+    """Deterministic stand-in: loud windows are angry, quiet ones sad."""
+
+    name = "loudness"
+    labels = ("angry", "happy", "sad")
+    has_valence_arousal = False
+
+    def predict(self, windows):
+        out = []
+        for w in windows:
+            loud = float(np.sqrt(np.mean(w**2))) > 0.1
+            out.append(Prediction(classes={"angry": 0.6 if loud else 0.1, "happy": 0.3,
+                                           "sad": 0.1 if loud else 0.6}))
+        return out
+
+
+@pytest.fixture()
+def synthetic(tmp_path):
+    t = np.arange(16000) / 16000
+    rows = []
+    for i, (emotion, amp) in enumerate([("angry", 0.5), ("angry", 0.4), ("sad", 0.01),
+                                        ("sad", 0.02), ("calm", 0.01), ("happy", 0.5)]):
+        sf.write(tmp_path / f"c{i}.wav", (amp * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
+        rows.append({"path": f"c{i}.wav", "emotion": emotion})
+    (tmp_path / "broken.wav").write_bytes(b"RIFF nonsense")
+    rows += [{"path": "missing.wav", "emotion": "sad"}, {"path": "broken.wav", "emotion": "angry"}]
+    _write_manifest(tmp_path / "m.csv", rows)
+    return tmp_path / "m.csv"
+
+
+def test_evaluate_counts_bad_rows_and_other_labels(synthetic):
+    result, _, _ = evaluate(LoudnessModel(), synthetic, progress=False)
+    assert result["n"] == 5
+    assert result["skipped_unreadable"] == 2
+    assert result["skipped_other_labels"] == 1 and result["other_labels"] == {"calm": 1}
+    assert result["accuracy"] == pytest.approx(4 / 5)
+    assert result["unweighted_accuracy"] == pytest.approx((1 + 0 + 1) / 3)
+    assert result["confusion"]["labels"] == ["angry", "happy", "sad"]
+    assert result["confusion"]["matrix"][1] == [1, 0, 0]
+    # valence/arousal fall back to the probability-weighted circumplex point of the classes
+    assert result["valence_arousal_source"] == "classes"
+    assert result["arousal_binary_accuracy"] is not None
+
+
+def test_evaluate_label_subset(synthetic):
+    result, _, _ = evaluate(LoudnessModel(), synthetic, labels=["angry", "sad"], progress=False)
+    # happy clips are not scored and happy can no longer be predicted
+    assert result["n"] == 4 and result["accuracy"] == 1.0
+    assert result["other_labels"] == {"calm": 1, "happy": 1}
+    with pytest.raises(ModelError, match="surprise, boredom"):
+        evaluate(LoudnessModel(), synthetic, labels=["angry", "surprise", "boredom"], progress=False)
+
+
+def test_score_macro_f1():
+    r = score(["a", "a", "b", "b"], ["a", "b", "b", "b"], ["a", "b", "c"])
+    assert r["accuracy"] == 0.75
+    assert r["unweighted_accuracy"] == pytest.approx(0.75)
+    assert r["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)  # "c" neither true nor predicted
+
+
+def test_evaluate_cli_default_model(tmp_path, capsys):
+    rows = [r for r in ravdess_rows("test") if r["speaker"] == "Actor_21"
+            and r["intensity"] == "strong" and r["emotion"] in ("angry", "sad", "fear")][:4]
+    rows.append({"path": "nowhere.flac", "emotion": "angry"})
+    manifest = tmp_path / "m.csv"
+    _write_manifest(manifest, rows)
+    rc = cli(["evaluate", "--manifest", str(manifest), "--root", str(RAVDESS), "--labels",
+              "angry,sad", "--json", str(tmp_path / "r.json"), "--plots", str(tmp_path / "plots"),
+              "--streaming", "--device", "cpu"])
+    assert rc == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    for key in ("n", "accuracy", "unweighted_accuracy", "macro_f1", "per_class", "confusion",
+                "arousal_binary_accuracy", "valence_binary_accuracy"):
+        assert key in result
+    assert result["streaming"] and result["skipped_unreadable"] == 1
+    assert result["n"] + result["skipped_other_labels"] == len(rows) - 1
+    assert (tmp_path / "plots" / "confusion.png").stat().st_size > 1000
+    assert (tmp_path / "plots" / "valence_arousal.png").stat().st_size > 1000
+    assert cli(["evaluate", "--manifest", str(manifest), "--labels", "angry,grumpy"]) == 2
+    assert "grumpy" in capsys.readouterr().err

@@ -1,0 +1,73 @@
+"""wav2vec2-family encoders loaded from tiny random checkpoints through the real loading code."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from emotion_monitor.models.base import ModelError
+from emotion_monitor.models.embedding import pool_states
+from emotion_monitor.models.wav2vec2_encoder import Wav2Vec2Embedder, weighted_layer_sum
+
+TINY = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
+            conv_dim=(32, 32), conv_stride=(5, 4), conv_kernel=(10, 4),
+            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+
+
+def make_checkpoint(out, classifier: bool = False, normalize: bool = True):
+    from transformers import (
+        Wav2Vec2Config,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2ForSequenceClassification,
+        Wav2Vec2Model,
+    )
+
+    torch.manual_seed(0)
+    cfg = Wav2Vec2Config(**TINY, num_labels=4)
+    model = Wav2Vec2ForSequenceClassification(cfg) if classifier else Wav2Vec2Model(cfg)
+    model.save_pretrained(out)
+    Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=normalize).save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("w2v") / "base")
+
+
+def test_loads_and_pools_selected_layers(checkpoint):
+    emb = Wav2Vec2Embedder(checkpoint, layers=[0, 2, 3])
+    assert emb.normalise and emb.dim == 32 and emb.feature_dim == 2 * 32 * 3
+    rng = np.random.default_rng(0)
+    windows = [rng.standard_normal(16000).astype(np.float32), rng.standard_normal(24000).astype(np.float32)]
+    feats = emb.embed(windows)
+    assert feats.shape == (2, 192) and np.isfinite(feats).all()
+    # the pooled block of layer 2 is the mean/std of hidden_states[2]
+    states = emb.hidden_states(windows[0][None])
+    assert len(states) == 4
+    expect = pool_states(states, [2]).numpy()[0]
+    assert np.allclose(feats[0, 64:128], expect, atol=1e-5)
+    # lengths are grouped, not padded: the second window alone gives the same features
+    assert np.allclose(emb.embed(windows[1:])[0], feats[1], atol=1e-5)
+    mix = weighted_layer_sum(states, [0.0, 0.0, 1.0, 0.0])
+    assert mix.shape == states[0].shape
+
+
+def test_classifier_checkpoint_gives_its_encoder(tmp_path):
+    path = make_checkpoint(tmp_path / "cls", classifier=True, normalize=False)
+    emb = Wav2Vec2Embedder(path)
+    assert not emb.normalise
+    assert emb.layers == [0, 1, 2, 3]
+    assert emb.embed([np.zeros(8000, np.float32)]).shape == (1, 2 * 32 * 4)
+
+
+def test_errors_name_the_problem(checkpoint, tmp_path):
+    with pytest.raises(ModelError, match=r"layer\(s\) \[7\] out of range"):
+        Wav2Vec2Embedder(checkpoint, layers=[7])
+    with pytest.raises(ModelError, match="not-a-real/checkpoint"):
+        Wav2Vec2Embedder("not-a-real/checkpoint")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelError, match=str(empty)):
+        Wav2Vec2Embedder(str(empty))
