@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -115,6 +115,38 @@ class CallStream:
         self.closed = True
         self._resamplers.clear()
         self.service.end_stream(self.stream)
+
+
+class IdleTimer:
+    """Calls ``on_idle()`` once when :meth:`touch` has not been called for ``timeout`` seconds.
+
+    Telephony peers send a packet every 20 ms; a ``wait_for`` per packet costs a task each, so
+    ``touch`` only stores the time and a single timer re-checks lazily. Create on the loop.
+    """
+
+    def __init__(self, timeout: float, on_idle: Callable[[], Any]):
+        self.timeout = timeout
+        self.on_idle = on_idle
+        self.fired = False
+        self._loop = asyncio.get_running_loop()
+        self._last = self._loop.time()
+        self._handle = self._loop.call_later(timeout, self._check)
+
+    def touch(self) -> None:
+        """Something arrived: the connection is alive."""
+        self._last = self._loop.time()
+
+    def cancel(self) -> None:
+        """Stop watching (the connection is over)."""
+        self._handle.cancel()
+
+    def _check(self) -> None:
+        idle = self._loop.time() - self._last
+        if idle >= self.timeout:
+            self.fired = True
+            self.on_idle()
+        else:
+            self._handle = self._loop.call_later(self.timeout - idle, self._check)
 
 
 # -- the in-process monitor ----------------------------------------------------------------

@@ -22,7 +22,7 @@ import logging
 from typing import Any
 
 import numpy as np
-from emotion_monitor.streamer.api import AGENT, CUSTOMER, CallStream
+from emotion_monitor.streamer.api import AGENT, CUSTOMER, CallStream, IdleTimer
 from emotion_monitor.streamer.audio import mulaw_decode, mulaw_encode, resample
 from emotion_monitor.streamer.engine import StreamLimitError
 from emotion_monitor.streamer.protocol import STREAM_ID
@@ -210,26 +210,23 @@ class AudioHookHandler:
 
     async def __call__(self, ws: Any, service: Any, settings: Any = None) -> None:
         session = AudioHookSession(service)
+        idle = IdleTimer(self.idle_timeout, lambda: asyncio.ensure_future(ws.close(1000, "idle")))
         try:
-            while True:
-                try:
-                    raw = await asyncio.wait_for(ws.recv(), self.idle_timeout)
-                except TimeoutError:
-                    log.warning(
-                        "audiohook %s: idle for %.0f s; closing", session.id, self.idle_timeout
-                    )
-                    await ws.close(1000, "idle timeout")
-                    return
+            async for raw in ws:
+                idle.touch()
                 replies, done = session.handle(raw)
                 for reply in replies:
                     await ws.send(json.dumps(reply))
                 if done:
                     await ws.close(1000, "closed")
-                    return
+                    break
         except ConnectionClosed:
-            log.info("audiohook %s: connection closed", session.id)
+            pass
         finally:
+            idle.cancel()
             session.close()
+        if idle.fired:
+            log.warning("audiohook %s: idle for %.0f s; closed", session.id, idle.timeout)
 
 
 # -- simulation (tests, benchmarks, demos) ---------------------------------------------------

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from emotion_monitor.streamer.api import CUSTOMER, CallStream
+from emotion_monitor.streamer.api import CUSTOMER, CallStream, IdleTimer
 from emotion_monitor.streamer.audio import resample
 from emotion_monitor.streamer.engine import StreamLimitError
 
@@ -90,9 +90,11 @@ class AudioSocketHandler:
         peer = writer.get_extra_info("peername")
         call: CallStream | None = None
         self._writers.add(writer)
+        idle = IdleTimer(self.idle_timeout, writer.close)  # closing ends the pending read
         try:
             while True:
                 kind, payload = await self._read_frame(reader)
+                idle.touch()
                 if kind in SLIN_RATES:
                     if call is None:
                         raise AudioSocketError("audio before the UUID frame")
@@ -109,7 +111,8 @@ class AudioSocketHandler:
                     if call is None:
                         return
                 elif kind == KIND_HANGUP:
-                    log.info("audiosocket %s: hangup", call.stream if call else peer)
+                    if not idle.fired:
+                        log.info("audiosocket %s: hangup", call.stream if call else peer)
                     return
                 elif kind == KIND_ERROR:
                     code = payload.hex() or "none"
@@ -125,18 +128,21 @@ class AudioSocketHandler:
                 else:
                     log.debug("audiosocket %s: ignoring frame type 0x%02x", peer, kind)
         except AudioSocketError as exc:
-            log.warning(
-                "audiosocket %s: %s; closing the connection", call.stream if call else peer, exc
-            )
-        except TimeoutError:
-            log.warning(
-                "audiosocket %s: no frame for %.0f s; ending the call",
-                call.stream if call else peer,
-                self.idle_timeout,
-            )
+            if not idle.fired:
+                log.warning(
+                    "audiosocket %s: %s; closing the connection", call.stream if call else peer, exc
+                )
         except ConnectionError as exc:
-            log.info("audiosocket %s: connection lost (%s)", call.stream if call else peer, exc)
+            if not idle.fired:
+                log.info("audiosocket %s: connection lost (%s)", call.stream if call else peer, exc)
         finally:
+            idle.cancel()
+            if idle.fired:
+                log.warning(
+                    "audiosocket %s: no frame for %.0f s; ending the call",
+                    call.stream if call else peer,
+                    self.idle_timeout,
+                )
             self._writers.discard(writer)
             if call is not None:
                 call.close()
@@ -144,7 +150,7 @@ class AudioSocketHandler:
 
     async def _read_frame(self, reader: asyncio.StreamReader) -> tuple[int, bytes]:
         try:
-            header = await asyncio.wait_for(reader.readexactly(3), self.idle_timeout)
+            header = await reader.readexactly(3)
         except asyncio.IncompleteReadError as exc:
             if exc.partial:
                 raise AudioSocketError(
@@ -157,7 +163,7 @@ class AudioSocketHandler:
                 f"frame of {length} bytes exceeds the limit of {self.max_payload}"
             )
         try:
-            payload = await asyncio.wait_for(reader.readexactly(length), self.idle_timeout)
+            payload = await reader.readexactly(length)
         except asyncio.IncompleteReadError as exc:
             raise AudioSocketError(
                 f"truncated frame: type 0x{kind:02x} announced {length} bytes, got "

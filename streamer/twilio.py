@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from emotion_monitor.streamer.api import AGENT, CUSTOMER, CallStream
+from emotion_monitor.streamer.api import AGENT, CUSTOMER, CallStream, IdleTimer
 from emotion_monitor.streamer.audio import mulaw_decode, mulaw_encode, resample
 from emotion_monitor.streamer.engine import StreamLimitError
 from emotion_monitor.streamer.protocol import STREAM_ID
@@ -184,30 +184,28 @@ class TwilioHandler:
 
     async def __call__(self, ws: Any, service: Any, settings: Any = None) -> None:
         session = TwilioSession(service, self.max_gap)
-        code, reason = 1000, "stream stopped"
+        idle = IdleTimer(self.idle_timeout, lambda: asyncio.ensure_future(ws.close(1000, "idle")))
+        code, reason, stopped = 1000, "stream stopped", False
         try:
-            while True:
-                try:
-                    raw = await asyncio.wait_for(ws.recv(), self.idle_timeout)
-                except TimeoutError:
-                    code, reason = 1000, "idle timeout"
-                    log.warning(
-                        "twilio %s: no message for %.0f s, ending",
-                        session._stream,
-                        self.idle_timeout,
-                    )
-                    break
+            async for raw in ws:
+                idle.touch()
                 if session.handle(raw):
+                    stopped = True
                     break
         except TwilioError as exc:
-            code, reason = exc.close_code, str(exc)
+            code, reason, stopped = exc.close_code, str(exc), True
             log.warning("twilio %s: closing (%d): %s", session._stream, code, reason)
         except ConnectionClosed:
-            log.info("twilio %s: connection closed without 'stop'", session._stream)
-            return
+            pass
         finally:
+            idle.cancel()
             session.close()
-        await ws.close(code, _reason(reason))
+        if idle.fired:
+            log.warning("twilio %s: no message for %.0f s; ended", session._stream, idle.timeout)
+        elif not stopped:
+            log.info("twilio %s: connection closed without 'stop'", session._stream)
+        else:
+            await ws.close(code, _reason(reason))
 
 
 def _reason(text: str) -> str:
