@@ -11,8 +11,9 @@ per N and the largest N whose p95 stays under the target (300 ms by default).
     python bench/calls_bench.py --calls 8 12 16 20 --seconds 30
     python bench/calls_bench.py --hop 1.0 --both-talk     # other settings, worst case
 
-Runs client and server in one process and one event loop (the inference worker has its own
-thread), so the numbers include the server's decoding and resampling of every packet.
+The server runs in this process (event loop + inference worker thread); the callers and the
+subscriber run in a second process, as Twilio and a dashboard would, on the same machine's
+clock. ``--io-only`` swaps the model for one that costs nothing, to measure the rest.
 """
 
 from __future__ import annotations
@@ -73,6 +74,19 @@ def conversation(seconds: float, offset: int, both_talk: bool) -> tuple[np.ndarr
     return tracks[0], tracks[1]
 
 
+def free_model():
+    """A model with constant predictions at no cost (``--io-only``)."""
+    from emotion_monitor.models.base import EmotionModel, Prediction
+
+    class FreeModel(EmotionModel):
+        name, has_valence_arousal = "free (io-only)", True
+
+        def predict(self, windows):
+            return [Prediction(valence=0.0, arousal=0.0) for _ in windows]
+
+    return FreeModel()
+
+
 async def play_call(port: int, sid: str, customer, agent, start_at: float, sent: dict) -> int:
     """Send one call at real-time pace; records (stream time, wall time) per packet."""
     import websockets
@@ -96,66 +110,40 @@ async def play_call(port: int, sid: str, customer, agent, start_at: float, sent:
         return ws.close_code
 
 
-async def run(model, settings, n_calls: int, seconds: float, audio: list) -> dict:
-    from emotion_monitor.streamer.api import attach
+async def drive(port: int, n_calls: int, audio: list) -> dict:
+    """The telephony side: N calls and one /ws subscriber; returns the measured latencies."""
     from emotion_monitor.streamer.client import subscribe
-    from emotion_monitor.streamer.engine import Engine
-    from emotion_monitor.streamer.server import Server
-    from emotion_monitor.streamer.service import MonitorService
 
-    service = MonitorService(Engine(model, settings)).start()
-    server = Server(service, settings)
-    await attach(server, service, settings)
-    await server.start()
     sent: dict = defaultdict(list)
     received: list[tuple] = []
     calls = [f"CA{i:032x}" for i in range(n_calls)]
+    subscribed = asyncio.Event()
 
     async def listen():
-        async for ev in subscribe(
-            f"ws://127.0.0.1:{server.port}/ws", until_ended=True, streams=calls
-        ):
-            received.append(
-                (ev.stream, ev.track, ev.t1, ev.speech, ev.latency_ms, time.perf_counter())
-            )
+        url = f"ws://127.0.0.1:{port}/ws"
+        types = ("event", "subscribed")
+        async for ev in subscribe(url, streams=calls, types=types, until_ended=True):
+            if isinstance(ev, dict):
+                subscribed.set()
+                continue
+            received.append((ev.stream, ev.track, ev.t1, ev.latency_ms, time.perf_counter()))
 
-    lags: list[float] = []
-
-    async def ticker():  # how late the event loop runs a 10 ms timer: its own saturation
-        while True:
-            t = loop.time()
-            await asyncio.sleep(0.01)
-            lags.append((loop.time() - t - 0.01) * 1000)
-
-    loop = asyncio.get_running_loop()
-    tick = asyncio.create_task(ticker())
+    lags = []
+    tick = asyncio.create_task(ticker(lags))
     listener = asyncio.create_task(listen())
-    while server.clients < 1:
-        await asyncio.sleep(0.01)
-    t0 = loop.time() + 0.2
+    await asyncio.wait_for(subscribed.wait(), 30)
+    t0 = asyncio.get_running_loop().time() + 0.2
     rng = np.random.default_rng(0)
-    try:
-        codes = await asyncio.gather(
-            *(
-                play_call(
-                    server.port,
-                    sid,
-                    audio[i % len(audio)][0],
-                    audio[i % len(audio)][1],
-                    t0 + rng.uniform(0, 1.0),
-                    sent,
-                )
-                for i, sid in enumerate(calls)
-            )
+    codes = await asyncio.gather(
+        *(
+            play_call(port, sid, *audio[i % len(audio)], t0 + rng.uniform(0, 1.0), sent)
+            for i, sid in enumerate(calls)
         )
-        await asyncio.wait_for(listener, 60)
-    finally:
-        listener.cancel()
-        tick.cancel()
-        await server.stop()
-        await asyncio.to_thread(service.stop)
+    )
+    await asyncio.wait_for(listener, 120)
+    tick.cancel()
     latencies, engine_ms = [], []
-    for stream, track, t1, _speech, lat_ms, got in received:
+    for stream, track, t1, lat_ms, got in received:
         packets = sent[(stream, track)]
         ends = [p[0] for p in packets]
         # the resampler needs 2 ms of look-ahead: the window is complete one packet later at most
@@ -164,18 +152,76 @@ async def run(model, settings, n_calls: int, seconds: float, audio: list) -> dic
             continue  # the tail window, completed by the stop message
         latencies.append((got - packets[k][1]) * 1000)
         engine_ms.append(lat_ms)
-    lat = np.array(latencies) if latencies else np.array([np.nan])
+    return {
+        "events": len(received),
+        "latencies": latencies,
+        "engine_ms": engine_ms,
+        "refused": sum(1 for c in codes if c != 1000),
+        "client_lag_p95_ms": float(np.percentile(lags, 95)) if lags else float("nan"),
+    }
+
+
+async def ticker(lags: list[float]) -> None:
+    """How late the event loop runs a 10 ms timer: a measure of its saturation."""
+    loop = asyncio.get_running_loop()
+    while True:
+        t = loop.time()
+        await asyncio.sleep(0.01)
+        lags.append((loop.time() - t - 0.01) * 1000)
+
+
+def caller_process(port: int, n_calls: int, audio: list, conn) -> None:
+    """Entry point of the spawned telephony process."""
+    try:
+        conn.send(asyncio.run(drive(port, n_calls, audio)))
+    except BaseException as exc:  # report instead of leaving the server waiting
+        conn.send({"error": repr(exc)})
+
+
+async def run(model, settings, n_calls: int, audio: list) -> dict:
+    """Serve one round of N calls; the callers run in their own process, as Twilio would."""
+    import multiprocessing as mp
+
+    from emotion_monitor.streamer.api import attach
+    from emotion_monitor.streamer.engine import Engine
+    from emotion_monitor.streamer.server import Server
+    from emotion_monitor.streamer.service import MonitorService
+
+    service = MonitorService(Engine(model, settings)).start()
+    server = Server(service, settings)
+    await attach(server, service, settings)
+    await server.start()
+    lags: list[float] = []
+    tick = asyncio.create_task(ticker(lags))
+    ctx = mp.get_context("spawn")  # no fork of a process holding ONNX Runtime threads
+    mine, theirs = ctx.Pipe()
+    proc = ctx.Process(target=caller_process, args=(server.port, n_calls, audio, theirs))
+    proc.start()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    try:
+        r = await asyncio.to_thread(mine.recv)
+    finally:
+        await asyncio.to_thread(proc.join, 30)
+        cpu = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+        tick.cancel()
+        await server.stop()
+        await asyncio.to_thread(service.stop)
+    if "error" in r:
+        raise RuntimeError(f"callers failed: {r['error']}")
+    lat = np.array(r["latencies"]) if r["latencies"] else np.array([np.nan])
     return {
         "calls": n_calls,
-        "events": len(received),
+        "events": r["events"],
         "p50_ms": float(np.percentile(lat, 50)),
         "p95_ms": float(np.percentile(lat, 95)),
         "max_ms": float(lat.max()),
-        "engine_p95_ms": float(np.percentile(engine_ms, 95)) if engine_ms else float("nan"),
+        "engine_p95_ms": float(np.percentile(r["engine_ms"], 95)) if r["engine_ms"] else np.nan,
         "loop_lag_p95_ms": float(np.percentile(lags, 95)) if lags else float("nan"),
+        "client_lag_p95_ms": r["client_lag_p95_ms"],
+        "server_cpu": cpu,
         "chunks_dropped": service.stats["chunks_dropped"],
         "windows_dropped": service.engine.stats["windows_dropped"],
-        "refused": sum(1 for c in codes if c != 1000),
+        "refused": r["refused"],
     }
 
 
@@ -191,6 +237,12 @@ def main() -> int:
     parser.add_argument(
         "--both-talk", action="store_true", help="both tracks speak all the time (worst case)"
     )
+    parser.add_argument(
+        "--io-only",
+        action="store_true",
+        help="a model that costs nothing: measures the sockets, decoding, resampling, VAD and "
+        "fan-out alone",
+    )
     args = parser.parse_args()
     if args.quick:
         args.calls, args.seconds = [1, 4, 8], 8.0
@@ -200,7 +252,7 @@ def main() -> int:
 
     settings = Settings(host="127.0.0.1", port=0, vad=not args.no_vad, max_streams=256)
     settings = settings.replace(hop=args.hop)
-    model = load_model(args.model, device="cpu")
+    model = free_model() if args.io_only else load_model(args.model, device="cpu")
     print(
         f"model {model.name} on {model.device}; window {settings.window} s, hop "
         f"{settings.hop} s, VAD {'on' if settings.vad else 'off'}; {PACKET_MS} ms packets; "
@@ -210,15 +262,17 @@ def main() -> int:
     model.predict([audio[0][0][:32000]])  # warm-up
     print(
         f"{'calls':>5} {'events':>7} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} "
-        f"{'engine p95':>10} {'loop lag p95':>12} {'dropped':>8}"
+        f"{'engine p95':>10} {'server lag':>10} {'caller lag':>10} {'server CPU':>10} "
+        f"{'dropped':>8}"
     )
     best = 0
     for n in sorted(args.calls):
-        r = asyncio.run(run(model, settings, n, args.seconds, audio))
+        r = asyncio.run(run(model, settings, n, audio))
         dropped = r["chunks_dropped"] + r["windows_dropped"]
         print(
             f"{n:>5} {r['events']:>7} {r['p50_ms']:>8.0f} {r['p95_ms']:>8.0f} "
-            f"{r['max_ms']:>8.0f} {r['engine_p95_ms']:>10.0f} {r['loop_lag_p95_ms']:>12.0f} "
+            f"{r['max_ms']:>8.0f} {r['engine_p95_ms']:>10.0f} {r['loop_lag_p95_ms']:>10.0f} "
+            f"{r['client_lag_p95_ms']:>10.0f} {r['server_cpu']:>10.2f} "
             f"{dropped:>8}",
             flush=True,
         )
