@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 
 import numpy as np
@@ -202,3 +203,17 @@ def test_choose_media_prefers_stereo_pcmu():
     assert audiohook.choose_media(offers)["channels"] == ["internal", "external"]
     assert audiohook.choose_media([{"format": "PCMU", "channels": ["x"], "rate": 8000}]) is None
     assert audiohook.choose_media("nonsense") is None
+
+
+async def test_idle_session_is_closed(caplog):
+    caplog.set_level(logging.WARNING, logger="emotion_monitor.streamer.audiohook")
+    async with running() as (server, col):
+        server.add_websocket_route("/audiohook-fast", audiohook.AudioHookHandler(idle_timeout=0.3))
+        await server.stop()
+        await server.start()
+        async with websockets.connect(ws_url(server, "/audiohook-fast")) as ws:
+            await HookClient(ws).open("conv-idle")
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), TIMEOUT)
+        await col.ended(["conv-idle"])
+    assert any("idle for" in r.getMessage() for r in caplog.records)

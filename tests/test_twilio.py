@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -174,3 +175,19 @@ async def test_stream_limit_close_code():
                 json.dumps({"event": "media", "media": {"track": "inbound", "payload": payload}})
             )
         await col.ended(["CA1"])
+
+
+async def test_idle_call_is_ended(caplog):
+    caplog.set_level(logging.WARNING, logger="emotion_monitor.streamer.twilio")
+    async with running() as (server, col):
+        server.add_websocket_route("/twilio-fast", twilio.TwilioHandler(idle_timeout=0.3))
+        await server.stop()
+        await server.start()
+        msgs = list(twilio.simulate_call("CA-idle", np.zeros(8000, np.float32), None))
+        async with websockets.connect(ws_url(server, "/twilio-fast")) as ws:
+            for m in msgs[:5]:
+                await ws.send(m)
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), TIMEOUT)  # the server hangs up
+        await col.ended(["CA-idle"])
+    assert any("no message for" in r.getMessage() for r in caplog.records)
