@@ -216,7 +216,7 @@ def test_dashboard_shows_live_events(live_model, browser):
             page.wait_for_function(f"({shown})() !== {first!r}", timeout=TIMEOUT_MS)
             # Enough windows for lines in the timeline and a trail in the circumplex.
             page.wait_for_function(
-                "[...window.emotionMonitor.cards.values()].every(c => c.points.length >= 5)",
+                "[...window.emotionMonitor.cards.values()].every(c => c.points.length >= 12)",
                 timeout=TIMEOUT_MS,
             )
             label = page.locator(f"{card} .dominant .label").text_content().strip()
