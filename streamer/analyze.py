@@ -134,7 +134,7 @@ def decode_upload(
         raise UploadError("the uploaded file is empty")
     if len(data) > max_bytes:
         raise UploadError(
-            f"the uploaded file is {len(data) / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.1f} MB"
+            f"the uploaded file is {len(data) / 1e6:.3g} MB; the limit is {max_bytes / 1e6:.3g} MB"
         )
     too_long = f"{filename}: longer than the limit of {max_seconds:g} s"
     try:
@@ -298,11 +298,13 @@ def predict_response(samples_16k: np.ndarray, model, settings: Settings) -> dict
     timeline, summary, _ = run_blocks([samples], model, settings, stream="predict")
     if summary["mean_class_probabilities"]:
         scores = summary["mean_class_probabilities"]
-    else:
-        n = max(summary["speech_windows"], 1)
-        scores = {
-            q.lower(): round(s / settings.hop / n, 4) for q, s in summary["quadrant_s"].items()
-        }
+    else:  # valence/arousal only: share of speech windows per quadrant of the window's own point
+        points = [e for e in timeline if e["speech"] and e["valence"] is not None]
+        counts: dict[str, int] = {}
+        for e in points:
+            q = quadrant(e["valence"], e["arousal"]).lower()
+            counts[q] = counts.get(q, 0) + 1
+        scores = {q: round(c / len(points), 4) for q, c in counts.items()}
     results = [{"label": k, "score": v} for k, v in sorted(scores.items(), key=lambda kv: -kv[1])]
     return {
         "results": results,
