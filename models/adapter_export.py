@@ -55,9 +55,9 @@ def export_adapter(spec: str, out_dir: str | Path) -> Path:
     with torch.inference_mode():
         expected = plan.module(example).float().numpy()
 
-    import onnxruntime as ort
+    from emotion_monitor.models.runtime import create_session
 
-    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    session, _ = create_session(out / "model.onnx", "cpu")
     got = session.run(None, {plan.input_name: plan.example})[0]
     meta = {
         "format": FORMAT_VERSION,

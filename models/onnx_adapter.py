@@ -27,38 +27,10 @@ from emotion_monitor.models.adapter_common import (
     zero_mean_unit_var,
 )
 from emotion_monitor.models.base import SAMPLE_RATE, EmotionModel, ModelError, Prediction
+from emotion_monitor.models.runtime import create_session
 
 FORMAT_VERSION = 1
 PREPROCESS_KINDS = ("waveform", "vit_mel", "hf_feature_extractor")
-
-
-def _create_session(path: Path, device: str):
-    """ORT session with explicit, verified providers; returns (session, provider actually used)."""
-    try:
-        from emotion_monitor.models.runtime import create_session
-    except ImportError:  # runtime.py (the project-wide helper) missing in this checkout
-        create_session = _fallback_session
-    return create_session(path, device)
-
-
-def _fallback_session(path: Path, device: str):
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    providers = ["CPUExecutionProvider"]
-    if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
-        providers.insert(0, "CUDAExecutionProvider")
-    elif device == "cuda":
-        raise ModelError(f"device cuda requested but ONNX Runtime offers only {available}")
-    try:
-        session = ort.InferenceSession(str(path), providers=providers)
-    except Exception as exc:  # ORT raises its own exception hierarchy
-        raise ModelError(f"{path}: ONNX Runtime cannot load it ({exc})") from exc
-    used = session.get_providers()[0]
-    # ORT falls back to CPU silently when CUDA fails to initialise; an explicit request must not.
-    if device == "cuda" and used != "CUDAExecutionProvider":
-        raise ModelError(f"{path}: CUDAExecutionProvider requested but ORT runs on {used}")
-    return session, used
 
 
 class OnnxAdapterModel(EmotionModel):
@@ -133,5 +105,6 @@ def load_onnx_model(location: str, device: str = "auto") -> OnnxAdapterModel:
             extractor = AutoFeatureExtractor.from_pretrained(str(root), local_files_only=True)
         except OSError as exc:
             raise ModelError(f"{root}: missing the saved feature extractor ({exc})") from exc
-    session, provider = _create_session(root / meta.get("file", "model.onnx"), device)
+    # Explicit providers, checked after creation (ORT falls back to the CPU silently).
+    session, provider = create_session(root / meta.get("file", "model.onnx"), device)
     return OnnxAdapterModel(session, meta, str(root), provider, extractor)
