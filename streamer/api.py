@@ -50,8 +50,9 @@ class CallStream:
     """
 
     #: Audio is handed to the service in blocks of at least this many 16 kHz samples (100 ms),
-    #: or at once when it completes a window: telephony packets are 20 ms, and waking the
-    #: inference worker 50 times a second per track costs more CPU than the model on many calls.
+    #: or at once when it completes a window, so no event waits for it: telephony packets are
+    #: 20 ms, and waking the inference worker 50 times a second per track wastes the CPU the
+    #: model needs once there are many calls.
     COALESCE = 1600
 
     def __init__(self, service: MonitorService, stream: str, **meta: Any):
