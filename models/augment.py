@@ -47,7 +47,16 @@ def noise_gain(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip((x + noise) * gain, -1.0, 1.0).astype(np.float32)
 
 
-AUGMENTATIONS = ("clean", "noise", "phone", "phone_noise")
+def crop(x: np.ndarray, rng: np.random.Generator, seconds: float = 2.0) -> np.ndarray:
+    """A random ``seconds``-long excerpt: the streaming engine's 2 s windows, seen in training."""
+    n = int(seconds * SAMPLE_RATE)
+    if len(x) <= n:
+        return x
+    start = int(rng.integers(0, len(x) - n + 1))
+    return x[start:start + n]
+
+
+AUGMENTATIONS = ("clean", "noise", "phone", "phone_noise", "crop", "crop_phone")
 
 
 def augment(x: np.ndarray, kind: str, key: str) -> np.ndarray:
@@ -61,4 +70,8 @@ def augment(x: np.ndarray, kind: str, key: str) -> np.ndarray:
         return telephone(x)
     if kind == "phone_noise":
         return telephone(noise_gain(x, rng))
+    if kind == "crop":
+        return crop(x, rng)
+    if kind == "crop_phone":
+        return telephone(crop(x, rng))
     raise ValueError(f"unknown augmentation {kind!r}; choose from {', '.join(AUGMENTATIONS)}")

@@ -9,7 +9,6 @@ Runtime with the int8 encoder shipped in the package on CPU, or the torch encode
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,11 +33,6 @@ def read_config(folder: Path) -> dict:
         if key not in config:
             raise ModelError(f"{path}: missing key {key!r}")
     return config
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "emotion-monitor"
 
 
 def _resolve_device(device: str) -> str:
@@ -149,28 +143,12 @@ class DefaultModel(EmotionModel):
 def _encoder_onnx(folder: Path, config: dict, backend: str) -> Path:
     """The ONNX encoder file for ``backend`` ("ort-int8" / "ort-fp32"): shipped in the package
     when present, else exported once from the pinned weights into the user cache."""
-    from emotion_monitor.models.export import export_encoder, quantize_int8
-    from emotion_monitor.models.whisper_encoder import load_whisper_encoder
+    from emotion_monitor.models.export import cached_encoder_onnx
 
-    name = "encoder_int8.onnx" if backend == "ort-int8" else "encoder_fp32.onnx"
-    shipped = folder / name
+    shipped = folder / ("encoder_int8.onnx" if backend == "ort-int8" else "encoder_fp32.onnx")
     if shipped.exists():
         return shipped
-    tag = f"{config['encoder']}_L{'-'.join(map(str, config['layers']))}"
-    target = _cache_dir() / tag / name
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fp32 = target.parent / "encoder_fp32.onnx"
-    if not fp32.exists():
-        tmp = fp32.with_suffix(".tmp.onnx")
-        export_encoder(load_whisper_encoder(config["encoder"]), config["layers"], tmp)
-        tmp.replace(fp32)
-    if backend == "ort-int8":
-        tmp = target.with_suffix(".tmp.onnx")
-        quantize_int8(fp32, tmp)
-        tmp.replace(target)
-    return target
+    return cached_encoder_onnx(config["encoder"], config["layers"], backend)
 
 
 def load_model_dir(folder: str | Path, device: str = "auto", backend: str | None = None,

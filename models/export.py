@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import warnings
 from collections.abc import Sequence
@@ -48,6 +49,35 @@ def export_encoder(encoder, layers: Sequence[int], path: str | Path) -> Path:
             opset_version=17,
         )
     return path
+
+
+def cache_dir() -> Path:
+    """Where encoders built at first use live: $XDG_CACHE_HOME/emotion-monitor (~/.cache/...)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "emotion-monitor"
+
+
+def cached_encoder_onnx(name: str, layers: Sequence[int], backend: str) -> Path:
+    """Export (and for "ort-int8" quantise) the Whisper encoder ``name`` pooled over ``layers``
+    into the user cache once; later calls return the cached file."""
+    from emotion_monitor.models.whisper_encoder import load_whisper_encoder
+
+    folder = cache_dir() / f"{name}_L{'-'.join(map(str, layers))}"
+    target = folder / ("encoder_int8.onnx" if backend == "ort-int8" else "encoder_fp32.onnx")
+    if target.exists():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    fp32 = folder / "encoder_fp32.onnx"
+    if not fp32.exists():
+        # write under a temporary name so a crash never leaves a half-written model behind
+        tmp = folder / "encoder_fp32.tmp.onnx"
+        export_encoder(load_whisper_encoder(name), layers, tmp)
+        tmp.replace(fp32)
+    if backend == "ort-int8":
+        tmp = folder / "encoder_int8.tmp.onnx"
+        quantize_int8(fp32, tmp)
+        tmp.replace(target)
+    return target
 
 
 def quantize_int8(src: str | Path, dst: str | Path) -> Path:

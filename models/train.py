@@ -29,9 +29,15 @@ CLASSES: tuple[str, ...] = EMOTIONS[:8]
 # --------------------------------------------------------------------------- encoders
 
 
-def make_embedder(encoder: str, device: str = "cpu", input_norm: str = "none", layers=None):
+def make_embedder(encoder: str, device: str = "cpu", input_norm: str = "none", layers=None,
+                  backend: str = "torch"):
     """An embedder (``.name``, ``.feature_dim``, ``.layers``, ``.embed(windows)``) for a spec:
-    ``whisper-base``, ``whisper-tiny`` or a wav2vec2-family hub id / local directory."""
+    ``whisper-base``, ``whisper-tiny`` or a wav2vec2-family hub id / local directory.
+    ``backend`` "ort-int8" / "ort-fp32" computes Whisper features with the ONNX encoder."""
+    if encoder in ("whisper-base", "whisper-tiny") and backend != "torch":
+        from emotion_monitor.models.embedding import WhisperOrtEmbedder
+
+        return WhisperOrtEmbedder(encoder, layers=layers, backend=backend, input_norm=input_norm)
     if encoder in ("whisper-base", "whisper-tiny"):
         from emotion_monitor.models.embedding import WhisperTorchEmbedder
 
@@ -239,7 +245,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", default="all",
                    help="comma-separated hidden-state indices to pool (0 = embeddings), or 'all'")
     p.add_argument("--augment", default="clean,noise,phone",
-                   help="augmentations of the training clips (clean,noise,phone,phone_noise)")
+                   help="augmentations of the training clips (clean,noise,phone,phone_noise,crop,crop_phone)")
     p.add_argument("--input-norm", default="none", choices=("none", "rms"),
                    help="per-window input normalisation before the encoder")
     p.add_argument("--C", default="0.01,0.03,0.1,0.3", help="candidate inverse L2 strengths")
@@ -248,7 +254,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", default=str(DEFAULT_CACHE), help="embedding cache folder")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     p.add_argument("--backend", default="ort-int8", choices=("torch", "ort-fp32", "ort-int8"),
-                   help="encoder backend recorded in config.json for serving Whisper encoders on CPU")
+                   help="Whisper encoder backend used for the training features and recorded in "
+                   "config.json for serving on CPU")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
 
@@ -276,7 +283,9 @@ def main(args: argparse.Namespace) -> int:
         augs.insert(0, "clean")
     # The cache always holds every layer; the chosen ones are sliced out afterwards, so trying
     # another layer selection never re-runs the encoder.
-    embedder = make_embedder(args.encoder, args.device, args.input_norm, None)
+    # Heads are trained on the features of the backend that will serve them (the int8 encoder
+    # shifts features a little; training on them recovers the accuracy that costs).
+    embedder = make_embedder(args.encoder, args.device, args.input_norm, None, args.backend)
     layers = embedder.layers if layers is None else layers
     cols = layer_columns(embedder.layers, layers, embedder.dim)
     cache = None if args.no_cache else Path(args.cache)
