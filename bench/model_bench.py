@@ -35,7 +35,6 @@ def main() -> None:
     args = p.parse_args()
 
     import torch
-
     from emotion_monitor.models.default_model import DEFAULT_DIR, load_model_dir
 
     torch.set_num_threads(args.threads)
@@ -45,10 +44,12 @@ def main() -> None:
         model = load_model_dir(DEFAULT_DIR, device="cpu", backend=backend, threads=args.threads)
         for b in (int(v) for v in args.batches.split(",")):
             windows = [(0.1 * rng.standard_normal(32000)).astype(np.float32) for _ in range(b)]
-            times = _time(lambda: model.predict(windows), args.seconds)
+            times = _time(lambda m=model, w=windows: m.predict(w), args.seconds)
             mean = float(np.mean(times))
-            line = (f"{backend:9s} batch {b:3d}: {1000 * mean:8.1f} ms/batch "
-                    f"{1000 * mean / b:7.1f} ms/window {b / mean:7.1f} windows/s")
+            line = (
+                f"{backend:9s} batch {b:3d}: {1000 * mean:8.1f} ms/batch "
+                f"{1000 * mean / b:7.1f} ms/window {b / mean:7.1f} windows/s"
+            )
             if b == 1:
                 line += f"  p95 {1000 * float(np.percentile(times, 95)):.1f} ms"
             print(line, flush=True)

@@ -53,7 +53,7 @@ def crop(x: np.ndarray, rng: np.random.Generator, seconds: float = 2.0) -> np.nd
     if len(x) <= n:
         return x
     start = int(rng.integers(0, len(x) - n + 1))
-    return x[start:start + n]
+    return x[start : start + n]
 
 
 AUGMENTATIONS = ("clean", "noise", "phone", "phone_noise", "crop", "crop_phone")

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from emotion_monitor.models.base import ModelError
 
 #: CTranslate2 DataType ids -> numpy dtypes (bfloat16 is widened by hand below).
@@ -114,7 +113,9 @@ class _Reader:
 
     def take(self, n: int) -> bytes:
         if self.pos + n > len(self.data):
-            raise ModelError(f"{self.label}: truncated CTranslate2 file (needed {n} bytes at {self.pos})")
+            raise ModelError(
+                f"{self.label}: truncated CTranslate2 file (needed {n} bytes at {self.pos})"
+            )
         out = self.data[self.pos : self.pos + n]
         self.pos += n
         return out

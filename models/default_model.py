@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-
 from emotion_monitor.models.base import EmotionModel, ModelError, Prediction
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "default"
@@ -76,7 +75,6 @@ class _TorchEncoder:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         import torch
-
         from emotion_monitor.models.embedding import pool_states
         from emotion_monitor.models.features import log_mel
 
@@ -113,7 +111,7 @@ class DefaultModel(EmotionModel):
         out = np.zeros((len(windows), int(self.config["feature_dim"])), np.float32)
         for _, idx in groups_by_length(windows).items():
             for s in range(0, len(idx), MAX_BATCH):
-                part = idx[s:s + MAX_BATCH]
+                part = idx[s : s + MAX_BATCH]
                 out[part] = self.encoder(np.stack([windows[i] for i in part]))
         return out
 
@@ -126,17 +124,20 @@ class DefaultModel(EmotionModel):
             probs, va = self.heads.run(None, {"features": feats})
         return [
             Prediction(
-                classes={lab: float(p) for lab, p in zip(self.labels, row)},
+                classes={lab: float(p) for lab, p in zip(self.labels, row, strict=True)},
                 valence=float(v[0]),
                 arousal=float(v[1]),
             )
-            for row, v in zip(probs, va)
+            for row, v in zip(probs, va, strict=True)
         ]
 
     def describe(self) -> dict:
         d = super().describe()
-        d.update(encoder=self.config["encoder"], backend=self.config.get("backend", "torch"),
-                 heads_provider=self.heads_provider)
+        d.update(
+            encoder=self.config["encoder"],
+            backend=self.config.get("backend", "torch"),
+            heads_provider=self.heads_provider,
+        )
         return d
 
 
@@ -151,8 +152,9 @@ def _encoder_onnx(folder: Path, config: dict, backend: str) -> Path:
     return cached_encoder_onnx(config["encoder"], config["layers"], backend)
 
 
-def load_model_dir(folder: str | Path, device: str = "auto", backend: str | None = None,
-                   threads: int | None = None) -> DefaultModel:
+def load_model_dir(
+    folder: str | Path, device: str = "auto", backend: str | None = None, threads: int | None = None
+) -> DefaultModel:
     """Load a heads folder written by ``emotion-monitor train`` (the default is one of these).
 
     ``backend`` overrides the encoder backend of the config: "torch", "ort-fp32" or "ort-int8".

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-
 from emotion_monitor.models.base import ModelError
 
 #: Windows shorter than this are zero-padded (the STFT and the convolutions need a few frames).
@@ -80,8 +79,13 @@ def layer_columns(all_layers: Sequence[int], chosen: Sequence[int], dim: int) ->
 class WhisperTorchEmbedder:
     """Pooled Whisper features computed by the project's torch encoder."""
 
-    def __init__(self, encoder_name: str = "whisper-base", layers: Sequence[int] | None = None,
-                 device: str = "cpu", input_norm: str = "none"):
+    def __init__(
+        self,
+        encoder_name: str = "whisper-base",
+        layers: Sequence[int] | None = None,
+        device: str = "cpu",
+        input_norm: str = "none",
+    ):
         from emotion_monitor.models.whisper_encoder import load_whisper_encoder
 
         self.encoder = load_whisper_encoder(encoder_name, device=device)
@@ -95,7 +99,6 @@ class WhisperTorchEmbedder:
     def embed(self, windows: Sequence[np.ndarray]) -> np.ndarray:
         """(batch, feature_dim) float32 features for windows of any lengths."""
         import torch
-
         from emotion_monitor.models.features import log_mel
 
         windows = prepare(windows, self.input_norm)
@@ -112,8 +115,13 @@ class WhisperOrtEmbedder:
     """Pooled Whisper features from the ONNX Runtime encoder (fp32 or int8), so heads can be
     trained on exactly the features the int8 serving path produces."""
 
-    def __init__(self, encoder_name: str = "whisper-base", layers: Sequence[int] | None = None,
-                 backend: str = "ort-int8", input_norm: str = "none"):
+    def __init__(
+        self,
+        encoder_name: str = "whisper-base",
+        layers: Sequence[int] | None = None,
+        backend: str = "ort-int8",
+        input_norm: str = "none",
+    ):
         from emotion_monitor.models.export import cached_encoder_onnx
         from emotion_monitor.models.runtime import create_session
         from emotion_monitor.models.whisper_encoder import load_whisper_encoder
@@ -122,7 +130,8 @@ class WhisperOrtEmbedder:
             layers = range(load_whisper_encoder(encoder_name).num_layers + 1)
         self.layers = list(layers)
         self.session, self.provider = create_session(
-            cached_encoder_onnx(encoder_name, self.layers, backend), "cpu")
+            cached_encoder_onnx(encoder_name, self.layers, backend), "cpu"
+        )
         self.name = f"{encoder_name}-{backend}"
         self.input_norm = input_norm
         probe = self._run(np.zeros((1, 16000), np.float32))

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-
 from emotion_monitor.models.base import ModelError, Prediction
 from emotion_monitor.models.circumplex import CIRCUMPLEX, sign
 from emotion_monitor.models.manifest import load_audio, read_manifest
@@ -28,12 +27,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model spec (default: the shipped model)")
     p.add_argument("--labels", help="comma-separated subset to predict among and score")
     p.add_argument("--split", help="only rows whose split column equals this (e.g. test)")
-    p.add_argument("--channel", default="clean", choices=("clean", "noise", "phone", "phone_noise"),
-                   help="degrade the audio first (e.g. phone: 8 kHz mu-law round trip)")
+    p.add_argument(
+        "--channel",
+        default="clean",
+        choices=("clean", "noise", "phone", "phone_noise"),
+        help="degrade the audio first (e.g. phone: 8 kHz mu-law round trip)",
+    )
     p.add_argument("--json", help="write the metrics to this JSON file")
     p.add_argument("--plots", help="folder for confusion-matrix and valence/arousal PNGs")
-    p.add_argument("--streaming", action="store_true",
-                   help="score the final smoothed estimate of the streaming engine per clip")
+    p.add_argument(
+        "--streaming",
+        action="store_true",
+        help="score the final smoothed estimate of the streaming engine per clip",
+    )
     p.add_argument("--batch", type=int, default=16, help="clips per predict call")
     p.add_argument("--device", default="auto")
 
@@ -43,7 +49,7 @@ def score(true: Sequence[str], pred: Sequence[str], labels: Sequence[str]) -> di
     present in truth or prediction, per-class figures and the confusion matrix (rows = truth)."""
     idx = {lab: i for i, lab in enumerate(labels)}
     cm = np.zeros((len(labels), len(labels)), np.int64)
-    for t, p in zip(true, pred):
+    for t, p in zip(true, pred, strict=True):
         cm[idx[t], idx[p]] += 1
     n = int(cm.sum())
     per_class, recalls, f1s = {}, [], []
@@ -84,7 +90,11 @@ def _valence_arousal(pred: Prediction) -> tuple[float | None, float | None, str]
 def binary_accuracy(true: Sequence[str], values: Sequence[float | None], axis: str) -> float | None:
     """Sign agreement between predicted valence/arousal and the label's circumplex side,
     over clips whose label has a side on that axis (neutral is left out)."""
-    pairs = [(sign(t, axis), v) for t, v in zip(true, values) if v is not None and t in CIRCUMPLEX]
+    pairs = [
+        (sign(t, axis), v)
+        for t, v in zip(true, values, strict=True)
+        if v is not None and t in CIRCUMPLEX
+    ]
     pairs = [(s, v) for s, v in pairs if s != 0]
     if not pairs:
         return None
@@ -100,13 +110,19 @@ def _stream_predict(model, clips: list[np.ndarray]) -> list[Prediction]:
     for k, x in enumerate(clips):
         eng = Engine(model, Settings(vad=False))
         events = eng.push(f"clip{k}", x) + eng.flush(f"clip{k}")
-        last = next((e for e in reversed(events) if e.classes_smooth or e.valence_smooth is not None),
-                    None)
+        last = next(
+            (e for e in reversed(events) if e.classes_smooth or e.valence_smooth is not None), None
+        )
         if last is None:
             out.append(Prediction())
         else:
-            out.append(Prediction(classes=last.classes_smooth, valence=last.valence_smooth,
-                                  arousal=last.arousal_smooth))
+            out.append(
+                Prediction(
+                    classes=last.classes_smooth,
+                    valence=last.valence_smooth,
+                    arousal=last.arousal_smooth,
+                )
+            )
     return out
 
 
@@ -126,8 +142,15 @@ def _plots(folder: Path, result: dict, true: list[str], va: list[tuple]) -> list
         ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
         for i in range(len(labels)):
             for j in range(len(labels)):
-                ax.text(j, i, int(cm[i, j]), ha="center", va="center",
-                        color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+                ax.text(
+                    j,
+                    i,
+                    int(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    color="white" if norm[i, j] > 0.5 else "black",
+                    fontsize=8,
+                )
         ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
         ax.set_yticks(range(len(labels)), labels)
         ax.set_xlabel("predicted")
@@ -138,7 +161,7 @@ def _plots(folder: Path, result: dict, true: list[str], va: list[tuple]) -> list
         fig.savefig(path, dpi=120)
         plt.close(fig)
         written.append(str(path))
-    pts = [(t, v, a) for t, (v, a) in zip(true, va) if v is not None and a is not None]
+    pts = [(t, v, a) for t, (v, a) in zip(true, va, strict=True) if v is not None and a is not None]
     if pts:
         fig, ax = plt.subplots(figsize=(6, 6))
         for lab in sorted({t for t, _, _ in pts}):
@@ -159,24 +182,32 @@ def _plots(folder: Path, result: dict, true: list[str], va: list[tuple]) -> list
     return written
 
 
-def evaluate(model, manifest: str | Path, root: str | None = None,
-             labels: Sequence[str] | None = None, split: str | None = None,
-             streaming: bool = False, channel: str = "clean", batch: int = 16,
-             progress: bool = True) -> tuple[dict, list[str], list[tuple]]:
+def evaluate(
+    model,
+    manifest: str | Path,
+    root: str | None = None,
+    labels: Sequence[str] | None = None,
+    split: str | None = None,
+    streaming: bool = False,
+    channel: str = "clean",
+    batch: int = 16,
+    progress: bool = True,
+) -> tuple[dict, list[str], list[tuple]]:
     """Score ``model`` on a manifest; returns (metrics, true labels, (valence, arousal) pairs).
 
     Raises :class:`ModelError` when ``labels`` names labels the model does not have.
     """
-    from tqdm import tqdm
-
     from emotion_monitor.models.augment import augment
+    from tqdm import tqdm
 
     model_labels = tuple(model.labels)
     if labels:
         unknown = [lab for lab in labels if lab not in model_labels]
         if unknown:
-            raise ModelError(f"label(s) {', '.join(unknown)} not predicted by {model.name}; "
-                             f"it knows: {', '.join(model_labels) or '(no classes)'}")
+            raise ModelError(
+                f"label(s) {', '.join(unknown)} not predicted by {model.name}; "
+                f"it knows: {', '.join(model_labels) or '(no classes)'}"
+            )
     use = tuple(labels) if labels else model_labels
     rows = read_manifest(manifest, root)
     if split:
@@ -189,7 +220,7 @@ def evaluate(model, manifest: str | Path, root: str | None = None,
     bar = tqdm(total=len(rows), desc="evaluating", unit="clip", disable=not progress)
     for s in range(0, len(rows), batch):
         clips, kept = [], []
-        for r in rows[s:s + batch]:
+        for r in rows[s : s + batch]:
             try:
                 x = load_audio(r.path)
                 if x.size == 0:
@@ -202,7 +233,7 @@ def evaluate(model, manifest: str | Path, root: str | None = None,
         if clips:
             preds += _stream_predict(model, clips) if streaming else model.predict(clips)
             true += [r.emotion for r in kept]
-        bar.update(len(rows[s:s + batch]))
+        bar.update(len(rows[s : s + batch]))
     bar.close()
     if use:
         chosen = []
@@ -211,17 +242,29 @@ def evaluate(model, manifest: str | Path, root: str | None = None,
             chosen.append(max(use, key=lambda lab: probs.get(lab, -1.0)))
         result = score(true, chosen, use)
     else:
-        result = {"n": len(true), "accuracy": None, "unweighted_accuracy": None,
-                  "macro_f1": None, "per_class": {}, "confusion": None}
+        result = {
+            "n": len(true),
+            "accuracy": None,
+            "unweighted_accuracy": None,
+            "macro_f1": None,
+            "per_class": {},
+            "confusion": None,
+        }
     va = [_valence_arousal(p) for p in preds]
     result["arousal_binary_accuracy"] = binary_accuracy(true, [a for _, a, _ in va], "arousal")
     result["valence_binary_accuracy"] = binary_accuracy(true, [v for v, _, _ in va], "valence")
     result["valence_arousal_source"] = va[0][2] if va else None
     result.update(
-        model=model.describe(), manifest=str(manifest), labels=list(use), split=split,
-        channel=channel, streaming=streaming,
-        skipped_unreadable=len(problems), unreadable=problems[:50],
-        skipped_other_labels=sum(skipped_labels.values()), other_labels=dict(skipped_labels),
+        model=model.describe(),
+        manifest=str(manifest),
+        labels=list(use),
+        split=split,
+        channel=channel,
+        streaming=streaming,
+        skipped_unreadable=len(problems),
+        unreadable=problems[:50],
+        skipped_other_labels=sum(skipped_labels.values()),
+        other_labels=dict(skipped_labels),
     )
     return result, true, [(v, a) for v, a, _ in va]
 
@@ -229,11 +272,21 @@ def evaluate(model, manifest: str | Path, root: str | None = None,
 def main(args: argparse.Namespace) -> int:
     from emotion_monitor.models import load_model
 
-    labels = [v.strip().lower() for v in args.labels.split(",") if v.strip()] if args.labels else None
+    labels = (
+        [v.strip().lower() for v in args.labels.split(",") if v.strip()] if args.labels else None
+    )
     try:
         model = load_model(args.model, device=args.device)
-        result, true, va = evaluate(model, args.manifest, args.root, labels, args.split,
-                                    args.streaming, args.channel, args.batch)
+        result, true, va = evaluate(
+            model,
+            args.manifest,
+            args.root,
+            labels,
+            args.split,
+            args.streaming,
+            args.channel,
+            args.batch,
+        )
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -241,9 +294,19 @@ def main(args: argparse.Namespace) -> int:
         print(f"unreadable: {p}", file=sys.stderr)
     if args.plots:
         result["plots"] = _plots(Path(args.plots), result, true, va)
-    summary = {k: result[k] for k in ("n", "accuracy", "unweighted_accuracy", "macro_f1",
-                                      "arousal_binary_accuracy", "valence_binary_accuracy",
-                                      "skipped_unreadable", "skipped_other_labels")}
+    summary = {
+        k: result[k]
+        for k in (
+            "n",
+            "accuracy",
+            "unweighted_accuracy",
+            "macro_f1",
+            "arousal_binary_accuracy",
+            "valence_binary_accuracy",
+            "skipped_unreadable",
+            "skipped_other_labels",
+        )
+    }
     print(json.dumps(summary, indent=2))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

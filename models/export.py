@@ -26,7 +26,6 @@ FP32_TOLERANCE = 1e-3
 def export_encoder(encoder, layers: Sequence[int], path: str | Path) -> Path:
     """Export ``encoder`` (a :class:`WhisperEncoder`) + mean/std pooling of ``layers`` to ONNX."""
     import torch
-
     from emotion_monitor.models.embedding import pool_states
 
     class Pooled(torch.nn.Module):
@@ -43,8 +42,12 @@ def export_encoder(encoder, layers: Sequence[int], path: str | Path) -> Path:
         # the TorchScript exporter is deprecated but is the one that honours dynamic_axes
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            Pooled().eval(), (torch.zeros(1, 80, 200),), str(path), dynamo=False,
-            input_names=["mel"], output_names=["features"],
+            Pooled().eval(),
+            (torch.zeros(1, 80, 200),),
+            str(path),
+            dynamo=False,
+            input_names=["mel"],
+            output_names=["features"],
             dynamic_axes={"mel": {0: "batch", 2: "frames"}, "features": {0: "batch"}},
             opset_version=17,
         )
@@ -84,17 +87,18 @@ def quantize_int8(src: str | Path, dst: str | Path) -> Path:
     """Dynamic int8 quantisation of the MatMul/Gemm weights (activations stay float)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
-                     op_types_to_quantize=["MatMul", "Gemm"])
+    quantize_dynamic(
+        str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
+    )
     return Path(dst)
 
 
-def encoder_parity(encoder, layers: Sequence[int], onnx_path: str | Path,
-                   audio: np.ndarray) -> float:
+def encoder_parity(
+    encoder, layers: Sequence[int], onnx_path: str | Path, audio: np.ndarray
+) -> float:
     """Max absolute difference between torch and ONNX Runtime pooled features on ``audio``
     (batch, samples)."""
     import torch
-
     from emotion_monitor.models.embedding import pool_states
     from emotion_monitor.models.features import log_mel
     from emotion_monitor.models.runtime import create_session
@@ -109,8 +113,11 @@ def encoder_parity(encoder, layers: Sequence[int], onnx_path: str | Path,
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="artifacts/export", help="output folder")
-    p.add_argument("--model", default=None,
-                   help="model spec; anything but the default is handed to adapter_export")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model spec; anything but the default is handed to adapter_export",
+    )
     p.add_argument("--no-int8", action="store_true", help="skip the int8 encoder variant")
 
 
@@ -140,7 +147,9 @@ def main(args: argparse.Namespace) -> int:
     if not args.no_int8:
         q = quantize_int8(fp32, out / "encoder_int8.onnx")
         qdiff = encoder_parity(encoder, layers, q, probe)
-        print(f"{q}: max |onnx - torch| = {qdiff:.2e} (int8: judged by accuracy, see MODEL_CARD.md)")
+        print(
+            f"{q}: max |onnx - torch| = {qdiff:.2e} (int8: judged by accuracy, see MODEL_CARD.md)"
+        )
         report["encoder_int8.onnx"] = {"max_abs_diff_vs_torch": qdiff}
     for name in ("heads.onnx", "config.json", "MODEL_CARD.md"):
         if (DEFAULT_DIR / name).exists():

@@ -61,8 +61,9 @@ def log_mel(audio, n_mels: int = N_MELS):
     if x.ndim == 1:
         x = x[None]
     window = torch.hann_window(N_FFT, device=x.device)
-    spec = torch.stft(x, N_FFT, HOP, window=window, center=True, pad_mode="reflect",
-                      return_complex=True)
+    spec = torch.stft(
+        x, N_FFT, HOP, window=window, center=True, pad_mode="reflect", return_complex=True
+    )
     power = spec[..., :-1].abs() ** 2
     fb = torch.from_numpy(mel_filters(n_mels)).to(x.device)
     mel = fb @ power

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from emotion_monitor.models.base import SAMPLE_RATE, ModelError
 
 
@@ -36,13 +35,15 @@ def read_manifest(manifest: str | Path, root: str | Path | None = None) -> list[
             rows = []
             for r in reader:
                 p = Path(r["path"])
-                rows.append(Row(
-                    path=p if p.is_absolute() else base / p,
-                    emotion=(r["emotion"] or "").strip().lower(),
-                    speaker=r.get("speaker") or None,
-                    intensity=r.get("intensity") or None,
-                    split=r.get("split") or None,
-                ))
+                rows.append(
+                    Row(
+                        path=p if p.is_absolute() else base / p,
+                        emotion=(r["emotion"] or "").strip().lower(),
+                        speaker=r.get("speaker") or None,
+                        intensity=r.get("intensity") or None,
+                        split=r.get("split") or None,
+                    )
+                )
     except OSError as exc:
         raise ModelError(f"{manifest}: cannot read manifest ({exc})") from exc
     return rows

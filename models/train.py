@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-
 from emotion_monitor.models.base import EMOTIONS, ModelError
 from emotion_monitor.models.embedding import layer_columns
 from emotion_monitor.models.manifest import Row, load_audio, read_manifest
@@ -29,8 +28,9 @@ CLASSES: tuple[str, ...] = EMOTIONS[:8]
 # --------------------------------------------------------------------------- encoders
 
 
-def make_embedder(encoder: str, device: str = "cpu", input_norm: str = "none", layers=None,
-                  backend: str = "torch"):
+def make_embedder(
+    encoder: str, device: str = "cpu", input_norm: str = "none", layers=None, backend: str = "torch"
+):
     """An embedder (``.name``, ``.feature_dim``, ``.layers``, ``.embed(windows)``) for a spec:
     ``whisper-base``, ``whisper-tiny`` or a wav2vec2-family hub id / local directory.
     ``backend`` "ort-int8" / "ort-fp32" computes Whisper features with the ONNX encoder."""
@@ -56,13 +56,18 @@ def _cache_file(cache: Path, embedder, row: Row, aug: str) -> Path:
     return folder / (hashlib.sha1(key.encode()).hexdigest() + ".npy")
 
 
-def embed_rows(rows: Sequence[Row], embedder, augs: Sequence[str], cache: Path | None,
-               batch: int = 8, progress: bool = True) -> tuple[dict[str, np.ndarray], list[str]]:
+def embed_rows(
+    rows: Sequence[Row],
+    embedder,
+    augs: Sequence[str],
+    cache: Path | None,
+    batch: int = 8,
+    progress: bool = True,
+) -> tuple[dict[str, np.ndarray], list[str]]:
     """Features (n_rows, feature_dim) per augmentation, cached on disk; rows whose audio cannot
     be read get NaN features and a message in the returned problem list."""
-    from tqdm import tqdm
-
     from emotion_monitor.models.augment import augment
+    from tqdm import tqdm
 
     feats = {a: np.full((len(rows), embedder.feature_dim), np.nan, np.float32) for a in augs}
     problems: list[str] = []
@@ -78,11 +83,15 @@ def embed_rows(rows: Sequence[Row], embedder, augs: Sequence[str], cache: Path |
                 feats[a][i] = np.load(f, allow_pickle=False)
             else:
                 todo.append((i, a, f))
-    bar = tqdm(total=len(todo), desc=f"embedding ({embedder.name})", unit="clip",
-               disable=not progress or not todo)
+    bar = tqdm(
+        total=len(todo),
+        desc=f"embedding ({embedder.name})",
+        unit="clip",
+        disable=not progress or not todo,
+    )
     audio_cache: dict[int, np.ndarray | None] = {}
     for start in range(0, len(todo), batch):
-        chunk = todo[start:start + batch]
+        chunk = todo[start : start + batch]
         windows, keep = [], []
         for i, a, f in chunk:
             if i not in audio_cache:
@@ -98,7 +107,7 @@ def embed_rows(rows: Sequence[Row], embedder, augs: Sequence[str], cache: Path |
                 keep.append((i, a, f))
         if windows:
             out = embedder.embed(windows)
-            for (i, a, f), v in zip(keep, out):
+            for (i, a, f), v in zip(keep, out, strict=True):
                 feats[a][i] = v
                 if f is not None:
                     f.parent.mkdir(parents=True, exist_ok=True)
@@ -113,8 +122,9 @@ def embed_rows(rows: Sequence[Row], embedder, augs: Sequence[str], cache: Path |
 # --------------------------------------------------------------------------- heads
 
 
-def fit_softmax(x: np.ndarray, y: np.ndarray, n_classes: int, c: float, seed: int = 0,
-                iters: int = 200) -> tuple[np.ndarray, np.ndarray]:
+def fit_softmax(
+    x: np.ndarray, y: np.ndarray, n_classes: int, c: float, seed: int = 0, iters: int = 200
+) -> tuple[np.ndarray, np.ndarray]:
     """L2-regularised multinomial logistic regression (full-batch L-BFGS); returns (W, b) with
     W of shape (features, classes). The penalty is sum(W^2) / (2 C n), as in liblinear-style C."""
     import torch
@@ -124,8 +134,14 @@ def fit_softmax(x: np.ndarray, y: np.ndarray, n_classes: int, c: float, seed: in
     yt = torch.from_numpy(y.astype(np.int64))
     w = torch.zeros(x.shape[1], n_classes, requires_grad=True)
     b = torch.zeros(n_classes, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=iters, history_size=20,
-                            line_search_fn="strong_wolfe", tolerance_grad=1e-6)
+    opt = torch.optim.LBFGS(
+        [w, b],
+        lr=1.0,
+        max_iter=iters,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-6,
+    )
     lam = 1.0 / (c * len(x))
 
     def closure():
@@ -159,8 +175,15 @@ def unweighted_accuracy(y: np.ndarray, pred: np.ndarray, n_classes: int) -> floa
     return float(np.mean(recalls)) if recalls else float("nan")
 
 
-def export_heads(path: Path, mean: np.ndarray, std: np.ndarray, w_cls: np.ndarray,
-                 b_cls: np.ndarray, w_va: np.ndarray, b_va: np.ndarray) -> None:
+def export_heads(
+    path: Path,
+    mean: np.ndarray,
+    std: np.ndarray,
+    w_cls: np.ndarray,
+    b_cls: np.ndarray,
+    w_va: np.ndarray,
+    b_va: np.ndarray,
+) -> None:
     """Write scaler + softmax head + valence/arousal head as one ONNX graph.
 
     Input ``features`` (batch, F) raw pooled encoder features; outputs ``probs`` (batch, classes)
@@ -188,15 +211,26 @@ def export_heads(path: Path, mean: np.ndarray, std: np.ndarray, w_cls: np.ndarra
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(
-            Heads(), (torch.zeros(1, len(mean)),), str(path), dynamo=False,
-            input_names=["features"], output_names=["probs", "va"],
+            Heads(),
+            (torch.zeros(1, len(mean)),),
+            str(path),
+            dynamo=False,
+            input_names=["features"],
+            output_names=["probs", "va"],
             dynamic_axes={"features": {0: "batch"}, "probs": {0: "batch"}, "va": {0: "batch"}},
             opset_version=17,
         )
 
 
-def train_heads(x: np.ndarray, y: np.ndarray, va: np.ndarray, groups: np.ndarray,
-                cs: Sequence[float], alphas: Sequence[float], seed: int = 0) -> dict:
+def train_heads(
+    x: np.ndarray,
+    y: np.ndarray,
+    va: np.ndarray,
+    groups: np.ndarray,
+    cs: Sequence[float],
+    alphas: Sequence[float],
+    seed: int = 0,
+) -> dict:
     """Pick C and alpha by leave-speaker-group-out CV (3 folds), refit on everything.
 
     Returns a dict with the scaler, weights and the CV figures.
@@ -230,39 +264,68 @@ def train_heads(x: np.ndarray, y: np.ndarray, va: np.ndarray, groups: np.ndarray
     xs = (x - mean) / std
     w_cls, b_cls = fit_softmax(xs, y, len(CLASSES), best_c, seed)
     w_va, b_va = fit_ridge(xs, va, best_a)
-    return {"mean": mean, "std": std, "w_cls": w_cls, "b_cls": b_cls, "w_va": w_va,
-            "b_va": b_va, "C": best_c, "alpha": best_a, "cv": cv}
+    return {
+        "mean": mean,
+        "std": std,
+        "w_cls": w_cls,
+        "b_cls": b_cls,
+        "w_va": w_va,
+        "b_va": b_va,
+        "C": best_c,
+        "alpha": best_a,
+        "cv": cv,
+    }
 
 
 # --------------------------------------------------------------------------- command
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--manifest", required=True, help="CSV with path,emotion[,speaker,intensity,split]")
+    p.add_argument(
+        "--manifest", required=True, help="CSV with path,emotion[,speaker,intensity,split]"
+    )
     p.add_argument("--root", help="folder the manifest paths are relative to (default: its folder)")
-    p.add_argument("--encoder", default="whisper-base",
-                   help="whisper-base | whisper-tiny | a wav2vec2-family hub id or local directory")
-    p.add_argument("--layers", default="all",
-                   help="comma-separated hidden-state indices to pool (0 = embeddings), or 'all'")
-    p.add_argument("--augment", default="clean,noise,phone",
-                   help="augmentations of the training clips (clean,noise,phone,phone_noise,crop,crop_phone)")
-    p.add_argument("--input-norm", default="none", choices=("none", "rms"),
-                   help="per-window input normalisation before the encoder")
+    p.add_argument(
+        "--encoder",
+        default="whisper-base",
+        help="whisper-base | whisper-tiny | a wav2vec2-family hub id or local directory",
+    )
+    p.add_argument(
+        "--layers",
+        default="all",
+        help="comma-separated hidden-state indices to pool (0 = embeddings), or 'all'",
+    )
+    p.add_argument(
+        "--augment",
+        default="clean,noise,phone",
+        help="augmentations of the training clips (clean,noise,phone,phone_noise,crop,crop_phone)",
+    )
+    p.add_argument(
+        "--input-norm",
+        default="none",
+        choices=("none", "rms"),
+        help="per-window input normalisation before the encoder",
+    )
     p.add_argument("--C", default="0.01,0.03,0.1,0.3", help="candidate inverse L2 strengths")
     p.add_argument("--alpha", default="1000,3000,10000", help="candidate ridge penalties")
-    p.add_argument("--out", default="artifacts/heads", help="output folder (heads.onnx + config.json)")
+    p.add_argument(
+        "--out", default="artifacts/heads", help="output folder (heads.onnx + config.json)"
+    )
     p.add_argument("--cache", default=str(DEFAULT_CACHE), help="embedding cache folder")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
-    p.add_argument("--backend", default="ort-int8", choices=("torch", "ort-fp32", "ort-int8"),
-                   help="Whisper encoder backend used for the training features and recorded in "
-                   "config.json for serving on CPU")
+    p.add_argument(
+        "--backend",
+        default="ort-int8",
+        choices=("torch", "ort-fp32", "ort-int8"),
+        help="Whisper encoder backend used for the training features and recorded in "
+        "config.json for serving on CPU",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
 
 
 def main(args: argparse.Namespace) -> int:
     import torch
-
     from emotion_monitor.models.circumplex import valence_arousal
 
     torch.manual_seed(args.seed)
@@ -270,8 +333,10 @@ def main(args: argparse.Namespace) -> int:
     rows = read_manifest(args.manifest, args.root)
     unknown = sorted({r.emotion for r in rows} - set(CLASSES))
     if unknown:
-        print(f"skipping {sum(r.emotion in unknown for r in rows)} clips with labels outside "
-              f"{', '.join(CLASSES)}: {', '.join(unknown)}")
+        print(
+            f"skipping {sum(r.emotion in unknown for r in rows)} clips with labels outside "
+            f"{', '.join(CLASSES)}: {', '.join(unknown)}"
+        )
     rows = [r for r in rows if r.emotion in CLASSES]
     train = [r for r in rows if r.split in (None, "train")]
     test = [r for r in rows if r.split == "test"]
@@ -297,15 +362,31 @@ def main(args: argparse.Namespace) -> int:
     ok = ~np.isnan(feats["clean"]).any(1)
     x = np.concatenate([feats[a][ok] for a in augs])
     y = np.tile(np.array([CLASSES.index(r.emotion) for r in train])[ok], len(augs))
-    va = np.tile(np.array([valence_arousal(r.emotion, r.intensity) for r in train],
-                          np.float32)[ok], (len(augs), 1))
+    va = np.tile(
+        np.array([valence_arousal(r.emotion, r.intensity) for r in train], np.float32)[ok],
+        (len(augs), 1),
+    )
     groups = np.tile(np.array([r.speaker or str(i) for i, r in enumerate(train)])[ok], len(augs))
-    heads = train_heads(x, y, va, groups, [float(c) for c in args.C.split(",")],
-                        [float(a) for a in args.alpha.split(",")], args.seed)
+    heads = train_heads(
+        x,
+        y,
+        va,
+        groups,
+        [float(c) for c in args.C.split(",")],
+        [float(a) for a in args.alpha.split(",")],
+        args.seed,
+    )
     print(f"chose C={heads['C']:g} alpha={heads['alpha']:g}  cv={json.dumps(heads['cv'])}")
     out = Path(args.out)
-    export_heads(out / "heads.onnx", heads["mean"], heads["std"], heads["w_cls"], heads["b_cls"],
-                 heads["w_va"], heads["b_va"])
+    export_heads(
+        out / "heads.onnx",
+        heads["mean"],
+        heads["std"],
+        heads["w_cls"],
+        heads["b_cls"],
+        heads["w_va"],
+        heads["b_va"],
+    )
     config = {
         "format": 1,
         "encoder": args.encoder,
@@ -317,8 +398,15 @@ def main(args: argparse.Namespace) -> int:
         "labels": list(CLASSES),
         "valence_arousal": "derived targets, see emotion_monitor.models.circumplex",
         "heads": "heads.onnx",
-        "train": {"manifest": str(args.manifest), "clips": int(ok.sum()), "augment": augs,
-                  "C": heads["C"], "alpha": heads["alpha"], "seed": args.seed, "cv": heads["cv"]},
+        "train": {
+            "manifest": str(args.manifest),
+            "clips": int(ok.sum()),
+            "augment": augs,
+            "C": heads["C"],
+            "alpha": heads["alpha"],
+            "seed": args.seed,
+            "cv": heads["cv"],
+        },
     }
     if test:
         tf = embed_rows(test, embedder, ["clean"], cache)[0]["clean"][:, cols]
@@ -326,8 +414,11 @@ def main(args: argparse.Namespace) -> int:
         xs = (tf[tok] - heads["mean"]) / heads["std"]
         yt = np.array([CLASSES.index(r.emotion) for r in test])[tok]
         pred = (xs @ heads["w_cls"] + heads["b_cls"]).argmax(1)
-        config["test"] = {"clips": int(tok.sum()), "accuracy": float(np.mean(pred == yt)),
-                          "unweighted_accuracy": unweighted_accuracy(yt, pred, len(CLASSES))}
+        config["test"] = {
+            "clips": int(tok.sum()),
+            "accuracy": float(np.mean(pred == yt)),
+            "unweighted_accuracy": unweighted_accuracy(yt, pred, len(CLASSES)),
+        }
         print(f"test split: {json.dumps(config['test'])}")
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     print(f"wrote {out / 'heads.onnx'} and {out / 'config.json'} in {time.time() - t0:.0f} s")

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-
 from emotion_monitor.models.base import ModelError
 
 
@@ -28,7 +27,9 @@ def load_wav2vec2(spec: str, device: str = "cpu"):
         config = AutoConfig.from_pretrained(spec, local_files_only=True)
     except (OSError, ValueError) as exc:
         where = "directory" if Path(spec).exists() else "hub id (not in the local HF cache)"
-        raise ModelError(f"{spec}: cannot load a transformers config from this {where}: {exc}") from exc
+        raise ModelError(
+            f"{spec}: cannot load a transformers config from this {where}: {exc}"
+        ) from exc
     try:
         model = AutoModel.from_pretrained(spec, local_files_only=True)
     except (OSError, ValueError) as exc:
@@ -48,8 +49,13 @@ class Wav2Vec2Embedder:
     i); ``None`` takes all of them.
     """
 
-    def __init__(self, spec: str, layers: Sequence[int] | None = None, device: str = "cpu",
-                 input_norm: str = "none"):
+    def __init__(
+        self,
+        spec: str,
+        layers: Sequence[int] | None = None,
+        device: str = "cpu",
+        input_norm: str = "none",
+    ):
         self.model, self.normalise = load_wav2vec2(spec, device)
         n_states = self.model.config.num_hidden_layers + 1
         self.layers = list(range(n_states)) if layers is None else list(layers)
@@ -95,4 +101,4 @@ def weighted_layer_sum(states: Sequence, weights: Sequence[float]):
     import torch
 
     w = torch.softmax(torch.as_tensor(list(weights), dtype=torch.float32), 0)
-    return sum(wi * h for wi, h in zip(w, states))
+    return sum(wi * h for wi, h in zip(w, states, strict=True))

@@ -11,11 +11,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from emotion_monitor.models.base import ModelError
 from emotion_monitor.models.ct2 import load_whisper_weights
 from emotion_monitor.models.features import log_mel
+from torch import nn
 
 #: Longest input the positional table allows: 1500 positions x 2 mel frames x 160 samples.
 MAX_SAMPLES = 1500 * 2 * 160
@@ -88,22 +87,33 @@ class WhisperEncoder(nn.Module):
     @classmethod
     def from_ct2(cls, variables: dict[str, np.ndarray]) -> WhisperEncoder:
         """Build from the ``encoder/...`` variables of a CTranslate2 Whisper model."""
-        w = {k.removeprefix("encoder/"): torch.from_numpy(np.asarray(v, np.float32)) for k, v in variables.items()}
+        w = {
+            k.removeprefix("encoder/"): torch.from_numpy(np.asarray(v, np.float32))
+            for k, v in variables.items()
+        }
         dim = w["conv1/weight"].shape[0]
         layers = sum(1 for k in w if k.endswith("self_attention/linear_0/weight"))
-        heads = int(variables["encoder/num_heads"]) if "encoder/num_heads" in variables else dim // 64
+        heads = (
+            int(variables["encoder/num_heads"]) if "encoder/num_heads" in variables else dim // 64
+        )
         n_pos = w["position_encodings/encodings"].shape[0]
         model = cls(dim, layers, heads, n_mels=w["conv1/weight"].shape[1], n_pos=n_pos)
         state = {
-            "conv1.weight": w["conv1/weight"], "conv1.bias": w["conv1/bias"],
-            "conv2.weight": w["conv2/weight"], "conv2.bias": w["conv2/bias"],
+            "conv1.weight": w["conv1/weight"],
+            "conv1.bias": w["conv1/bias"],
+            "conv2.weight": w["conv2/weight"],
+            "conv2.bias": w["conv2/bias"],
             "positions": w["position_encodings/encodings"],
-            "ln_post.weight": w["layer_norm/gamma"], "ln_post.bias": w["layer_norm/beta"],
+            "ln_post.weight": w["layer_norm/gamma"],
+            "ln_post.bias": w["layer_norm/beta"],
         }
         names = {
-            "attn_ln": "self_attention/layer_norm", "qkv": "self_attention/linear_0",
-            "out": "self_attention/linear_1", "mlp_ln": "ffn/layer_norm",
-            "fc1": "ffn/linear_0", "fc2": "ffn/linear_1",
+            "attn_ln": "self_attention/layer_norm",
+            "qkv": "self_attention/linear_0",
+            "out": "self_attention/linear_1",
+            "mlp_ln": "ffn/layer_norm",
+            "fc1": "ffn/linear_0",
+            "fc2": "ffn/linear_1",
         }
         for i in range(layers):
             for mine, theirs in names.items():
@@ -122,5 +132,5 @@ class WhisperEncoder(nn.Module):
 
 
 def load_whisper_encoder(name: str = "whisper-base", device: str = "cpu") -> WhisperEncoder:
-    """The pinned Whisper encoder (``whisper-base`` or ``whisper-tiny``) in eval mode on ``device``."""
+    """The pinned Whisper encoder (``whisper-base`` / ``whisper-tiny``) in eval mode."""
     return WhisperEncoder.from_ct2(load_whisper_weights(name)).to(device)

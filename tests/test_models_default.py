@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import load_clip, ravdess_clip
-
 from emotion_monitor.models.base import EMOTIONS, ModelError
 from emotion_monitor.models.default_model import DEFAULT_DIR, read_config
 from emotion_monitor.models.runtime import check_input_size, create_session

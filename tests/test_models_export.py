@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 from emotion_monitor.models.default_model import DEFAULT_DIR, load_model_dir
 from emotion_monitor.streamer.cli import main as cli
 
@@ -31,8 +30,9 @@ def test_export_other_specs_are_delegated(tmp_path, monkeypatch):
     import emotion_monitor.models.adapter_export as adapter_export
 
     seen = {}
-    monkeypatch.setattr(adapter_export, "export_adapter",
-                        lambda spec, out: seen.update(spec=spec, out=out))
+    monkeypatch.setattr(
+        adapter_export, "export_adapter", lambda spec, out: seen.update(spec=spec, out=out)
+    )
     assert cli(["export", "--model", "hf:some/dir", "--out", str(tmp_path)]) == 0
     assert seen == {"spec": "hf:some/dir", "out": tmp_path}
 

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import RAVDESS, ravdess_rows
-
 from emotion_monitor.models.base import EmotionModel, ModelError, Prediction
 from emotion_monitor.models.evaluate import evaluate, score
 from emotion_monitor.streamer.cli import main as cli
@@ -37,14 +36,40 @@ def _subset(per_class: int, speakers, split: str):
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("train")
     rows = _subset(2, {"Actor_01", "Actor_02"}, "train") + _subset(1, {"Actor_20"}, "test")
-    rows.append({"path": "Actor_01/does-not-exist.flac", "speaker": "Actor_01",
-                 "emotion": "sad", "split": "train"})
+    rows.append(
+        {
+            "path": "Actor_01/does-not-exist.flac",
+            "speaker": "Actor_01",
+            "emotion": "sad",
+            "split": "train",
+        }
+    )
     manifest = tmp / "small.csv"
     _write_manifest(manifest, rows)
     out = tmp / "heads"
-    argv = ["train", "--manifest", str(manifest), "--root", str(RAVDESS), "--encoder",
-            "whisper-tiny", "--augment", "clean,phone", "--layers", "1,2,4", "--C", "0.1",
-            "--alpha", "10", "--out", str(out), "--cache", str(tmp / "cache"), "--backend", "torch"]
+    argv = [
+        "train",
+        "--manifest",
+        str(manifest),
+        "--root",
+        str(RAVDESS),
+        "--encoder",
+        "whisper-tiny",
+        "--augment",
+        "clean,phone",
+        "--layers",
+        "1,2,4",
+        "--C",
+        "0.1",
+        "--alpha",
+        "10",
+        "--out",
+        str(out),
+        "--cache",
+        str(tmp / "cache"),
+        "--backend",
+        "torch",
+    ]
     assert cli(argv) == 0
     return {"out": out, "argv": argv, "manifest": manifest, "tmp": tmp}
 
@@ -76,8 +101,9 @@ def test_evaluate_cli_on_trained_heads(trained):
     from emotion_monitor.models.default_model import load_model_dir
 
     model = load_model_dir(trained["out"], device="cpu")
-    result, true, va = evaluate(model, trained["manifest"], root=str(RAVDESS), split="test",
-                                progress=False)
+    result, true, va = evaluate(
+        model, trained["manifest"], root=str(RAVDESS), split="test", progress=False
+    )
     assert result["n"] == 8 and len(va) == 8
     assert result["valence_arousal_source"] == "model"
 
@@ -93,8 +119,15 @@ class LoudnessModel(EmotionModel):
         out = []
         for w in windows:
             loud = float(np.sqrt(np.mean(w**2))) > 0.1
-            out.append(Prediction(classes={"angry": 0.6 if loud else 0.1, "happy": 0.3,
-                                           "sad": 0.1 if loud else 0.6}))
+            out.append(
+                Prediction(
+                    classes={
+                        "angry": 0.6 if loud else 0.1,
+                        "happy": 0.3,
+                        "sad": 0.1 if loud else 0.6,
+                    }
+                )
+            )
         return out
 
 
@@ -102,9 +135,19 @@ class LoudnessModel(EmotionModel):
 def synthetic(tmp_path):
     t = np.arange(16000) / 16000
     rows = []
-    for i, (emotion, amp) in enumerate([("angry", 0.5), ("angry", 0.4), ("sad", 0.01),
-                                        ("sad", 0.02), ("calm", 0.01), ("happy", 0.5)]):
-        sf.write(tmp_path / f"c{i}.wav", (amp * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
+    for i, (emotion, amp) in enumerate(
+        [
+            ("angry", 0.5),
+            ("angry", 0.4),
+            ("sad", 0.01),
+            ("sad", 0.02),
+            ("calm", 0.01),
+            ("happy", 0.5),
+        ]
+    ):
+        sf.write(
+            tmp_path / f"c{i}.wav", (amp * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000
+        )
         rows.append({"path": f"c{i}.wav", "emotion": emotion})
     (tmp_path / "broken.wav").write_bytes(b"RIFF nonsense")
     rows += [{"path": "missing.wav", "emotion": "sad"}, {"path": "broken.wav", "emotion": "angry"}]
@@ -132,7 +175,9 @@ def test_evaluate_label_subset(synthetic):
     assert result["n"] == 4 and result["accuracy"] == 1.0
     assert result["other_labels"] == {"calm": 1, "happy": 1}
     with pytest.raises(ModelError, match="surprise, boredom"):
-        evaluate(LoudnessModel(), synthetic, labels=["angry", "surprise", "boredom"], progress=False)
+        evaluate(
+            LoudnessModel(), synthetic, labels=["angry", "surprise", "boredom"], progress=False
+        )
 
 
 def test_score_macro_f1():
@@ -143,18 +188,46 @@ def test_score_macro_f1():
 
 
 def test_evaluate_cli_default_model(tmp_path, capsys):
-    rows = [r for r in ravdess_rows("test") if r["speaker"] == "Actor_21"
-            and r["intensity"] == "strong" and r["emotion"] in ("angry", "sad", "fear")][:4]
+    rows = [
+        r
+        for r in ravdess_rows("test")
+        if r["speaker"] == "Actor_21"
+        and r["intensity"] == "strong"
+        and r["emotion"] in ("angry", "sad", "fear")
+    ][:4]
     rows.append({"path": "nowhere.flac", "emotion": "angry"})
     manifest = tmp_path / "m.csv"
     _write_manifest(manifest, rows)
-    rc = cli(["evaluate", "--manifest", str(manifest), "--root", str(RAVDESS), "--labels",
-              "angry,sad", "--json", str(tmp_path / "r.json"), "--plots", str(tmp_path / "plots"),
-              "--streaming", "--device", "cpu"])
+    rc = cli(
+        [
+            "evaluate",
+            "--manifest",
+            str(manifest),
+            "--root",
+            str(RAVDESS),
+            "--labels",
+            "angry,sad",
+            "--json",
+            str(tmp_path / "r.json"),
+            "--plots",
+            str(tmp_path / "plots"),
+            "--streaming",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     result = json.loads((tmp_path / "r.json").read_text())
-    for key in ("n", "accuracy", "unweighted_accuracy", "macro_f1", "per_class", "confusion",
-                "arousal_binary_accuracy", "valence_binary_accuracy"):
+    for key in (
+        "n",
+        "accuracy",
+        "unweighted_accuracy",
+        "macro_f1",
+        "per_class",
+        "confusion",
+        "arousal_binary_accuracy",
+        "valence_binary_accuracy",
+    ):
         assert key in result
     assert result["streaming"] and result["skipped_unreadable"] == 1
     assert result["n"] + result["skipped_other_labels"] == len(rows) - 1

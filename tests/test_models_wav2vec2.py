@@ -5,14 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from emotion_monitor.models.base import ModelError
 from emotion_monitor.models.embedding import pool_states
 from emotion_monitor.models.wav2vec2_encoder import Wav2Vec2Embedder, weighted_layer_sum
 
-TINY = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
-            conv_dim=(32, 32), conv_stride=(5, 4), conv_kernel=(10, 4),
-            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    intermediate_size=64,
+    conv_dim=(32, 32),
+    conv_stride=(5, 4),
+    conv_kernel=(10, 4),
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=2,
+)
 
 
 def make_checkpoint(out, classifier: bool = False, normalize: bool = True):
@@ -40,7 +47,10 @@ def test_loads_and_pools_selected_layers(checkpoint):
     emb = Wav2Vec2Embedder(checkpoint, layers=[0, 2, 3])
     assert emb.normalise and emb.dim == 32 and emb.feature_dim == 2 * 32 * 3
     rng = np.random.default_rng(0)
-    windows = [rng.standard_normal(16000).astype(np.float32), rng.standard_normal(24000).astype(np.float32)]
+    windows = [
+        rng.standard_normal(16000).astype(np.float32),
+        rng.standard_normal(24000).astype(np.float32),
+    ]
     feats = emb.embed(windows)
     assert feats.shape == (2, 192) and np.isfinite(feats).all()
     # the pooled block of layer 2 is the mean/std of hidden_states[2]

