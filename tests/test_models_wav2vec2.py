@@ -81,3 +81,45 @@ def test_errors_name_the_problem(checkpoint, tmp_path):
     empty.mkdir()
     with pytest.raises(ModelError, match=str(empty)):
         Wav2Vec2Embedder(str(empty))
+
+
+def test_train_on_a_wav2vec2_checkpoint_and_serve(checkpoint, tmp_path):
+    import csv
+
+    from conftest import RAVDESS, ravdess_rows
+    from emotion_monitor.models.default_model import load_model_dir
+    from emotion_monitor.streamer.cli import main as cli
+
+    rows = [r for r in ravdess_rows("train") if r["speaker"] == "Actor_03"][::4]
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "speaker", "emotion", "intensity"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r[k] for k in w.fieldnames})
+    out = tmp_path / "heads"
+    argv = [
+        "train",
+        "--manifest",
+        str(manifest),
+        "--root",
+        str(RAVDESS),
+        "--encoder",
+        checkpoint,
+        "--augment",
+        "clean",
+        "--layers",
+        "1,3",
+        "--C",
+        "1",
+        "--alpha",
+        "1",
+        "--out",
+        str(out),
+        "--no-cache",
+    ]
+    assert cli(argv) == 0
+    model = load_model_dir(out, device="cpu")
+    assert model.describe()["encoder"] == checkpoint
+    pred = model.predict([np.zeros(16000, np.float32), np.ones(20000, np.float32) * 0.1])
+    assert len(pred) == 2 and abs(sum(pred[0].classes.values()) - 1) < 1e-4
