@@ -19,6 +19,8 @@ from emotion_monitor.models.base import EmotionModel, ModelError, Prediction
 DEFAULT_DIR = Path(__file__).resolve().parent / "default"
 #: Largest batch sent to the encoder at once (bounds peak memory; the engine sends <= 32).
 MAX_BATCH = 32
+#: Whisper's positional table covers 30 s.
+MAX_WINDOW_SAMPLES = 30 * 16000
 
 
 def read_config(folder: Path) -> dict:
@@ -108,6 +110,12 @@ class DefaultModel(EmotionModel):
         from emotion_monitor.models.embedding import groups_by_length, prepare
 
         windows = prepare(windows, self.input_norm)
+        longest = max(len(w) for w in windows)
+        if longest > MAX_WINDOW_SAMPLES:
+            raise ModelError(
+                f"window of {longest / 16000:.1f} s is longer than the encoder's 30 s; "
+                "cut long audio into windows first"
+            )
         out = np.zeros((len(windows), int(self.config["feature_dim"])), np.float32)
         for _, idx in groups_by_length(windows).items():
             for s in range(0, len(idx), MAX_BATCH):

@@ -40,6 +40,8 @@ def test_default_model_odd_inputs(default_model):
     assert len(tiny) == 2 and all(p.classes for p in tiny)
     with pytest.raises(ModelError, match="1-D"):
         default_model.predict([np.zeros((2, 16000), np.float32)])
+    with pytest.raises(ModelError, match="longer than the encoder's 30 s"):
+        default_model.predict([np.zeros(31 * 16000, np.float32)])
 
 
 def test_corrupt_onnx_names_file(tmp_path):
