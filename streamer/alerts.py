@@ -313,7 +313,7 @@ class AlertMonitor:
                 self.webhook.send(alert)
         # MonitorService has no public "publish" yet; its broadcaster is the one fan-out
         # every listener (server, recorder, API) already hangs on.
-        publish = getattr(self._service, "publish", None) or self._service._publish
+        publish = self._service.publish
         publish(alerts)
 
     def close(self) -> None:

@@ -104,8 +104,13 @@ class StreamResampler:
         self._buf = np.zeros(half_taps, dtype=np.float32)  # zero history before the start
         self._consumed = 0  # input samples dropped from the front of _buf (excluding padding)
         self._next_out = 0  # index of the next output sample
-        self._cutoff = min(1.0, rate_out / rate_in)  # anti-aliasing when downsampling
-        self._window = np.hanning(2 * half_taps + 2)[1:-1]
+        # One windowed-sinc filter per output phase (n * down mod up), computed once: output n
+        # sits (n * down mod up) / up of a sample past an input sample.
+        cutoff = min(1.0, rate_out / rate_in)  # anti-aliasing when downsampling
+        taps = np.arange(-half_taps + 1, half_taps + 1)
+        phases = np.arange(self.up)[:, None] / self.up
+        window = np.hanning(2 * half_taps + 2)[1:-1]
+        self._filters = (np.sinc((phases - taps) * cutoff) * window * cutoff).astype(np.float32)
 
     def process(self, chunk: np.ndarray) -> np.ndarray:
         """Feed mono float32 samples; returns the output samples now fully determined."""
@@ -136,10 +141,8 @@ class StreamResampler:
             return np.zeros(0, dtype=np.float32)
         n = np.arange(first, last + 1, dtype=np.int64)
         base = (n * down) // up
-        frac = ((n * down) % up) / up
         idx = (base + h - self._consumed)[:, None] + np.arange(-h + 1, h + 1)[None, :]
-        offsets = frac[:, None] - np.arange(-h + 1, h + 1)[None, :]
-        w = np.sinc(offsets * self._cutoff) * self._window * self._cutoff
+        w = self._filters[(n * down) % up]
         out = np.einsum("ij,ij->i", self._buf[idx], w).astype(np.float32)
         self._next_out = last + 1
         # Keep what the next output still needs: from its base - h + 1 onwards.

@@ -134,7 +134,7 @@ class MonitorService:
                 items = list(self._inbox)
                 self._inbox.clear()
             try:
-                self._publish(self._handle(items))
+                self.publish(self._handle(items))
             except Exception:  # keep serving every other stream; the traceback goes to the log
                 log.exception("inference worker failed on a batch")
 
@@ -153,7 +153,8 @@ class MonitorService:
         messages += [e.to_dict() for e in self.engine.step()]
         return messages
 
-    def _publish(self, messages: list[dict]) -> None:
+    def publish(self, messages: list[dict]) -> None:
+        """Hand messages to every listener (the worker's events, and extras such as alerts)."""
         if not messages:
             return
         for fn, loop in list(self._listeners):
