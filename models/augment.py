@@ -56,7 +56,14 @@ def crop(x: np.ndarray, rng: np.random.Generator, seconds: float = 2.0) -> np.nd
     return x[start : start + n]
 
 
-AUGMENTATIONS = ("clean", "noise", "phone", "phone_noise", "crop", "crop_phone")
+def speed(x: np.ndarray, factor: float) -> np.ndarray:
+    """Play ``factor`` times faster (pitch and tempo together), a cheap stand-in for other voices."""
+    from scipy.signal import resample_poly
+
+    return resample_poly(x, 100, int(round(100 * factor))).astype(np.float32)
+
+
+AUGMENTATIONS = ("clean", "noise", "phone", "phone_noise", "crop", "crop_phone", "slow", "fast")
 
 
 def augment(x: np.ndarray, kind: str, key: str) -> np.ndarray:
@@ -74,4 +81,8 @@ def augment(x: np.ndarray, kind: str, key: str) -> np.ndarray:
         return crop(x, rng)
     if kind == "crop_phone":
         return telephone(crop(x, rng))
+    if kind == "slow":
+        return speed(x, 0.9)
+    if kind == "fast":
+        return speed(x, 1.1)
     raise ValueError(f"unknown augmentation {kind!r}; choose from {', '.join(AUGMENTATIONS)}")

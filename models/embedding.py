@@ -112,8 +112,9 @@ class WhisperTorchEmbedder:
 
 
 class WhisperOrtEmbedder:
-    """Pooled Whisper features from the ONNX Runtime encoder (fp32 or int8), so heads can be
-    trained on exactly the features the int8 serving path produces."""
+    """Pooled Whisper features from the ONNX Runtime encoder (fp32 or int8), computed exactly as
+    the serving path computes them (int8: one window per run), so heads can be trained on the
+    features the default backend produces."""
 
     def __init__(
         self,
@@ -122,31 +123,25 @@ class WhisperOrtEmbedder:
         backend: str = "ort-int8",
         input_norm: str = "none",
     ):
+        from emotion_monitor.models.default_model import _OrtEncoder
         from emotion_monitor.models.export import cached_encoder_onnx
-        from emotion_monitor.models.runtime import create_session
         from emotion_monitor.models.whisper_encoder import load_whisper_encoder
 
         if layers is None:
             layers = range(load_whisper_encoder(encoder_name).num_layers + 1)
         self.layers = list(layers)
-        self.session, self.provider = create_session(
-            cached_encoder_onnx(encoder_name, self.layers, backend), "cpu"
-        )
-        self.name = f"{encoder_name}-{backend}"
+        path = cached_encoder_onnx(encoder_name, self.layers, backend)
+        self.encoder = _OrtEncoder(path, "cpu", None, per_window=backend == "ort-int8")
+        # "single": int8 features of one window per run (the cache key changes with the method)
+        self.name = f"{encoder_name}-{backend}" + ("-single" if backend == "ort-int8" else "")
         self.input_norm = input_norm
-        probe = self._run(np.zeros((1, 16000), np.float32))
-        self.feature_dim = probe.shape[1]
+        self.feature_dim = self.encoder(np.zeros((1, 16000), np.float32)).shape[1]
         self.dim = self.feature_dim // (2 * len(self.layers))
-
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        from emotion_monitor.models.features import log_mel
-
-        return self.session.run(None, {"mel": log_mel(batch).numpy()})[0]
 
     def embed(self, windows: Sequence[np.ndarray]) -> np.ndarray:
         """(batch, feature_dim) float32 features for windows of any lengths."""
         windows = prepare(windows, self.input_norm)
         out = np.zeros((len(windows), self.feature_dim), np.float32)
         for _, idx in groups_by_length(windows).items():
-            out[idx] = self._run(np.stack([windows[i] for i in idx]))
+            out[idx] = self.encoder(np.stack([windows[i] for i in idx]))
         return out

@@ -194,17 +194,20 @@ def export_heads(
     class Heads(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            # fold the standardisation into the linear layers: (x - m) / s @ W = x @ (W / s) - ...
-            scale = 1.0 / std
+            # Standardise explicitly (subtract, then scale) instead of folding the scaler into
+            # the weights: folding subtracts large float32 numbers when some feature has a tiny
+            # std and moved predictions of a few clips away from the trained model.
+            f32 = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
+            self.register_buffer("mean", f32(mean))
+            self.register_buffer("inv_std", f32(1.0 / std))
             for name, w, b in (("cls", w_cls, b_cls), ("va", w_va, b_va)):
-                ws = (w * scale[:, None]).astype(np.float32)
-                bs = (b - (mean * scale) @ w).astype(np.float32)
-                self.register_buffer(f"{name}_w", torch.from_numpy(ws))
-                self.register_buffer(f"{name}_b", torch.from_numpy(bs))
+                self.register_buffer(f"{name}_w", f32(w))
+                self.register_buffer(f"{name}_b", f32(b))
 
         def forward(self, features):
-            probs = torch.softmax(features @ self.cls_w + self.cls_b, dim=-1)
-            va = torch.clamp(features @ self.va_w + self.va_b, -1.0, 1.0)
+            x = (features - self.mean) * self.inv_std
+            probs = torch.softmax(x @ self.cls_w + self.cls_b, dim=-1)
+            va = torch.clamp(x @ self.va_w + self.va_b, -1.0, 1.0)
             return probs, va
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -298,7 +301,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--augment",
         default="clean,noise,phone",
-        help="augmentations of the training clips (clean,noise,phone,phone_noise,crop,crop_phone)",
+        help="augmentations of the training clips "
+        "(clean,noise,phone,phone_noise,crop,crop_phone,slow,fast)",
     )
     p.add_argument(
         "--input-norm",
