@@ -295,23 +295,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--layers",
-        default="all",
+        default="2,3,4",
         help="comma-separated hidden-state indices to pool (0 = embeddings), or 'all'",
     )
     p.add_argument(
         "--augment",
-        default="clean,noise,phone",
+        default="clean,phone,noise,crop,slow,fast",
         help="augmentations of the training clips "
         "(clean,noise,phone,phone_noise,crop,crop_phone,slow,fast)",
     )
     p.add_argument(
         "--input-norm",
-        default="none",
+        default="rms",
         choices=("none", "rms"),
         help="per-window input normalisation before the encoder",
     )
-    p.add_argument("--C", default="0.01,0.03,0.1,0.3", help="candidate inverse L2 strengths")
-    p.add_argument("--alpha", default="1000,3000,10000", help="candidate ridge penalties")
+    # defaults = the shipped default model's recipe (see default/MODEL_CARD.md)
+    p.add_argument("--C", default="0.03,0.1", help="candidate inverse L2 strengths")
+    p.add_argument("--alpha", default="3000,10000,30000", help="candidate ridge penalties")
     p.add_argument(
         "--out", default="artifacts/heads", help="output folder (heads.onnx + config.json)"
     )
