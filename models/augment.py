@@ -57,7 +57,7 @@ def crop(x: np.ndarray, rng: np.random.Generator, seconds: float = 2.0) -> np.nd
 
 
 def speed(x: np.ndarray, factor: float) -> np.ndarray:
-    """Play ``factor`` times faster (pitch and tempo together), a cheap stand-in for other voices."""
+    """Play ``factor`` times faster (pitch and tempo together), a stand-in for other voices."""
     from scipy.signal import resample_poly
 
     return resample_poly(x, 100, int(round(100 * factor))).astype(np.float32)
