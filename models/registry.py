@@ -10,6 +10,8 @@ Accepted specs:
 - ``"pooled:DIR"`` or a directory holding ``model.safetensors`` + ``pooled_config.json``: the
   pooled-embedding transformer classifier.
 - ``"onnx:DIR"``: any of the above after ``emotion-monitor export``, served by ONNX Runtime.
+- ``"heads:DIR"`` or a directory holding ``config.json`` + ``heads.onnx``: heads written by
+  ``emotion-monitor train`` (served like the default model, on their own encoder).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from emotion_monitor.models.base import EmotionModel, ModelError
 
-KINDS = ("default", "hf", "vit-va", "pooled", "onnx")
+KINDS = ("default", "hf", "vit-va", "pooled", "onnx", "heads")
 
 
 def _detect_kind(path: Path) -> str:
@@ -32,6 +34,8 @@ def _detect_kind(path: Path) -> str:
     if any(path.glob("*.pth")):
         return "vit-va"
     config = path / "config.json"
+    if config.exists() and (path / "heads.onnx").exists():
+        return "heads"
     if config.exists():
         try:
             archs = json.loads(config.read_text()).get("architectures") or []
@@ -66,6 +70,10 @@ def load_model(spec: str | None = None, device: str = "auto") -> EmotionModel:
         from emotion_monitor.models.default_model import load_default
 
         return load_default(device=device)
+    if kind == "heads":
+        from emotion_monitor.models.default_model import load_model_dir
+
+        return load_model_dir(location, device=device)
     if kind == "hf":
         from emotion_monitor.models.hf_classifier import load_hf_classifier
 

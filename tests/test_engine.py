@@ -18,17 +18,17 @@ def speech_with_pause() -> np.ndarray:
     return np.concatenate([angry, np.zeros(24_000, np.float32), sad])
 
 
-def run_chunked(model, audio: np.ndarray, chunk_sizes, settings=None) -> list[Event]:
+def run_chunked(model, audio: np.ndarray, chunk_sizes, settings=None, stream="s") -> list[Event]:
     engine = Engine(model, settings or Settings())
     events, i = [], 0
     for n in chunk_sizes:
         if i >= len(audio):
             break
-        events += engine.push("s", audio[i : i + n])
+        events += engine.push(stream, audio[i : i + n])
         i += n
     if i < len(audio):
-        events += engine.push("s", audio[i:])
-    return events + engine.flush("s")
+        events += engine.push(stream, audio[i:])
+    return events + engine.flush(stream)
 
 
 def comparable(event: Event) -> dict:
@@ -140,7 +140,7 @@ def test_streams_are_batched_kept_apart_and_freed(default_model):
     assert engine.streams == []
     # every stream gives the same events alone as when batched with others
     for name, audio in clips.items():
-        alone = run_chunked(default_model, audio, [len(audio)])
+        alone = run_chunked(default_model, audio, [len(audio)], stream=name)
         assert_events_close(alone, batched[name])
 
 
