@@ -90,13 +90,17 @@ def main() -> None:
     settings = Settings(window=args.window, hop=args.hop)
     model = load_model(args.model, device="auto")
     print(f"model: {model.describe()}  window {args.window} s  hop {args.hop} s")
-    print(f"{'N':>3} {'windows':>7} {'speech':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
-          f"{'RTF':>6} keeps up")
+    print(
+        f"{'N':>3} {'windows':>7} {'speech':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+        f"{'RTF':>6} keeps up"
+    )
     best = 0
     for n in args.streams:
         r = run(model, n, args.seconds, settings)
-        print(f"{n:>3} {r['windows']:>7} {r['speech_share']:>6.2f} {r['p50_ms']:>8.1f} "
-              f"{r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['rtf']:>6.2f} {r['keeps_up']}")
+        print(
+            f"{n:>3} {r['windows']:>7} {r['speech_share']:>6.2f} {r['p50_ms']:>8.1f} "
+            f"{r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['rtf']:>6.2f} {r['keeps_up']}"
+        )
         if r["keeps_up"]:
             best = max(best, n)
         else:

@@ -255,7 +255,7 @@ class Engine:
             by_length.setdefault(len(w.samples), []).append(w)
         out: dict[int, Prediction] = {}
         for group in by_length.values():
-            for w, p in zip(group, self.model.predict([w.samples for w in group])):
+            for w, p in zip(group, self.model.predict([w.samples for w in group]), strict=True):
                 out[id(w)] = p
         return out
 

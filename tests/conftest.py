@@ -19,12 +19,15 @@ def ravdess_rows(split: str | None = None) -> list[dict]:
     return [r for r in rows if split is None or r["split"] == split]
 
 
-def ravdess_clip(emotion: str, intensity: str = "strong", speaker: str = "Actor_19",
-                 sentence_index: int = 0) -> Path:
+def ravdess_clip(
+    emotion: str, intensity: str = "strong", speaker: str = "Actor_19", sentence_index: int = 0
+) -> Path:
     """Path of a RAVDESS test-split clip with the given emotion and intensity."""
     rows = [
-        r for r in ravdess_rows()
-        if r["emotion"] == emotion and r["speaker"] == speaker
+        r
+        for r in ravdess_rows()
+        if r["emotion"] == emotion
+        and r["speaker"] == speaker
         and (emotion == "neutral" or r["intensity"] == intensity)
     ]
     if not rows:
@@ -45,7 +48,6 @@ def default_model():
     from emotion_monitor.models import load_model
 
     return load_model(None, device="cpu")
-
 
 
 # -- server fixtures (tests/test_server*.py, test_dashboard*.py) ----------------------------
@@ -75,8 +77,10 @@ def tiny_checkpoints(tmp_path_factory) -> dict:
     from published_fixtures import make_vit_va, make_wav2vec2_classifier
 
     root = tmp_path_factory.mktemp("tiny-models")
-    return {"classifier": make_wav2vec2_classifier(root / "w2v"),
-            "regressor": make_vit_va(root / "vit")}
+    return {
+        "classifier": make_wav2vec2_classifier(root / "w2v"),
+        "regressor": make_vit_va(root / "vit"),
+    }
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import load_clip, ravdess_clip
 from emotion_monitor.streamer.engine import Engine, StreamLimitError
 from emotion_monitor.streamer.events import QUADRANTS, Event, quadrant
@@ -40,7 +39,7 @@ def comparable(event: Event) -> dict:
 
 def assert_events_close(a: list[Event], b: list[Event], tol: float = 1e-4) -> None:
     assert len(a) == len(b) and a
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         dx, dy = comparable(x), comparable(y)
         for key, vx in dx.items():
             vy = dy[key]
