@@ -11,7 +11,6 @@ model run on the main thread, whose signal handlers only set a flag.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import queue
 import signal
@@ -43,8 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         metavar="SPEC",
-        help="model spec (default: the shipped model); also python:MODULE:CALLABLE for a "
-        "callable returning an EmotionModel",
+        help="model spec (default: the shipped model; see docs/published-models.md)",
     )
     p.add_argument(
         "--window", type=float, metavar="S", help="analysis window, seconds (default 2.0)"
@@ -134,12 +132,7 @@ def make_source(args: argparse.Namespace, workdir: Path) -> Source:
 
 
 def load_emotion_model(spec: str | None):
-    """Load ``--model``: a registry spec, or ``python:MODULE:CALLABLE`` for a custom model."""
-    if spec and spec.startswith("python:"):
-        module, _, attr = spec[len("python:") :].partition(":")
-        if not attr:
-            raise ValueError(f"model spec {spec!r}: expected python:MODULE:CALLABLE")
-        return getattr(importlib.import_module(module), attr)()
+    """Load ``--model`` through the model registry (``None``: the shipped default)."""
     from emotion_monitor.models import load_model
 
     return load_model(spec)

@@ -235,7 +235,7 @@ def test_bad_inputs_fail_clearly(tmp_path):
     no_dir = run("run", "--source", "stdin", "--out", str(tmp_path / "no" / "ev.jsonl"), input=b"")
     assert no_dir.returncode == 2 and b"cannot write" in no_dir.stderr
 
-    bad_model = run("run", "--source", "stdin", "--model", "python:nowhere:Model", input=b"")
+    bad_model = run("run", "--source", "stdin", "--model", "hf:/nonexistent/model", input=b"")
     assert bad_model.returncode == 1 and b"cannot load model" in bad_model.stderr
 
 
