@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from emotion_monitor.models.base import ModelError, Prediction
+from emotion_monitor.models.base import EmotionModel, ModelError, Prediction
 
 #: Abbreviations and synonyms seen in published checkpoints' id2label -> project vocabulary.
 #: Only unambiguous ones: IEMOCAP's "exc" (excited) or "fru" (frustrated) have no vocabulary entry
@@ -148,3 +148,14 @@ class ExportPlan:
     meta: dict
     extra_files: list[tuple[Path, str]] = field(default_factory=list)
     save_extractor: object | None = None
+
+
+class GroupedAdapter(EmotionModel):
+    """Base of the published-model adapters: ``_run`` sees equal-length windows only."""
+
+    def _run(self, batch: list[np.ndarray]) -> list[Prediction]:
+        raise NotImplementedError
+
+    def predict(self, windows: Sequence[np.ndarray]) -> list[Prediction]:
+        """Predictions in input order; equal-length windows share one ``_run`` call."""
+        return predict_grouped(windows, self._run) if len(windows) else []

@@ -8,18 +8,17 @@ Nothing is downloaded: a hub id works only when it is already in the local Huggi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from emotion_monitor.models.adapter_common import (
     ExportPlan,
+    GroupedAdapter,
     class_predictions,
     normalise_labels,
-    predict_grouped,
     resolve_torch_device,
 )
-from emotion_monitor.models.base import SAMPLE_RATE, EmotionModel, ModelError, Prediction
+from emotion_monitor.models.base import SAMPLE_RATE, ModelError, Prediction
 
 #: Architectures exercised by the tests; others loadable by AutoModelForAudioClassification work
 #: through the same code but are untested.
@@ -30,7 +29,7 @@ TESTED_ARCHITECTURES = (
 )
 
 
-class HFAudioClassifier(EmotionModel):
+class HFAudioClassifier(GroupedAdapter):
     """A transformers audio classifier plus its feature extractor."""
 
     has_valence_arousal = False
@@ -69,12 +68,6 @@ class HFAudioClassifier(EmotionModel):
         with torch.inference_mode():
             logits = self.model(**feats).logits.float().cpu().numpy()
         return class_predictions(logits, self.labels)
-
-    def predict(self, windows: Sequence[np.ndarray]) -> list[Prediction]:
-        """Class probabilities per window (equal-length windows are batched together)."""
-        if not windows:
-            return []
-        return predict_grouped(windows, self._run)
 
     def describe(self) -> dict:
         """Name, labels and what the model outputs."""

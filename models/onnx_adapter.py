@@ -15,25 +15,24 @@ preprocessing, which runs in numpy exactly as in the torch adapter:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from emotion_monitor.models.adapter_common import (
+    GroupedAdapter,
     class_predictions,
-    predict_grouped,
     read_json,
     va_predictions,
     zero_mean_unit_var,
 )
-from emotion_monitor.models.base import SAMPLE_RATE, EmotionModel, ModelError, Prediction
+from emotion_monitor.models.base import SAMPLE_RATE, ModelError, Prediction
 from emotion_monitor.models.runtime import create_session
 
 FORMAT_VERSION = 1
 PREPROCESS_KINDS = ("waveform", "vit_mel", "hf_feature_extractor")
 
 
-class OnnxAdapterModel(EmotionModel):
+class OnnxAdapterModel(GroupedAdapter):
     """An exported adapter: numpy preprocessing + one ONNX Runtime session."""
 
     def __init__(self, session, meta: dict, location: str, provider: str, extractor=None):
@@ -65,12 +64,6 @@ class OnnxAdapterModel(EmotionModel):
         if self.has_valence_arousal:
             return va_predictions(out)
         return class_predictions(out, self.labels)
-
-    def predict(self, windows: Sequence[np.ndarray]) -> list[Prediction]:
-        """Same outputs as the torch adapter it was exported from."""
-        if not windows:
-            return []
-        return predict_grouped(windows, self._run)
 
     def describe(self) -> dict:
         """Name, labels, provider and what the exported model outputs."""

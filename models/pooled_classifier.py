@@ -33,13 +33,13 @@ from pathlib import Path
 import numpy as np
 from emotion_monitor.models.adapter_common import (
     ExportPlan,
+    GroupedAdapter,
     class_predictions,
-    predict_grouped,
     read_json,
     resolve_torch_device,
     zero_mean_unit_var,
 )
-from emotion_monitor.models.base import SAMPLE_RATE, EmotionModel, ModelError, Prediction
+from emotion_monitor.models.base import SAMPLE_RATE, ModelError, Prediction
 
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 
@@ -137,7 +137,7 @@ def build_pipeline(encoder, layers: list[int], combine: str, mean, scale, classi
     return PooledPipeline()
 
 
-class PooledClassifier(EmotionModel):
+class PooledClassifier(GroupedAdapter):
     """wav2vec2 layer means -> scaler -> patch transformer -> class probabilities."""
 
     has_valence_arousal = False
@@ -162,12 +162,6 @@ class PooledClassifier(EmotionModel):
         with torch.inference_mode():
             logits = self.pipeline(torch.from_numpy(self._input(batch)).to(self.device))
         return class_predictions(logits.float().cpu().numpy(), self.labels)
-
-    def predict(self, windows: Sequence[np.ndarray]) -> list[Prediction]:
-        """Probabilities over the configured labels (negative/neutral/positive) per window."""
-        if not windows:
-            return []
-        return predict_grouped(windows, self._run)
 
     def describe(self) -> dict:
         """Name, labels and what the model outputs."""

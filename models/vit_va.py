@@ -28,17 +28,16 @@ reproducing the usual librosa + PIL + torchvision training recipe without those 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from emotion_monitor.models.adapter_common import (
     ExportPlan,
-    predict_grouped,
+    GroupedAdapter,
     resolve_torch_device,
     va_predictions,
 )
-from emotion_monitor.models.base import SAMPLE_RATE, EmotionModel, ModelError, Prediction
+from emotion_monitor.models.base import SAMPLE_RATE, ModelError, Prediction
 
 #: Preprocessing parameters; written to onnx_model.json on export so ORT uses the same ones.
 MEL_PARAMS: dict = {
@@ -171,7 +170,7 @@ def _clean_state_dict(state: dict) -> dict:
     return state
 
 
-class ViTValenceArousalModel(EmotionModel):
+class ViTValenceArousalModel(GroupedAdapter):
     """Valence and arousal from a ViT looking at the window's mel-spectrogram image."""
 
     labels = ()
@@ -191,12 +190,6 @@ class ViTValenceArousalModel(EmotionModel):
         with torch.inference_mode():
             out = self.module(pixels.to(self.device)).float().cpu().numpy()
         return va_predictions(out)
-
-    def predict(self, windows: Sequence[np.ndarray]) -> list[Prediction]:
-        """(valence, arousal) in [-1, 1] per window; no classes."""
-        if not windows:
-            return []
-        return predict_grouped(windows, self._run)
 
     def describe(self) -> dict:
         """Name and outputs: valence/arousal only (the engine derives the quadrant)."""
