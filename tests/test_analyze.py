@@ -84,6 +84,42 @@ def test_analyze_cli(kind, published, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
+@pytest.mark.parametrize("kind", ["wav2vec2", "hubert", "ast", "vit-va", "pooled"])
+def test_run_cli_with_each_published_format(kind, published, tmp_path):
+    """`emotion-monitor run --model DIR` maps each format's outputs into the same events."""
+    out = tmp_path / "events.jsonl"
+    rc = cli.main(
+        [
+            "run",
+            "--source",
+            f"file:{SPEECH_CLIP}",
+            "--fast",
+            "--quiet",
+            "--model",
+            str(published(kind)),
+            "--window",
+            "1",
+            "--hop",
+            "0.5",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [e["seq"] for e in events] == list(range(len(events))) and len(events) == 4
+    speech_events = [e for e in events if e["speech"]]
+    assert speech_events
+    for e in speech_events:
+        if kind == "vit-va":
+            assert e["classes"] is None and -1 <= e["valence"] <= 1 and -1 <= e["arousal"] <= 1
+            assert e["quadrant"] in QUADRANTS
+        else:
+            assert set(e["classes"]) == set(EXPECTED_LABELS[kind])
+            assert sum(e["classes"].values()) == pytest.approx(1.0, abs=1e-4)
+            assert e["label"] in EXPECTED_LABELS[kind] and e["valence"] is None
+
+
 def test_analyze_console_script_json_stdout(published):
     proc = subprocess.run(
         [
