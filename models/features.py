@@ -19,34 +19,37 @@ N_MELS = 80
 SAMPLE_RATE = 16_000
 
 
-def _hz_to_mel(f: np.ndarray) -> np.ndarray:
-    # Slaney scale: linear below 1 kHz, logarithmic above.
-    f = np.asarray(f, dtype=np.float64)
-    lin = f / (200.0 / 3)
-    log = 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) / (np.log(6.4) / 27.0)
-    return np.where(f >= 1000.0, log, lin)
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney mel scale: 3 mels per 200 Hz up to 1 kHz, then log-spaced (27 steps per ln 6.4)."""
+    hz = np.asarray(hz, dtype=np.float64)
+    linear = hz / (200.0 / 3)
+    log_part = 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / (np.log(6.4) / 27.0)
+    return np.where(hz >= 1000.0, log_part, linear)
 
 
-def _mel_to_hz(m: np.ndarray) -> np.ndarray:
-    m = np.asarray(m, dtype=np.float64)
-    lin = m * (200.0 / 3)
-    log = 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0))
-    return np.where(m >= 15.0, log, lin)
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    linear = mel * (200.0 / 3)
+    log_part = 1000.0 * np.exp((np.log(6.4) / 27.0) * (mel - 15.0))
+    return np.where(mel >= 15.0, log_part, linear)
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+    """Slaney-style triangular mel filters, shape (n_mels, n_fft // 2 + 1), area-normalised."""
+    fft_hz = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(sample_rate / 2), n_mels + 2))
+    widths = np.diff(edges)
+    ramps = edges[:, None] - fft_hz[None, :]
+    rising = -ramps[:-2] / widths[:-1, None]
+    falling = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    return weights * (2.0 / (edges[2:] - edges[:-2]))[:, None]
 
 
 @functools.lru_cache(maxsize=4)
 def mel_filters(n_mels: int = N_MELS) -> np.ndarray:
-    """Slaney-normalised triangular filters, shape (n_mels, N_FFT // 2 + 1), float32."""
-    fft_freqs = np.linspace(0, SAMPLE_RATE / 2, N_FFT // 2 + 1)
-    mel_pts = np.linspace(_hz_to_mel(0.0), _hz_to_mel(SAMPLE_RATE / 2), n_mels + 2)
-    hz_pts = _mel_to_hz(mel_pts)
-    fb = np.zeros((n_mels, fft_freqs.size))
-    for i in range(n_mels):
-        lo, mid, hi = hz_pts[i], hz_pts[i + 1], hz_pts[i + 2]
-        rising = (fft_freqs - lo) / (mid - lo)
-        falling = (hi - fft_freqs) / (hi - mid)
-        fb[i] = np.maximum(0.0, np.minimum(rising, falling)) * (2.0 / (hi - lo))
-    return fb.astype(np.float32)
+    """Whisper's filters: 16 kHz, 400-point FFT, shape (n_mels, 201), float32."""
+    return mel_filterbank(SAMPLE_RATE, N_FFT, n_mels).astype(np.float32)
 
 
 def log_mel(audio, n_mels: int = N_MELS):

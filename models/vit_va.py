@@ -38,6 +38,7 @@ from emotion_monitor.models.adapter_common import (
     va_predictions,
 )
 from emotion_monitor.models.base import SAMPLE_RATE, ModelError, Prediction
+from emotion_monitor.models.features import mel_filterbank
 
 #: Preprocessing parameters; written to onnx_model.json on export so ORT uses the same ones.
 MEL_PARAMS: dict = {
@@ -50,33 +51,6 @@ MEL_PARAMS: dict = {
     "mean": [0.485, 0.456, 0.406],
     "std": [0.229, 0.224, 0.225],
 }
-
-
-def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
-    """Slaney mel scale: 3 mels per 200 Hz up to 1 kHz, then log-spaced (27 steps per ln 6.4)."""
-    hz = np.asarray(hz, dtype=np.float64)
-    linear = hz / (200.0 / 3)
-    log_part = 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / (np.log(6.4) / 27.0)
-    return np.where(hz >= 1000.0, log_part, linear)
-
-
-def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
-    mel = np.asarray(mel, dtype=np.float64)
-    linear = mel * (200.0 / 3)
-    log_part = 1000.0 * np.exp((np.log(6.4) / 27.0) * (mel - 15.0))
-    return np.where(mel >= 15.0, log_part, linear)
-
-
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
-    """Slaney-style triangular mel filters, shape (n_mels, n_fft // 2 + 1), area-normalised."""
-    fft_hz = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
-    edges = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(sample_rate / 2), n_mels + 2))
-    widths = np.diff(edges)
-    ramps = edges[:, None] - fft_hz[None, :]
-    rising = -ramps[:-2] / widths[:-1, None]
-    falling = ramps[2:] / widths[1:, None]
-    weights = np.maximum(0.0, np.minimum(rising, falling))
-    return weights * (2.0 / (edges[2:] - edges[:-2]))[:, None]
 
 
 def power_mel(
