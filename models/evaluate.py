@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from emotion_monitor.models.base import ModelError, Prediction
 from emotion_monitor.models.circumplex import CIRCUMPLEX, sign
-from emotion_monitor.models.manifest import load_audio, read_manifest
+from emotion_monitor.models.manifest import read_manifest
+from emotion_monitor.streamer.audio import load_audio
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -6,8 +6,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from emotion_monitor.models.base import SAMPLE_RATE, ModelError
+from emotion_monitor.models.base import ModelError
 
 
 @dataclass(frozen=True)
@@ -47,19 +46,3 @@ def read_manifest(manifest: str | Path, root: str | Path | None = None) -> list[
     except OSError as exc:
         raise ModelError(f"{manifest}: cannot read manifest ({exc})") from exc
     return rows
-
-
-def load_audio(path: str | Path) -> np.ndarray:
-    """Mono float32 16 kHz samples of an audio file (resampled if needed)."""
-    import soundfile as sf
-
-    data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    x = data.mean(axis=1)
-    if sr != SAMPLE_RATE:
-        from math import gcd
-
-        from scipy.signal import resample_poly
-
-        g = gcd(sr, SAMPLE_RATE)
-        x = resample_poly(x, SAMPLE_RATE // g, sr // g).astype(np.float32)
-    return np.ascontiguousarray(x, dtype=np.float32)

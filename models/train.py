@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 from emotion_monitor.models.base import EMOTIONS, ModelError
 from emotion_monitor.models.embedding import layer_columns
-from emotion_monitor.models.manifest import Row, load_audio, read_manifest
+from emotion_monitor.models.manifest import Row, read_manifest
+from emotion_monitor.streamer.audio import load_audio
 
 DEFAULT_CACHE = Path(__file__).resolve().parents[1] / "cache"
 CLASSES: tuple[str, ...] = EMOTIONS[:8]

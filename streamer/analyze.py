@@ -21,14 +21,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 from emotion_monitor.streamer.audio import (
     SAMPLE_RATE,
     AudioError,
-    StreamResampler,
+    ffmpeg_decode_cmd,
+    iter_file_blocks,
     resample,
     to_mono,
 )
@@ -48,72 +49,6 @@ class UploadError(ValueError):
 
 
 # -- reading audio ----------------------------------------------------------------------------
-
-
-def _ffmpeg_cmd(source: str, max_seconds: float | None = None) -> list[str]:
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", source]
-    if max_seconds is not None:
-        cmd += ["-t", f"{max_seconds:.3f}"]
-    return cmd + ["-f", "f32le", "-ac", "1", "-ar", str(SAMPLE_RATE), "-"]
-
-
-def _ffmpeg_blocks(path: Path, block: int) -> Iterator[np.ndarray]:
-    if shutil.which("ffmpeg") is None:
-        raise AudioError(f"{path}: cannot decode (soundfile failed and ffmpeg is not installed)")
-    # stderr goes to a file: a pipe nobody reads could fill up and stall ffmpeg.
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(_ffmpeg_cmd(str(path)), stdout=subprocess.PIPE, stderr=err)
-        try:
-            while True:
-                data = proc.stdout.read(block * 4)
-                if not data:
-                    break
-                yield np.frombuffer(data[: len(data) // 4 * 4], dtype="<f4").copy()
-        finally:
-            proc.stdout.close()
-            if proc.poll() is None:  # the consumer stopped early
-                proc.kill()
-            rc = proc.wait()
-        if rc not in (0, -9):
-            err.seek(0)
-            lines = err.read().decode(errors="replace").strip().splitlines()
-            raise AudioError(f"{path}: cannot decode ({lines[-1] if lines else 'ffmpeg failed'})")
-
-
-def iter_file_blocks(
-    path: str | Path, block_seconds: float = BLOCK_SECONDS
-) -> Iterator[np.ndarray]:
-    """Yield a file as consecutive 16 kHz mono float32 blocks of about ``block_seconds``.
-
-    soundfile reads wav/flac/ogg/mp3 block by block (resampled with the chunk-invariant
-    :class:`StreamResampler`); anything it cannot open is decoded by an ffmpeg pipe.
-    """
-    import soundfile as sf
-
-    path = Path(path)
-    if not path.exists():
-        raise AudioError(f"{path}: no such file")
-    if path.is_dir():
-        raise AudioError(f"{path}: is a directory, not an audio file")
-    try:
-        f = sf.SoundFile(str(path))
-    except Exception:  # soundfile raises several types; ffmpeg gets a second try
-        yield from _ffmpeg_blocks(path, max(1, int(block_seconds * SAMPLE_RATE)))
-        return
-    with f:
-        rate = f.samplerate
-        frames = max(1, int(block_seconds * rate))
-        resampler = StreamResampler(rate) if rate != SAMPLE_RATE else None
-        while True:
-            data = f.read(frames, dtype="float32", always_2d=True)
-            if not len(data):
-                break
-            mono = to_mono(data)
-            yield resampler.process(mono) if resampler else mono
-        if resampler:
-            tail = resampler.flush()
-            if len(tail):
-                yield tail
 
 
 def decode_upload(
@@ -164,7 +99,9 @@ def _ffmpeg_decode_bytes(data: bytes, filename: str, max_seconds: float) -> np.n
     with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
         tmp.write(data)
         tmp.flush()
-        proc = subprocess.run(_ffmpeg_cmd(tmp.name, max_seconds), capture_output=True)
+        proc = subprocess.run(
+            ffmpeg_decode_cmd(tmp.name, max_seconds), capture_output=True, check=False
+        )
     if proc.returncode != 0:
         lines = proc.stderr.decode(errors="replace").strip().splitlines()
         reason = lines[-1].replace(tmp.name, filename) if lines else "ffmpeg failed"
@@ -451,7 +388,9 @@ def main(args: argparse.Namespace) -> int:
         if args.no_vad:
             settings = settings.replace(vad=False)
         model = load_model(settings.model, device=settings.device)
-        timeline, summary, stats = run_blocks(iter_file_blocks(args.file), model, settings)
+        timeline, summary, stats = run_blocks(
+            iter_file_blocks(args.file, BLOCK_SECONDS), model, settings
+        )
     except (AudioError, ModelError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
 from math import gcd
 from pathlib import Path
 
@@ -153,29 +155,96 @@ class StreamResampler:
         return out
 
 
-def _ffmpeg_decode(path: Path) -> np.ndarray:
+def ffmpeg_decode_cmd(source: str, max_seconds: float | None = None) -> list[str]:
+    """ffmpeg arguments decoding ``source`` to 16 kHz mono f32le on stdout."""
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", source]
+    if max_seconds is not None:
+        cmd += ["-t", f"{max_seconds:.3f}"]
+    return cmd + ["-f", "f32le", "-ac", "1", "-ar", str(SAMPLE_RATE), "-"]
+
+
+def _require_ffmpeg(path: Path) -> None:
     if shutil.which("ffmpeg") is None:
         raise AudioError(f"{path}: cannot decode (soundfile failed and ffmpeg is not installed)")
-    cmd = [
-        "ffmpeg",
-        "-nostdin",
-        "-v",
-        "error",
-        "-i",
-        str(path),
-        "-f",
-        "f32le",
-        "-ac",
-        "1",
-        "-ar",
-        str(SAMPLE_RATE),
-        "-",
-    ]
-    proc = subprocess.run(cmd, capture_output=True)
+
+
+def _ffmpeg_reason(path: Path, stderr: bytes) -> str:
+    lines = stderr.decode(errors="replace").strip().splitlines()
+    return f"{path}: cannot decode ({lines[-1] if lines else 'ffmpeg failed'})"
+
+
+def _ffmpeg_decode(path: Path) -> np.ndarray:
+    _require_ffmpeg(path)
+    proc = subprocess.run(ffmpeg_decode_cmd(str(path)), capture_output=True, check=False)
     if proc.returncode != 0:
-        reason = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise AudioError(f"{path}: cannot decode ({reason[-1] if reason else 'ffmpeg failed'})")
-    return np.frombuffer(proc.stdout, dtype="<f4").copy()
+        raise AudioError(_ffmpeg_reason(path, proc.stderr))
+    return np.frombuffer(proc.stdout[: len(proc.stdout) // 4 * 4], dtype="<f4").copy()
+
+
+def _ffmpeg_blocks(path: Path, block: int) -> Iterator[np.ndarray]:
+    """16 kHz mono blocks of ``block`` samples from an ffmpeg pipe."""
+    _require_ffmpeg(path)
+    # stderr goes to a file: a pipe nobody reads could fill up and stall ffmpeg.
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(ffmpeg_decode_cmd(str(path)), stdout=subprocess.PIPE, stderr=err)
+        try:
+            while True:
+                data = proc.stdout.read(block * 4)
+                if not data:
+                    break
+                yield np.frombuffer(data[: len(data) // 4 * 4], dtype="<f4").copy()
+        finally:
+            proc.stdout.close()
+            if proc.poll() is None:  # the consumer stopped early
+                proc.kill()
+            rc = proc.wait()
+        if rc != 0:
+            err.seek(0)
+            raise AudioError(_ffmpeg_reason(path, err.read()))
+
+
+def check_audio_path(path: str | Path) -> Path:
+    """The path, or AudioError when it is missing or a directory."""
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a directory, not an audio file")
+    return path
+
+
+def iter_file_blocks(
+    path: str | Path,
+    block_seconds: float = 2.0,
+    prepare: Callable[[np.ndarray], np.ndarray] = to_mono,
+) -> Iterator[np.ndarray]:
+    """Yield a file as consecutive 16 kHz mono float32 blocks of about ``block_seconds``.
+
+    soundfile reads wav/flac/ogg/mp3 block by block; ``prepare`` maps each (frames, channels)
+    block to mono before the chunk-invariant :class:`StreamResampler` (a source uses it to count
+    and silence NaN/Inf first). Anything soundfile cannot open is decoded by an ffmpeg pipe.
+    Memory stays constant whatever the file's length.
+    """
+    import soundfile as sf
+
+    path = check_audio_path(path)
+    try:
+        f = sf.SoundFile(str(path))
+    except Exception:  # soundfile raises several types; ffmpeg gets a second try
+        for block in _ffmpeg_blocks(path, max(1, int(block_seconds * SAMPLE_RATE))):
+            yield prepare(block)
+        return
+    with f:
+        resampler = StreamResampler(f.samplerate)
+        frames = max(1, int(block_seconds * f.samplerate))
+        try:
+            for data in f.blocks(blocksize=frames, dtype="float32", always_2d=True):
+                yield resampler.process(prepare(data))
+        except sf.LibsndfileError as exc:  # a file truncated or corrupted past its header
+            raise AudioError(f"{path}: cannot decode ({exc})") from exc
+        tail = resampler.flush()
+        if len(tail):
+            yield tail
 
 
 def load_audio(path: str | Path) -> np.ndarray:
@@ -184,11 +253,7 @@ def load_audio(path: str | Path) -> np.ndarray:
     soundfile handles wav/flac/ogg/mp3; anything else goes through ffmpeg. A missing or
     undecodable file raises AudioError naming the file and the reason.
     """
-    path = Path(path)
-    if not path.exists():
-        raise AudioError(f"{path}: no such file")
-    if path.is_dir():
-        raise AudioError(f"{path}: is a directory, not an audio file")
+    path = check_audio_path(path)
     import soundfile as sf
 
     try:

@@ -146,8 +146,7 @@ class MonitorService:
                 messages.append(_message("stream_started", stream=stream, meta=item[2]))
             elif kind == "audio":
                 self.engine.feed(stream, item[3], track=item[2])
-            else:
-                messages += [e.to_dict() for e in self.engine.step()]
+            else:  # flush steps the engine first, so earlier audio keeps its order
                 messages += [e.to_dict() for e in self.engine.flush(stream)]
                 messages.append(_message("stream_ended", stream=stream))
         messages += [e.to_dict() for e in self.engine.step()]

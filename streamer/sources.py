@@ -40,6 +40,8 @@ from emotion_monitor.streamer.audio import (
     SAMPLE_RATE,
     AudioError,
     StreamResampler,
+    check_audio_path,
+    iter_file_blocks,
     pcm_to_float,
     to_mono,
 )
@@ -165,22 +167,17 @@ class FileSource(Source):
         self.block_seconds = block_seconds
         self.loop = loop
         self.name = name or self.path.name
-        if not self.path.exists():
-            raise AudioError(f"{self.path}: no such file")
-        if self.path.is_dir():
-            raise AudioError(f"{self.path}: is a directory, not an audio file")
+        check_audio_path(self.path)
         import soundfile as sf
 
         try:
             info = sf.info(str(self.path))
-            self._use_ffmpeg = False
             self.duration = info.frames / info.samplerate if info.samplerate else None
             if not info.frames or not info.samplerate:
                 raise AudioError(f"{self.path}: contains no audio frames")
         except AudioError:
             raise
         except Exception:  # not a soundfile format (or a broken one): let ffmpeg try or explain
-            self._use_ffmpeg = True
             self.duration = _ffprobe_duration(self.path)
         self.stats = {"nonfinite_samples": 0}
 
@@ -188,8 +185,7 @@ class FileSource(Source):
         pacer = _Pacer(self.realtime, self._stop)
         done = 0
         while not self.stopped:
-            blocks = self._ffmpeg_blocks() if self._use_ffmpeg else self._soundfile_blocks()
-            for chunk in blocks:
+            for chunk in iter_file_blocks(self.path, self.block_seconds, prepare=self._mono):
                 if self.stopped:
                     return
                 if len(chunk) == 0:
@@ -199,41 +195,6 @@ class FileSource(Source):
                 yield chunk
             if not self.loop:
                 return
-
-    def _soundfile_blocks(self) -> Iterator[np.ndarray]:
-        import soundfile as sf
-
-        with sf.SoundFile(str(self.path)) as f:
-            resampler = StreamResampler(f.samplerate, SAMPLE_RATE)
-            block = max(1, int(self.block_seconds * f.samplerate))
-            try:
-                for frames in f.blocks(blocksize=block, dtype="float32", always_2d=True):
-                    yield resampler.process(self._mono(frames))
-            except sf.LibsndfileError as exc:  # a file truncated or corrupted past its header
-                raise AudioError(f"{self.path}: cannot decode ({exc})") from exc
-            yield resampler.flush()
-
-    def _ffmpeg_blocks(self) -> Iterator[np.ndarray]:
-        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(self.path)]
-        cmd += ["-f", "f32le", "-ac", "1", "-ar", str(SAMPLE_RATE), "-"]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        nbytes = 4 * max(1, int(self.block_seconds * SAMPLE_RATE))
-        try:
-            while True:
-                data = proc.stdout.read(nbytes)
-                if not data:
-                    break
-                usable = len(data) - len(data) % 4
-                yield self._mono(np.frombuffer(data[:usable], dtype="<f4").copy())
-            err = proc.stderr.read().decode(errors="replace").strip().splitlines()
-            if proc.wait() != 0:
-                raise AudioError(
-                    f"{self.path}: cannot decode ({err[-1] if err else 'ffmpeg failed'})"
-                )
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
 
 
 # -- stdin -------------------------------------------------------------------------------------
