@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from emotion_monitor.models.base import EmotionModel, ModelError, Prediction
+from emotion_monitor.models.base import SAMPLE_RATE, EmotionModel, ModelError, Prediction
 
 #: Abbreviations and synonyms seen in published checkpoints' id2label -> project vocabulary.
 #: Only unambiguous ones: IEMOCAP's "exc" (excited) or "fru" (frustrated) have no vocabulary entry
@@ -148,6 +148,14 @@ class ExportPlan:
     meta: dict
     extra_files: list[tuple[Path, str]] = field(default_factory=list)
     save_extractor: object | None = None
+
+    @classmethod
+    def waveform(cls, module: object, meta: dict, do_normalize: bool) -> ExportPlan:
+        """A plan for a graph that takes raw 16 kHz waveforms (batch, samples) of any length."""
+        example = np.random.default_rng(0).standard_normal((2, SAMPLE_RATE)).astype(np.float32)
+        meta = {**meta, "preprocess": {"kind": "waveform", "do_normalize": do_normalize}}
+        axes = {"input_values": {0: "batch", 1: "samples"}, "output": {0: "batch"}}
+        return cls(module, example, "input_values", axes, meta)
 
 
 class GroupedAdapter(EmotionModel):

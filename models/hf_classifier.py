@@ -112,18 +112,8 @@ class HFAudioClassifier(GroupedAdapter):
                 save_extractor=self.extractor,
             )
         # Batches hold equal lengths (predict_grouped), so a mask would be all ones: export without.
-        meta["preprocess"] = {
-            "kind": "waveform",
-            "do_normalize": bool(getattr(self.extractor, "do_normalize", False)),
-        }
-        example = np.random.default_rng(0).standard_normal((2, SAMPLE_RATE)).astype(np.float32)
-        return ExportPlan(
-            module,
-            example,
-            "input_values",
-            {"input_values": {0: "batch", 1: "samples"}, "output": {0: "batch"}},
-            meta,
-        )
+        do_normalize = bool(getattr(self.extractor, "do_normalize", False))
+        return ExportPlan.waveform(module, meta, do_normalize)
 
 
 def load_hf_classifier(location: str, device: str = "auto") -> HFAudioClassifier:

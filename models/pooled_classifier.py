@@ -39,7 +39,7 @@ from emotion_monitor.models.adapter_common import (
     resolve_torch_device,
     zero_mean_unit_var,
 )
-from emotion_monitor.models.base import SAMPLE_RATE, ModelError, Prediction
+from emotion_monitor.models.base import ModelError, Prediction
 
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 
@@ -177,21 +177,13 @@ class PooledClassifier(GroupedAdapter):
     def export_plan(self) -> ExportPlan:
         """The whole pipeline (wav2vec2, pooling, scaler, transformer) as one graph."""
         module = self.pipeline.to("cpu").eval()
-        example = np.random.default_rng(0).standard_normal((2, SAMPLE_RATE)).astype(np.float32)
         meta = {
             "kind": "pooled",
             "labels": list(self.labels),
             "outputs": "logits",
             "name": self.name,
-            "preprocess": {"kind": "waveform", "do_normalize": self.do_normalize},
         }
-        return ExportPlan(
-            module,
-            example,
-            "input_values",
-            {"input_values": {0: "batch", 1: "samples"}, "output": {0: "batch"}},
-            meta,
-        )
+        return ExportPlan.waveform(module, meta, self.do_normalize)
 
 
 def load_pooled_classifier(location: str, device: str = "auto") -> PooledClassifier:
