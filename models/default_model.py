@@ -90,25 +90,22 @@ class _OrtEncoder:
 
 
 class _TorchEncoder:
-    """The torch encoder (used on CUDA, and as a fallback / reference on CPU)."""
+    """The torch encoder(s) (used on CUDA, and as a fallback / reference on CPU)."""
 
-    def __init__(self, name: str, layers: list[int], device: str):
-        from emotion_monitor.models.whisper_encoder import load_whisper_encoder
+    def __init__(self, encoder: str, layers, device: str):
+        from emotion_monitor.models.whisper_encoder import load_pooled_whisper
 
-        self.encoder = load_whisper_encoder(name, device=device)
-        self.layers = layers
+        self.pooled = load_pooled_whisper(encoder, layers, device)
         self.device = device
         self.provider = device
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         import torch
-        from emotion_monitor.models.embedding import pool_states
         from emotion_monitor.models.features import log_mel
 
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self.device)
-            states = self.encoder(log_mel(x), max_layer=max(self.layers))
-            return pool_states(states, self.layers).float().cpu().numpy()
+            return self.pooled(log_mel(x)).float().cpu().numpy()
 
 
 class DefaultModel(EmotionModel):
@@ -207,7 +204,7 @@ def load_model_dir(
         # heads trained on a wav2vec2-family encoder: that encoder runs in torch
         encoder = Wav2Vec2Embedder(config["encoder"], config["layers"], dev)
     elif dev == "cuda" or backend == "torch":
-        encoder = _TorchEncoder(config["encoder"], list(config["layers"]), dev)
+        encoder = _TorchEncoder(config["encoder"], config["layers"], dev)
     else:
         path = _encoder_onnx(folder, config, backend)
         encoder = _OrtEncoder(path, "cpu", threads, per_window=backend == "ort-int8")

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,18 +22,9 @@ import numpy as np
 FP32_TOLERANCE = 1e-3
 
 
-def export_encoder(encoder, layers: Sequence[int], path: str | Path) -> Path:
-    """Export ``encoder`` (a :class:`WhisperEncoder`) + mean/std pooling of ``layers`` to ONNX."""
+def export_encoder(pooled, path: str | Path) -> Path:
+    """Export a :class:`PooledWhisper` (log-mel -> pooled features) to ONNX."""
     import torch
-    from emotion_monitor.models.embedding import pool_states
-
-    class Pooled(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.encoder = encoder
-
-        def forward(self, mel):
-            return pool_states(self.encoder(mel, max_layer=max(layers)), layers)
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,7 +32,7 @@ def export_encoder(encoder, layers: Sequence[int], path: str | Path) -> Path:
         # the TorchScript exporter is deprecated but is the one that honours dynamic_axes
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            Pooled().eval(),
+            pooled.eval(),
             (torch.zeros(1, 80, 200),),
             str(path),
             dynamo=False,
@@ -60,12 +50,13 @@ def cache_dir() -> Path:
     return Path(base) / "emotion-monitor"
 
 
-def cached_encoder_onnx(name: str, layers: Sequence[int], backend: str) -> Path:
-    """Export (and for "ort-int8" quantise) the Whisper encoder ``name`` pooled over ``layers``
-    into the user cache once; later calls return the cached file."""
-    from emotion_monitor.models.whisper_encoder import load_whisper_encoder
+def cached_encoder_onnx(encoder: str, layers, backend: str) -> Path:
+    """Export (and for "ort-int8" quantise) the Whisper encoder spec ``encoder`` pooled over
+    ``layers`` (see ``encoder_parts``) into the user cache once; later calls return the file."""
+    from emotion_monitor.models.whisper_encoder import encoder_parts, load_pooled_whisper
 
-    folder = cache_dir() / f"{name}_L{'-'.join(map(str, layers))}"
+    tag = "+".join(f"{n}_L{'-'.join(map(str, ls))}" for n, ls in encoder_parts(encoder, layers))
+    folder = cache_dir() / tag
     target = folder / ("encoder_int8.onnx" if backend == "ort-int8" else "encoder_fp32.onnx")
     if target.exists():
         return target
@@ -74,7 +65,7 @@ def cached_encoder_onnx(name: str, layers: Sequence[int], backend: str) -> Path:
     if not fp32.exists():
         # write under a temporary name so a crash never leaves a half-written model behind
         tmp = folder / "encoder_fp32.tmp.onnx"
-        export_encoder(load_whisper_encoder(name), layers, tmp)
+        export_encoder(load_pooled_whisper(encoder, layers), tmp)
         tmp.replace(fp32)
     if backend == "ort-int8":
         tmp = folder / "encoder_int8.tmp.onnx"
@@ -93,19 +84,16 @@ def quantize_int8(src: str | Path, dst: str | Path) -> Path:
     return Path(dst)
 
 
-def encoder_parity(
-    encoder, layers: Sequence[int], onnx_path: str | Path, audio: np.ndarray
-) -> float:
-    """Max absolute difference between torch and ONNX Runtime pooled features on ``audio``
-    (batch, samples)."""
+def encoder_parity(pooled, onnx_path: str | Path, audio: np.ndarray) -> float:
+    """Max absolute difference between a :class:`PooledWhisper` in torch and its ONNX Runtime
+    export on ``audio`` (batch, samples)."""
     import torch
-    from emotion_monitor.models.embedding import pool_states
     from emotion_monitor.models.features import log_mel
     from emotion_monitor.models.runtime import create_session
 
     mel = log_mel(audio)
     with torch.no_grad():
-        ref = pool_states(encoder(mel, max_layer=max(layers)), layers).numpy()
+        ref = pooled(mel).numpy()
     sess, _ = create_session(onnx_path, "cpu")
     got = sess.run(None, {"mel": mel.numpy()})[0]
     return float(np.abs(got - ref).max())
@@ -129,16 +117,15 @@ def main(args: argparse.Namespace) -> int:
         export_adapter(args.model, out)
         return 0
     from emotion_monitor.models.default_model import DEFAULT_DIR, read_config
-    from emotion_monitor.models.whisper_encoder import load_whisper_encoder
+    from emotion_monitor.models.whisper_encoder import load_pooled_whisper
 
     config = read_config(DEFAULT_DIR)
-    encoder = load_whisper_encoder(config["encoder"])
-    layers = config["layers"]
+    encoder = load_pooled_whisper(config["encoder"], config["layers"])
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     probe = (0.1 * rng.standard_normal((2, 32000))).astype(np.float32)
-    fp32 = export_encoder(encoder, layers, out / "encoder_fp32.onnx")
-    diff = encoder_parity(encoder, layers, fp32, probe)
+    fp32 = export_encoder(encoder, out / "encoder_fp32.onnx")
+    diff = encoder_parity(encoder, fp32, probe)
     print(f"{fp32}: max |onnx - torch| = {diff:.2e} (tolerance {FP32_TOLERANCE:g})")
     if diff > FP32_TOLERANCE:
         print("parity check FAILED")
@@ -146,7 +133,7 @@ def main(args: argparse.Namespace) -> int:
     report = {"encoder_fp32.onnx": {"max_abs_diff_vs_torch": diff}}
     if not args.no_int8:
         q = quantize_int8(fp32, out / "encoder_int8.onnx")
-        qdiff = encoder_parity(encoder, layers, q, probe)
+        qdiff = encoder_parity(encoder, q, probe)
         print(
             f"{q}: max |onnx - torch| = {qdiff:.2e} (int8: judged by accuracy, see MODEL_CARD.md)"
         )

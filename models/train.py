@@ -48,6 +48,48 @@ def make_embedder(
     return Wav2Vec2Embedder(encoder, layers=layers, device=device, input_norm=input_norm)
 
 
+class PooledFeatures:
+    """Training features for an encoder spec: one encoder or several joined by ``+`` (their
+    features concatenated in order, as ``PooledWhisper`` computes them at serving time).
+
+    ``layers`` is ``"all"`` or one comma list per encoder joined by ``+`` ("2,3,4+1,2,3"). Each
+    encoder's cache holds every layer; the chosen ones are sliced out afterwards, so trying another
+    layer selection never re-runs an encoder.
+    """
+
+    def __init__(self, encoder: str, layers: str, device: str, input_norm: str, backend: str):
+        names = encoder.split("+")
+        groups = [g.strip() for g in layers.split("+")]
+        if groups == ["all"]:
+            groups = ["all"] * len(names)
+        if len(groups) != len(names):
+            raise ModelError(
+                f"--layers {layers!r} has {len(groups)} group(s) for {len(names)} encoder(s) "
+                f"in {encoder!r}; give one comma list per encoder, joined by '+'"
+            )
+        # Heads are trained on the features of the backend that will serve them (the int8
+        # encoder shifts features a little; training on them recovers the accuracy that costs).
+        self.parts = []
+        for name, group in zip(names, groups, strict=True):
+            embedder = make_embedder(name, device, input_norm, None, backend)
+            chosen = embedder.layers if group == "all" else [int(v) for v in group.split(",")]
+            cols = layer_columns(embedder.layers, chosen, embedder.dim)
+            self.parts.append((embedder, chosen, cols))
+        chosen_layers = [list(chosen) for _, chosen, _ in self.parts]
+        #: as written to config.json: a flat list for one encoder, one list per encoder otherwise
+        self.layers = chosen_layers[0] if len(chosen_layers) == 1 else chosen_layers
+        self.feature_dim = int(sum(len(cols) for _, _, cols in self.parts))
+
+    def embed(self, rows, augs, cache) -> tuple[dict[str, np.ndarray], list[str]]:
+        """Features (n_rows, feature_dim) per augmentation, and the unreadable-file messages."""
+        per_part, problems = [], []
+        for embedder, _, cols in self.parts:
+            feats, probs = embed_rows(rows, embedder, augs, cache)
+            per_part.append({a: f[:, cols] for a, f in feats.items()})
+            problems += [p for p in probs if p not in problems]
+        return {a: np.concatenate([f[a] for f in per_part], axis=1) for a in augs}, problems
+
+
 def _cache_file(cache: Path, embedder, row: Row, aug: str) -> Path:
     st = row.path.stat()
     key = f"{row.path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
@@ -348,21 +390,13 @@ def main(args: argparse.Namespace) -> int:
     test = [r for r in rows if r.split == "test"]
     if not train:
         raise ModelError(f"{args.manifest}: no training rows")
-    layers = None if args.layers == "all" else [int(v) for v in args.layers.split(",")]
     augs = [a.strip() for a in args.augment.split(",") if a.strip()]
     if "clean" not in augs:
         augs.insert(0, "clean")
-    # The cache always holds every layer; the chosen ones are sliced out afterwards, so trying
-    # another layer selection never re-runs the encoder.
-    # Heads are trained on the features of the backend that will serve them (the int8 encoder
-    # shifts features a little; training on them recovers the accuracy that costs).
-    embedder = make_embedder(args.encoder, args.device, args.input_norm, None, args.backend)
-    layers = embedder.layers if layers is None else layers
-    cols = layer_columns(embedder.layers, layers, embedder.dim)
     cache = None if args.no_cache else Path(args.cache)
     t0 = time.time()
-    feats, problems = embed_rows(train, embedder, augs, cache)
-    feats = {a: f[:, cols] for a, f in feats.items()}
+    features = PooledFeatures(args.encoder, args.layers, args.device, args.input_norm, args.backend)
+    feats, problems = features.embed(train, augs, cache)
     for p in problems:
         print(f"unreadable: {p}")
     ok = ~np.isnan(feats["clean"]).any(1)
@@ -397,10 +431,10 @@ def main(args: argparse.Namespace) -> int:
         "format": 1,
         "encoder": args.encoder,
         "backend": args.backend if args.encoder.startswith("whisper") else "torch",
-        "layers": list(layers),
+        "layers": features.layers,
         "pooling": "mean+std over frames per layer",
         "input_norm": args.input_norm,
-        "feature_dim": int(len(cols)),
+        "feature_dim": features.feature_dim,
         "labels": list(CLASSES),
         "valence_arousal": "derived targets, see emotion_monitor.models.circumplex",
         "heads": "heads.onnx",
@@ -415,7 +449,7 @@ def main(args: argparse.Namespace) -> int:
         },
     }
     if test:
-        tf = embed_rows(test, embedder, ["clean"], cache)[0]["clean"][:, cols]
+        tf = features.embed(test, ["clean"], cache)[0]["clean"]
         tok = ~np.isnan(tf).any(1)
         xs = (tf[tok] - heads["mean"]) / heads["std"]
         yt = np.array([CLASSES.index(r.emotion) for r in test])[tok]

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from emotion_monitor.models.base import ModelError
 from emotion_monitor.models.ct2 import load_whisper_weights
+from emotion_monitor.models.embedding import pool_states
 from emotion_monitor.models.features import log_mel
 from torch import nn
 
@@ -134,3 +135,46 @@ class WhisperEncoder(nn.Module):
 def load_whisper_encoder(name: str = "whisper-base", device: str = "cpu") -> WhisperEncoder:
     """The pinned Whisper encoder (``whisper-base`` / ``whisper-tiny``) in eval mode."""
     return WhisperEncoder.from_ct2(load_whisper_weights(name)).to(device)
+
+
+def encoder_parts(encoder: str, layers) -> list[tuple[str, list[int]]]:
+    """Pair each Whisper encoder of a ``+``-joined spec with the hidden states it pools.
+
+    ``"whisper-base"`` with ``[2, 3, 4]`` -> one part; ``"whisper-base+whisper-tiny"`` with
+    ``[[2, 3, 4], [1, 2, 3]]`` -> two parts, whose features are concatenated in that order.
+    """
+    names = encoder.split("+")
+    groups = [layers] if layers and not isinstance(layers[0], list | tuple) else list(layers)
+    if len(groups) != len(names):
+        raise ModelError(
+            f"encoder {encoder!r} has {len(names)} part(s) but {len(groups)} layer group(s) "
+            f"were given ({layers!r}); use one comma list per encoder, joined by '+'"
+        )
+    return [(n, [int(i) for i in g]) for n, g in zip(names, groups, strict=True)]
+
+
+class PooledWhisper(nn.Module):
+    """One or more Whisper encoders run on the same log-mel frames, each pooled (mean and std
+    over frames) over its chosen hidden states, concatenated: (batch, 80, frames) -> (batch, F).
+
+    This is the whole encoder side of the default model, in torch and, exported, in ONNX.
+    """
+
+    def __init__(self, parts: list[tuple[WhisperEncoder, list[int]]]):
+        super().__init__()
+        self.encoders = nn.ModuleList(e for e, _ in parts)
+        self.layers = [list(ls) for _, ls in parts]
+        self.feature_dim = sum(2 * e.dim * len(ls) for e, ls in parts)
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        pooled = [
+            pool_states(enc(mel, max_layer=max(ls)), ls)
+            for enc, ls in zip(self.encoders, self.layers, strict=True)
+        ]
+        return pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=-1)
+
+
+def load_pooled_whisper(encoder: str, layers, device: str = "cpu") -> PooledWhisper:
+    """:class:`PooledWhisper` for an encoder spec and its layers (see :func:`encoder_parts`)."""
+    parts = [(load_whisper_encoder(n), ls) for n, ls in encoder_parts(encoder, layers)]
+    return PooledWhisper(parts).to(device).eval()

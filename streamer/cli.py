@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from emotion_monitor.models.base import ModelError
+
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("emotion_monitor.streamer.run_command", "analyse a microphone, file or stdin live"),
@@ -48,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(only=chosen).parse_args(argv)
     try:
         return int(_command_module(args.command).main(args) or 0)
+    except ModelError as exc:
+        # a missing or corrupt model, a bad manifest: the message names the file and the problem
+        print(f"emotion-monitor {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

@@ -53,12 +53,13 @@ def trained(tmp_path_factory):
         str(manifest),
         "--root",
         str(RAVDESS),
+        # two encoders joined by "+" (the default model's form); the same one twice keeps it cheap
         "--encoder",
-        "whisper-tiny",
+        "whisper-tiny+whisper-tiny",
         "--augment",
         "clean,phone",
         "--layers",
-        "1,2,4",
+        "1,2,4+0,3",
         "--C",
         "0.1",
         "--alpha",
@@ -79,8 +80,9 @@ def test_train_writes_heads_and_is_reproducible(trained, capsys):
 
     out = trained["out"]
     config = json.loads((out / "config.json").read_text())
-    assert config["encoder"] == "whisper-tiny" and config["layers"] == [1, 2, 4]
-    assert config["feature_dim"] == 2 * 384 * 3
+    assert config["encoder"] == "whisper-tiny+whisper-tiny"
+    assert config["layers"] == [[1, 2, 4], [0, 3]]
+    assert config["feature_dim"] == 2 * 384 * 5
     assert config["train"]["clips"] == 32  # the missing file was reported and skipped
     assert "test" in config
     first = (out / "heads.onnx").read_bytes()
@@ -106,6 +108,13 @@ def test_evaluate_cli_on_trained_heads(trained):
     )
     assert result["n"] == 8 and len(va) == 8
     assert result["valence_arousal_source"] == "model"
+
+
+def test_train_layer_groups_must_match_encoders(trained, capsys):
+    argv = list(trained["argv"])
+    argv[argv.index("--layers") + 1] = "1,2,4"  # one group for two encoders
+    assert cli(argv) == 2
+    assert "has 1 group(s) for 2 encoder(s)" in capsys.readouterr().err
 
 
 class LoudnessModel(EmotionModel):

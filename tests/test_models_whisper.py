@@ -151,14 +151,19 @@ def test_encoder_matches_transformers_on_30s_input(tiny):
 
 def test_encoder_onnx_matches_torch(tiny, tmp_path):
     from emotion_monitor.models.export import encoder_parity, export_encoder, quantize_int8
+    from emotion_monitor.models.whisper_encoder import PooledWhisper
 
-    layers = [1, 2, 4]
+    # two encoders in one graph, as the default model runs them (features concatenated)
+    pooled = PooledWhisper([(tiny, [1, 2, 4]), (tiny, [0, 3])])
+    assert pooled.feature_dim == 2 * tiny.dim * 5
     audio = np.stack(
         [load_clip(ravdess_clip("sad"))[:32000], load_clip(ravdess_clip("angry"))[:32000]]
     )
-    path = export_encoder(tiny, layers, tmp_path / "enc.onnx")
-    assert encoder_parity(tiny, layers, path, audio) < ENC_TOL
+    path = export_encoder(pooled, tmp_path / "enc.onnx")
+    assert encoder_parity(pooled, path, audio) < ENC_TOL
     # other lengths go through the same graph (dynamic frame axis)
-    assert encoder_parity(tiny, layers, path, audio[:, :17600]) < ENC_TOL
-    q = quantize_int8(path, tmp_path / "enc_int8.onnx")
-    assert q.stat().st_size < path.stat().st_size / 2
+    assert encoder_parity(pooled, path, audio[:, :17600]) < ENC_TOL
+    # (one encoder here: the exporter stores the shared weights of the pair above only once)
+    single = export_encoder(PooledWhisper([(tiny, [1, 2, 4])]), tmp_path / "one.onnx")
+    q = quantize_int8(single, tmp_path / "enc_int8.onnx")
+    assert q.stat().st_size < single.stat().st_size / 2
