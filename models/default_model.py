@@ -1,4 +1,4 @@
-"""The shipped default model: Whisper-base encoder + trained ONNX heads.
+"""The shipped default model: Whisper base + tiny.en encoders + trained ONNX heads.
 
 ``load_default()`` returns an :class:`EmotionModel` whose ``predict`` maps a batch of 16 kHz
 windows to 8-class probabilities and (derived) valence/arousal. The encoder runs through the

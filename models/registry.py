@@ -2,7 +2,7 @@
 
 Accepted specs:
 
-- ``None`` / ``"default"``: the shipped default (Whisper base encoder + trained heads).
+- ``None`` / ``"default"``: the shipped default (Whisper base + tiny.en encoders, trained heads).
 - ``"hf:ID_OR_DIR"`` or a directory whose ``config.json`` names a ``*ForSequenceClassification`` /
   ``*ForAudioClassification`` architecture: a Hugging Face audio classifier.
 - ``"vit-va:DIR"`` or a directory holding a ``.pth`` state dict and a ViT config: the ViT
