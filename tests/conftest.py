@@ -8,6 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Test modules import helpers from this module and also load it as a plugin (its fixtures);
+# registering it first keeps pytest's assertion rewriting for it (and silences the warning).
+pytest.register_assert_rewrite("published_fixtures")
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 RAVDESS = SHARED / "datasets" / "ravdess_speech_16k"
 
