@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -337,6 +338,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--webhook", metavar="URL", help="POST every alert as JSON to this URL")
     group.add_argument(
+        "--twilio-auth-token",
+        metavar="TOKEN",
+        default=os.environ.get("TWILIO_AUTH_TOKEN"),
+        help="refuse /twilio connections not signed with this Twilio auth token "
+        "(default: $TWILIO_AUTH_TOKEN)",
+    )
+    group.add_argument(
+        "--audiohook-api-key",
+        metavar="KEY",
+        default=os.environ.get("AUDIOHOOK_API_KEY"),
+        help="refuse /audiohook connections without this X-API-KEY (default: $AUDIOHOOK_API_KEY)",
+    )
+    group.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="the wss:// base URL Twilio connects to, when a proxy rewrites the Host header",
+    )
+    group.add_argument(
         "--alerts-config",
         metavar="TOML",
         help="alert rules ([[alerts]] tables); default: customer_frustration",
@@ -393,20 +412,40 @@ class Integrations:
             await asyncio.to_thread(self.recorder.close)
 
 
+def auth_from_args(args: argparse.Namespace) -> dict[str, str | None]:
+    """The credentials of the call-center routes from ``serve``'s flags, for :func:`attach`.
+
+    They stay out of :class:`Settings`, which the server shows to any client."""
+    return {
+        "twilio_auth_token": getattr(args, "twilio_auth_token", None),
+        "audiohook_api_key": getattr(args, "audiohook_api_key", None),
+        "public_url": getattr(args, "public_url", None),
+    }
+
+
 async def attach(
-    server: Any, service: MonitorService, settings: Settings, audiosocket_track: str = CUSTOMER
+    server: Any,
+    service: MonitorService,
+    settings: Settings,
+    audiosocket_track: str = CUSTOMER,
+    twilio_auth_token: str | None = None,
+    audiohook_api_key: str | None = None,
+    public_url: str | None = None,
 ) -> Integrations:
     """Register the call-center integrations on a server before ``server.start()``.
 
-    ``/twilio`` and ``/audiohook`` always; the AudioSocket TCP listener when
+    ``/twilio`` and ``/audiohook`` always, refusing unsigned Twilio connections when
+    ``twilio_auth_token`` is given and AudioHook connections without ``audiohook_api_key`` when
+    that is given (``public_url``: see :class:`TwilioSignatureCheck`); the AudioSocket TCP
+    listener when
     ``settings.audiosocket_port`` is set; alert rules (``settings.alerts``, with the webhook
     ``settings.webhook_url``) and the SQLite recorder (``settings.record``) when configured.
     Call from the server's event loop.
     """
     from emotion_monitor.streamer.alerts import AlertMonitor
-    from emotion_monitor.streamer.audiohook import AudioHookHandler
+    from emotion_monitor.streamer.audiohook import ApiKeyCheck, AudioHookHandler
     from emotion_monitor.streamer.audiosocket import AudioSocketHandler
-    from emotion_monitor.streamer.twilio import TwilioHandler
+    from emotion_monitor.streamer.twilio import TwilioHandler, TwilioSignatureCheck
 
     out = Integrations()
     if settings.record:
@@ -417,8 +456,20 @@ async def attach(
     if settings.alerts:
         out.alerts = AlertMonitor(settings.alerts, webhook_url=settings.webhook_url)
         out.alerts.attach(service, asyncio.get_running_loop())
-    server.add_websocket_route("/twilio", TwilioHandler())
-    server.add_websocket_route("/audiohook", AudioHookHandler())
+    twilio_check = (
+        TwilioSignatureCheck(twilio_auth_token, public_url) if twilio_auth_token else None
+    )
+    hook_check = ApiKeyCheck(audiohook_api_key) if audiohook_api_key else None
+    server.add_websocket_route("/twilio", TwilioHandler(), authorize=twilio_check)
+    server.add_websocket_route("/audiohook", AudioHookHandler(), authorize=hook_check)
+    checks = {"/twilio": twilio_check, "/audiohook": hook_check}
+    unchecked = [route for route, check in checks.items() if check is None]
+    if unchecked and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "%s accept(s) any caller on %s: set --twilio-auth-token / --audiohook-api-key",
+            " and ".join(unchecked),
+            settings.host,
+        )
     if settings.audiosocket_port is not None:
         out.audiosocket = AudioSocketHandler(track=audiosocket_track)
         server.add_tcp_listener("audiosocket", out.audiosocket, port=settings.audiosocket_port)

@@ -17,6 +17,7 @@ and answers the client's ``close`` with ``closed``.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 from typing import Any
@@ -26,6 +27,7 @@ from emotion_monitor.streamer.api import AGENT, CUSTOMER, CallStream, IdleTimer
 from emotion_monitor.streamer.audio import mulaw_decode, mulaw_encode, resample
 from emotion_monitor.streamer.engine import StreamLimitError
 from emotion_monitor.streamer.protocol import STREAM_ID
+from emotion_monitor.streamer.server import HttpRequest, HttpResponse
 from websockets.exceptions import ConnectionClosed
 
 log = logging.getLogger(__name__)
@@ -200,6 +202,24 @@ def choose_media(offers: Any) -> dict | None:
         if best is None or len(channels) > len(best["channels"]):
             best = {"type": "audio", "format": "PCMU", "channels": list(channels), "rate": RATE}
     return best
+
+
+class ApiKeyCheck:
+    """``authorize`` hook for ``/audiohook``: Genesys sends the AudioHook integration's API key
+    in the ``X-API-KEY`` header of the upgrade request; a missing or different key gets 401.
+    (The request's HTTP message signature, made with the integration's client secret, is not
+    verified.)"""
+
+    def __init__(self, api_key: str):
+        if not api_key:
+            raise ValueError("the AudioHook API key is empty")
+        self.api_key = api_key
+
+    def __call__(self, request: HttpRequest) -> HttpResponse | None:
+        if hmac.compare_digest(self.api_key, request.headers.get("x-api-key", "")):
+            return None
+        log.warning("audiohook: refused a connection without the configured X-API-KEY")
+        return HttpResponse.error(401, "bad_api_key", "X-API-KEY missing or not valid")
 
 
 class AudioHookHandler:

@@ -94,6 +94,8 @@ class HttpRequest:
     query: dict[str, str] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    #: the request target as sent (path and query string), for signatures over the URL
+    target: str = ""
 
 
 @dataclass
@@ -247,6 +249,7 @@ class Server:
             ("GET", "/metrics"): self._metrics,
             ("POST", "/predict"): self._predict,
         }
+        self._ws_authorize: dict[str, Callable[[HttpRequest], HttpResponse | None]] = {}
         self._tcp: dict[str, tuple[TcpHandler, str | None, int]] = {}
         self._tcp_servers: dict[str, asyncio.Server] = {}
         self._clients: set[_Client] = set()
@@ -268,8 +271,17 @@ class Server:
 
     # -- extension points -------------------------------------------------------------------
 
-    def add_websocket_route(self, path: str, handler: Callable[..., Awaitable[None]]) -> None:
+    def add_websocket_route(
+        self,
+        path: str,
+        handler: Callable[..., Awaitable[None]],
+        authorize: Callable[[HttpRequest], HttpResponse | None] | None = None,
+    ) -> None:
         """Serve websocket connections on ``path`` with ``handler``.
+
+        ``authorize``, when given, sees the upgrade request first (an :class:`HttpRequest` with
+        headers and ``target``): returning an :class:`HttpResponse` refuses the connection with
+        it (401, 403 ...), returning ``None`` lets it through.
 
         ``handler`` is ``async handler(ws, service, settings)`` or simply ``async handler(ws)``
         (told apart by its number of positional parameters). ``ws`` is a
@@ -291,6 +303,8 @@ class Server:
             self._ws_routes[path] = lambda ws, service, settings: handler(ws)
         else:
             self._ws_routes[path] = handler
+        if authorize is not None:
+            self._ws_authorize[path] = authorize
 
     def add_http_route(self, method: str, path: str, handler: HttpHandler) -> None:
         """Answer ``method path`` (GET or POST) with ``handler(HttpRequest) -> HttpResponse``.
@@ -572,6 +586,13 @@ class Server:
                 return _to_ws_response(
                     HttpResponse.error(403, "forbidden_origin", "cross-origin websocket refused")
                 )
+            authorize = self._ws_authorize.get(path)
+            if authorize is not None:
+                headers = _lower(request.headers.raw_items())
+                req = HttpRequest("GET", path, _query(request.path), headers, target=request.path)
+                refusal = authorize(req)
+                if refusal is not None:
+                    return _to_ws_response(refusal)
             return None  # websockets answers a non-upgrade GET with 426 itself
         route = self._http_routes.get(("GET", path))
         if route is not None:
@@ -1021,7 +1042,9 @@ async def _serve(model, settings: Settings, args: argparse.Namespace, api: Any, 
     try:
         if api is not None:
             track = getattr(args, "audiosocket_track", None) or "customer"
-            extras = await api.attach(server, service, settings, audiosocket_track=track)
+            extras = await api.attach(
+                server, service, settings, audiosocket_track=track, **api.auth_from_args(args)
+            )
         await server.start()
         print(f"emotion-monitor dashboard: {server.url}", flush=True)
         stop = asyncio.Event()

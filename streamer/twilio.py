@@ -11,6 +11,10 @@ with ``track`` "inbound" or "outbound", ``chunk`` and ``timestamp`` in ms), and 
 - when a ``media`` timestamp jumps ahead (lost packets), the gap is filled with silence, up to
   ``max_gap`` seconds, so both tracks stay on the call's clock.
 
+With an auth token configured (``serve --twilio-auth-token``), the upgrade request must carry a
+valid ``X-Twilio-Signature`` (see :class:`TwilioSignatureCheck`); otherwise it is refused with
+403 before any audio is read.
+
 Refusals close the websocket with a code and a reason: 1013 when the server already serves
 ``max_streams`` calls, 1007 for undecodable data, 1008 for protocol violations, 1003 for binary
 frames or an unsupported encoding.
@@ -21,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import logging
 from collections.abc import Iterator
@@ -31,6 +37,7 @@ from emotion_monitor.streamer.api import AGENT, CUSTOMER, CallStream, IdleTimer
 from emotion_monitor.streamer.audio import mulaw_decode, mulaw_encode, resample
 from emotion_monitor.streamer.engine import StreamLimitError
 from emotion_monitor.streamer.protocol import STREAM_ID
+from emotion_monitor.streamer.server import HttpRequest, HttpResponse
 from websockets.exceptions import ConnectionClosed
 
 log = logging.getLogger(__name__)
@@ -170,6 +177,38 @@ class TwilioSession:
         """End the call's stream (idempotent)."""
         if self.call is not None:
             self.call.close()
+
+
+def twilio_signature(auth_token: str, url: str) -> str:
+    """Twilio's signature of a websocket request: base64 of HMAC-SHA1 over the full URL, keyed
+    with the account's auth token (webhook POSTs also sign their sorted parameters; no route
+    here takes those)."""
+    digest = hmac.new(auth_token.encode(), url.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+class TwilioSignatureCheck:
+    """``authorize`` hook for ``/twilio``: the websocket upgrade must be signed by Twilio.
+
+    Twilio signs the URL it connected to. That is ``wss://`` + the Host header + the request
+    target unless ``public_url`` (e.g. ``wss://calls.example.com``) says otherwise, which is
+    needed when a proxy in front of the server rewrites the Host header.
+    """
+
+    def __init__(self, auth_token: str, public_url: str | None = None):
+        if not auth_token:
+            raise ValueError("the Twilio auth token is empty")
+        self.auth_token = auth_token
+        self.public_url = public_url.rstrip("/") if public_url else None
+
+    def __call__(self, request: HttpRequest) -> HttpResponse | None:
+        base = self.public_url or f"wss://{request.headers.get('host', '')}"
+        expected = twilio_signature(self.auth_token, base + (request.target or request.path))
+        if hmac.compare_digest(expected, request.headers.get("x-twilio-signature", "")):
+            return None
+        log.warning("twilio: refused a connection without a valid X-Twilio-Signature")
+        url = base + request.path
+        return HttpResponse.error(403, "bad_signature", f"X-Twilio-Signature not valid for {url}")
 
 
 class TwilioHandler:

@@ -56,10 +56,12 @@ class HookClient:
         return json.loads(await asyncio.wait_for(self.ws.recv(), TIMEOUT))
 
 
-async def run_session(server, conversation, customer, agent, pause_part=False) -> list[dict]:
+async def run_session(
+    server, conversation, customer, agent, pause_part=False, headers=None
+) -> list[dict]:
     """A whole session; returns every server message."""
     replies = []
-    async with websockets.connect(ws_url(server, "/audiohook")) as ws:
+    async with websockets.connect(ws_url(server, "/audiohook"), additional_headers=headers) as ws:
         c = HookClient(ws)
         replies.append(await c.open(conversation))
         frames = audiohook.stereo_frames(customer, agent)
@@ -109,6 +111,23 @@ async def test_session_handshake_tracks_and_metadata():
 
     assert arousal("customer") > arousal("agent")
     assert server.service.engine.streams == []
+
+
+async def test_api_key_checked_when_configured():
+    angry, sad = clips()
+    async with running(audiohook_api_key="hook-key") as (server, col):
+        for headers in ({}, {"X-API-KEY": "wrong-key"}):
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                target = ws_url(server, "/audiohook")
+                async with websockets.connect(target, additional_headers=headers):
+                    pass
+            assert refused.value.response.status_code == 401
+        opened, _, closed = await run_session(
+            server, "conv-key", angry, sad, headers={"X-API-KEY": "hook-key"}
+        )
+        await col.ended(["conv-key"])
+    assert opened["type"] == "opened" and closed["type"] == "closed"
+    assert len(col.of_type("stream_started")) == 1
 
 
 async def test_angry_customer_more_aroused_than_sad_agent(real_model):  # noqa: F811

@@ -102,8 +102,9 @@ class Collector:
 
 
 @contextlib.asynccontextmanager
-async def running(model=None, settings: Settings | None = None):
-    """A real server on a free port, integrations attached as ``serve`` does it.
+async def running(model=None, settings: Settings | None = None, **auth):
+    """A real server on a free port, integrations attached as ``serve`` does it (``auth``:
+    the credentials keyword arguments of ``attach``).
 
     Yields (server, collector).
     """
@@ -112,7 +113,7 @@ async def running(model=None, settings: Settings | None = None):
     collector = Collector()
     service.add_listener(collector, asyncio.get_running_loop())
     server = Server(service, settings)
-    extras = await attach(server, service, settings)
+    extras = await attach(server, service, settings, **auth)
     collector.integrations = extras
     try:
         await server.start()
@@ -129,10 +130,10 @@ def ws_url(server: Server, path: str) -> str:
 
 
 async def twilio_call(
-    server: Server, call_sid: str, customer, agent, pace: float = 0.0, **kw
+    server: Server, call_sid: str, customer, agent, pace: float = 0.0, headers=None, **kw
 ) -> tuple[int, str]:
     """Play a call into /twilio; returns the close (code, reason) the server answered with."""
-    async with websockets.connect(ws_url(server, "/twilio")) as ws:
+    async with websockets.connect(ws_url(server, "/twilio"), additional_headers=headers) as ws:
         for msg in twilio.simulate_call(call_sid, customer, agent, **kw):
             await ws.send(msg)
             if pace:

@@ -66,6 +66,31 @@ async def test_angry_customer_more_aroused_than_sad_agent(real_model):  # noqa: 
     assert mean_arousal(events[(CALL, "customer")]) > mean_arousal(events[(CALL, "agent")])
 
 
+async def test_signature_checked_when_auth_token_set(caplog):
+    angry, sad = clips()
+    token = "twilio-auth-token"
+    async with running(twilio_auth_token=token) as (server, col):
+        url = f"wss://127.0.0.1:{server.port}/twilio"  # what Twilio would have signed
+        # unsigned, signed with another token, signed for another URL: refused before any audio
+        for headers in (
+            {},
+            {"X-Twilio-Signature": twilio.twilio_signature("another-token", url)},
+            {"X-Twilio-Signature": twilio.twilio_signature(token, url + "x")},
+        ):
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                target = ws_url(server, "/twilio")
+                async with websockets.connect(target, additional_headers=headers):
+                    pass
+            assert refused.value.response.status_code == 403
+        assert "X-Twilio-Signature" in caplog.text
+        signed = {"X-Twilio-Signature": twilio.twilio_signature(token, url)}
+        code, reason = await twilio_call(server, CALL, angry, sad, headers=signed)
+        await col.ended([CALL])
+        assert server.service.engine.streams == []
+    assert (code, reason) == (1000, "stream stopped")
+    assert len(col.of_type("stream_started")) == 1  # only the signed call got in
+
+
 async def test_chunking_does_not_change_events():
     angry, sad = clips()
     async with running() as (server, col):
