@@ -59,6 +59,8 @@ class PooledFeatures:
 
     def __init__(self, encoder: str, layers: str, device: str, input_norm: str, backend: str):
         names = encoder.split("+")
+        if len(names) > 1 and not all(n.startswith("whisper") for n in names):
+            raise ModelError(f"only Whisper encoders can be joined with '+', got {encoder!r}")
         groups = [g.strip() for g in layers.split("+")]
         if groups == ["all"]:
             groups = ["all"] * len(names)
