@@ -23,6 +23,9 @@ from emotion_monitor.models.manifest import Row, read_manifest
 from emotion_monitor.streamer.audio import load_audio
 
 DEFAULT_CACHE = Path(__file__).resolve().parents[1] / "cache"
+#: the shipped default model's encoders and layers (see default/MODEL_CARD.md)
+DEFAULT_ENCODER = "whisper-base+whisper-tiny"
+DEFAULT_LAYERS = "2,3,4+1,2,3"
 CLASSES: tuple[str, ...] = EMOTIONS[:8]
 
 
@@ -335,13 +338,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", help="folder the manifest paths are relative to (default: its folder)")
     p.add_argument(
         "--encoder",
-        default="whisper-base",
-        help="whisper-base | whisper-tiny | a wav2vec2-family hub id or local directory",
+        default=DEFAULT_ENCODER,
+        help="whisper-base | whisper-tiny | several Whisper encoders joined by '+' | a "
+        "wav2vec2-family hub id or local directory",
     )
     p.add_argument(
         "--layers",
-        default="2,3,4",
-        help="comma-separated hidden-state indices to pool (0 = embeddings), or 'all'",
+        default=None,
+        help="hidden-state indices to pool (0 = embeddings), a comma list per encoder joined by "
+        f"'+', or 'all' (default: {DEFAULT_LAYERS} for the default encoders, else all)",
     )
     p.add_argument(
         "--augment",
@@ -356,7 +361,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="per-window input normalisation before the encoder",
     )
     # defaults = the shipped default model's recipe (see default/MODEL_CARD.md)
-    p.add_argument("--C", default="0.03,0.1", help="candidate inverse L2 strengths")
+    p.add_argument("--C", default="0.01,0.03,0.1", help="candidate inverse L2 strengths")
     p.add_argument("--alpha", default="3000,10000,30000", help="candidate ridge penalties")
     p.add_argument(
         "--out", default="artifacts/heads", help="output folder (heads.onnx + config.json)"
@@ -397,7 +402,8 @@ def main(args: argparse.Namespace) -> int:
         augs.insert(0, "clean")
     cache = None if args.no_cache else Path(args.cache)
     t0 = time.time()
-    features = PooledFeatures(args.encoder, args.layers, args.device, args.input_norm, args.backend)
+    layers = args.layers or (DEFAULT_LAYERS if args.encoder == DEFAULT_ENCODER else "all")
+    features = PooledFeatures(args.encoder, layers, args.device, args.input_norm, args.backend)
     feats, problems = features.embed(train, augs, cache)
     for p in problems:
         print(f"unreadable: {p}")
