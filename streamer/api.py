@@ -437,9 +437,9 @@ async def attach(
     ``/twilio`` and ``/audiohook`` always, refusing unsigned Twilio connections when
     ``twilio_auth_token`` is given and AudioHook connections without ``audiohook_api_key`` when
     that is given (``public_url``: see :class:`TwilioSignatureCheck`); the AudioSocket TCP
-    listener when
-    ``settings.audiosocket_port`` is set; alert rules (``settings.alerts``, with the webhook
-    ``settings.webhook_url``) and the SQLite recorder (``settings.record``) when configured.
+    listener when ``settings.audiosocket_port`` is set; alert rules (``settings.alerts``, with
+    the webhook ``settings.webhook_url``) and the SQLite recorder (``settings.record``) when
+    configured.
     Call from the server's event loop.
     """
     from emotion_monitor.streamer.alerts import AlertMonitor
