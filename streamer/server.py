@@ -587,18 +587,12 @@ class Server:
                     HttpResponse.error(403, "forbidden_origin", "cross-origin websocket refused")
                 )
             authorize = self._ws_authorize.get(path)
-            if authorize is not None:
-                headers = _lower(request.headers.raw_items())
-                req = HttpRequest("GET", path, _query(request.path), headers, target=request.path)
-                refusal = authorize(req)
-                if refusal is not None:
-                    return _to_ws_response(refusal)
-            return None  # websockets answers a non-upgrade GET with 426 itself
+            refusal = authorize(_get_request(request)) if authorize is not None else None
+            # None: websockets goes on with the upgrade (a non-upgrade GET gets 426 from it)
+            return None if refusal is None else _to_ws_response(refusal)
         route = self._http_routes.get(("GET", path))
         if route is not None:
-            headers = _lower(request.headers.raw_items())
-            req = HttpRequest("GET", path, _query(request.path), headers)
-            return _to_ws_response(await _call(route, req))
+            return _to_ws_response(await _call(route, _get_request(request)))
         return _to_ws_response(self._static(path))
 
     def _static(self, path: str) -> HttpResponse:
@@ -780,7 +774,8 @@ class Server:
             body = await asyncio.wait_for(reader.readexactly(length), 120)
         except (asyncio.IncompleteReadError, TimeoutError):
             return HttpResponse.error(400, "bad_request", "body shorter than Content-Length")
-        return await _call(route, HttpRequest(method, path, _query(target), headers, body))
+        req = HttpRequest(method, path, _query(target), headers, body, target=target)
+        return await _call(route, req)
 
 
 class _Ingest:
@@ -898,6 +893,13 @@ def _lower(items) -> dict[str, str]:
 
 def _query(target: str) -> dict[str, str]:
     return {k: v[-1] for k, v in parse_qs(urlsplit(target).query).items()}
+
+
+def _get_request(request: Request) -> HttpRequest:
+    """A GET as websockets parsed it, in the shape route handlers and ``authorize`` hooks see."""
+    path = urlsplit(request.path).path
+    headers = _lower(request.headers.raw_items())
+    return HttpRequest("GET", path, _query(request.path), headers, target=request.path)
 
 
 def _multipart_file(request: HttpRequest) -> tuple[bytes, str]:
