@@ -11,8 +11,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # only annotations need it: importing the interface stays cheap for the CLI
+    import numpy as np
 
 #: The emotion vocabulary used everywhere in the project (the default model predicts the first 8).
 EMOTIONS: tuple[str, ...] = (
