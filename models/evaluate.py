@@ -229,7 +229,7 @@ def evaluate(
             except Exception as exc:  # noqa: BLE001 - a bad row is reported, not fatal
                 problems.append(f"{r.path}: {exc}")
                 continue
-            clips.append(augment(x, channel, str(r.path)))
+            clips.append(augment(x, channel))
             kept.append(r)
         if clips:
             preds += _stream_predict(model, clips) if streaming else model.predict(clips)

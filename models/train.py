@@ -85,19 +85,24 @@ class PooledFeatures:
         self.layers = chosen_layers[0] if len(chosen_layers) == 1 else chosen_layers
         self.feature_dim = int(sum(len(cols) for _, _, cols in self.parts))
 
-    def embed(self, rows, augs, cache) -> tuple[dict[str, np.ndarray], list[str]]:
+    def embed(self, rows, augs, cache, seed: int = 0) -> tuple[dict[str, np.ndarray], list[str]]:
         """Features (n_rows, feature_dim) per augmentation, and the unreadable-file messages."""
         per_part, problems = [], []
         for embedder, _, cols in self.parts:
-            feats, probs = embed_rows(rows, embedder, augs, cache)
+            feats, probs = embed_rows(rows, embedder, augs, cache, seed=seed)
             per_part.append({a: f[:, cols] for a, f in feats.items()})
             problems += [p for p in probs if p not in problems]
         return {a: np.concatenate([f[a] for f in per_part], axis=1) for a in augs}, problems
 
 
-def _cache_file(cache: Path, embedder, row: Row, aug: str) -> Path:
+def _cache_file(cache: Path, embedder, row: Row, aug: str, seed: int) -> Path:
+    from emotion_monitor.models.augment import RANDOM_AUGMENTATIONS
+
     st = row.path.stat()
-    key = f"{row.path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    # v2: augmentations seeded from the audio itself (v1 seeded them from the path's spelling)
+    key = f"v2|{row.path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    if aug in RANDOM_AUGMENTATIONS:
+        key += f"|seed={seed}"
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in embedder.name)[-60:]
     layer_tag = "-".join(map(str, embedder.layers))
     folder = cache / "embeddings" / f"{slug}_{embedder.input_norm}_L{layer_tag}" / aug
@@ -111,9 +116,11 @@ def embed_rows(
     cache: Path | None,
     batch: int = 8,
     progress: bool = True,
+    seed: int = 0,
 ) -> tuple[dict[str, np.ndarray], list[str]]:
     """Features (n_rows, feature_dim) per augmentation, cached on disk; rows whose audio cannot
-    be read get NaN features and a message in the returned problem list."""
+    be read get NaN features and a message in the returned problem list. ``seed`` picks the
+    random augmentations' draws."""
     from emotion_monitor.models.augment import augment
     from tqdm import tqdm
 
@@ -123,7 +130,7 @@ def embed_rows(
     for i, row in enumerate(rows):
         for a in augs:
             try:
-                f = _cache_file(cache, embedder, row, a) if cache else None
+                f = _cache_file(cache, embedder, row, a, seed) if cache else None
             except OSError as exc:
                 problems.append(f"{row.path}: {exc}")
                 break
@@ -151,7 +158,7 @@ def embed_rows(
                     problems.append(f"{rows[i].path}: {exc}")
             x = audio_cache[i]
             if x is not None:
-                windows.append(augment(x, a, str(rows[i].path)))
+                windows.append(augment(x, a, seed))
                 keep.append((i, a, f))
         if windows:
             out = embedder.embed(windows)
@@ -171,10 +178,20 @@ def embed_rows(
 
 
 def fit_softmax(
-    x: np.ndarray, y: np.ndarray, n_classes: int, c: float, seed: int = 0, iters: int = 200
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    c: float,
+    seed: int = 0,
+    iters: int = 200,
+    balanced: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """L2-regularised multinomial logistic regression (full-batch L-BFGS); returns (W, b) with
-    W of shape (features, classes). The penalty is sum(W^2) / (2 C n), as in liblinear-style C."""
+    W of shape (features, classes). The penalty is sum(W^2) / (2 C n), as in liblinear-style C.
+
+    ``balanced`` weights each class's loss by n / (classes x its count), so every class counts
+    the same, as in unweighted accuracy (RAVDESS has half as many neutral clips as the others).
+    """
     import torch
 
     torch.manual_seed(seed)
@@ -191,10 +208,19 @@ def fit_softmax(
         tolerance_grad=1e-6,
     )
     lam = 1.0 / (c * len(x))
+    weight = None
+    if balanced:
+        counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+        # a class absent from y gets weight 0 (it contributes no loss terms anyway)
+        weight = torch.tensor(
+            np.where(counts > 0, len(y) / (n_classes * np.maximum(counts, 1)), 0.0),
+            dtype=torch.float32,
+        )
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(xt @ w + b, yt) + 0.5 * lam * (w * w).sum()
+        loss = torch.nn.functional.cross_entropy(xt @ w + b, yt, weight=weight)
+        loss = loss + 0.5 * lam * (w * w).sum()
         loss.backward()
         return loss
 
@@ -281,8 +307,11 @@ def train_heads(
     cs: Sequence[float],
     alphas: Sequence[float],
     seed: int = 0,
+    balanced: bool = True,
 ) -> dict:
     """Pick C and alpha by leave-speaker-group-out CV (3 folds), refit on everything.
+
+    ``balanced`` weights the classes equally in the softmax loss (see :func:`fit_softmax`).
 
     Returns a dict with the scaler, weights and the CV figures.
     """
@@ -302,7 +331,7 @@ def train_heads(
             te = np.array([g in fold for g in groups])
             xtr, xte = scaled(~te, te)
             for c in cs:
-                w, b = fit_softmax(xtr, y[~te], len(CLASSES), c, seed)
+                w, b = fit_softmax(xtr, y[~te], len(CLASSES), c, seed, balanced=balanced)
                 ua[c].append(unweighted_accuracy(y[te], (xte @ w + b).argmax(1), len(CLASSES)))
             for a in alphas:
                 w, b = fit_ridge(xtr, va[~te], a)
@@ -313,7 +342,7 @@ def train_heads(
         best_a = min(alphas, key=lambda a: np.mean(err[a]))
     mean, std = x.mean(0), x.std(0) + 1e-6
     xs = (x - mean) / std
-    w_cls, b_cls = fit_softmax(xs, y, len(CLASSES), best_c, seed)
+    w_cls, b_cls = fit_softmax(xs, y, len(CLASSES), best_c, seed, balanced=balanced)
     w_va, b_va = fit_ridge(xs, va, best_a)
     return {
         "mean": mean,
@@ -364,6 +393,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--C", default="0.01,0.03,0.1", help="candidate inverse L2 strengths")
     p.add_argument("--alpha", default="3000,10000,30000", help="candidate ridge penalties")
     p.add_argument(
+        "--class-weight",
+        default="balanced",
+        choices=("balanced", "none"),
+        help="balanced: every class weighs the same in the softmax loss, as in unweighted "
+        "accuracy; none: every clip weighs the same",
+    )
+    p.add_argument(
         "--out", default="artifacts/heads", help="output folder (heads.onnx + config.json)"
     )
     p.add_argument("--cache", default=str(DEFAULT_CACHE), help="embedding cache folder")
@@ -375,7 +411,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="Whisper encoder backend used for the training features and recorded in "
         "config.json for serving on CPU",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, default=0, help="seeds the random augmentations and the fits"
+    )
     p.add_argument("--device", default="cpu")
 
 
@@ -404,7 +442,7 @@ def main(args: argparse.Namespace) -> int:
     t0 = time.time()
     layers = args.layers or (DEFAULT_LAYERS if args.encoder == DEFAULT_ENCODER else "all")
     features = PooledFeatures(args.encoder, layers, args.device, args.input_norm, args.backend)
-    feats, problems = features.embed(train, augs, cache)
+    feats, problems = features.embed(train, augs, cache, args.seed)
     for p in problems:
         print(f"unreadable: {p}")
     ok = ~np.isnan(feats["clean"]).any(1)
@@ -423,6 +461,7 @@ def main(args: argparse.Namespace) -> int:
         [float(c) for c in args.C.split(",")],
         [float(a) for a in args.alpha.split(",")],
         args.seed,
+        balanced=args.class_weight == "balanced",
     )
     print(f"chose C={heads['C']:g} alpha={heads['alpha']:g}  cv={json.dumps(heads['cv'])}")
     out = Path(args.out)
@@ -452,6 +491,7 @@ def main(args: argparse.Namespace) -> int:
             "augment": augs,
             "C": heads["C"],
             "alpha": heads["alpha"],
+            "class_weight": args.class_weight,
             "seed": args.seed,
             "cv": heads["cv"],
         },

@@ -98,6 +98,39 @@ def test_train_writes_heads_and_is_reproducible(trained, capsys):
     assert len((out / "heads.onnx").read_bytes()) == len(first)
 
 
+def test_train_repeats_wherever_the_data_lies(trained, tmp_path):
+    # The random augmentations draw from the audio itself, not from the path's spelling: the same
+    # clips reached through another folder name and a relative --root train the same heads.
+    import os
+    import shutil
+
+    link = tmp_path / "elsewhere"
+    link.symlink_to(RAVDESS, target_is_directory=True)
+    manifest = tmp_path / "small.csv"
+    shutil.copy(trained["manifest"], manifest)
+    outs = []
+    for k, root in enumerate((str(RAVDESS), os.path.relpath(link))):
+        out = tmp_path / f"heads{k}"
+        argv = list(trained["argv"])
+        argv[argv.index("--augment") + 1] = "clean,noise,crop"
+        argv[argv.index("--manifest") + 1] = str(manifest if k else trained["manifest"])
+        argv[argv.index("--root") + 1] = root
+        argv[argv.index("--out") + 1] = str(out)
+        argv[argv.index("--cache") : argv.index("--cache") + 2] = ["--no-cache"]
+        assert cli(argv) == 0
+        outs.append((out / "heads.onnx").read_bytes())
+    assert outs[0] == outs[1]
+
+
+def test_augmentation_draws_follow_the_seed():
+    from emotion_monitor.models.augment import augment
+
+    x = (0.1 * np.random.default_rng(3).standard_normal(32000)).astype(np.float32)
+    assert np.array_equal(augment(x, "noise"), augment(x.copy(), "noise"))
+    assert not np.allclose(augment(x, "noise", seed=0), augment(x, "noise", seed=1))
+    assert np.array_equal(augment(x, "phone", seed=0), augment(x, "phone", seed=1))
+
+
 def test_evaluate_cli_on_trained_heads(trained):
     # the heads folder is not a registry spec, so score it through the function
     from emotion_monitor.models.default_model import load_model_dir
