@@ -1,8 +1,8 @@
 """Deterministic audio degradations for training augmentation and robustness measurements.
 
 Each augmentation is a pure function of the audio and a seed: its random draws are seeded from
-the samples themselves, so embeddings of augmented clips can be cached on disk and a training run repeats
-exactly wherever the data lies and however its manifest path is spelled.
+the samples themselves, so embeddings of augmented clips can be cached on disk and a training
+run repeats exactly wherever the data lies and however its manifest path is spelled.
 """
 
 from __future__ import annotations
