@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from emotion_monitor.models.augment import RANDOM_AUGMENTATIONS, augment
 from emotion_monitor.models.base import EMOTIONS, ModelError
 from emotion_monitor.models.embedding import layer_columns
 from emotion_monitor.models.manifest import Row, read_manifest
@@ -96,8 +97,6 @@ class PooledFeatures:
 
 
 def _cache_file(cache: Path, embedder, row: Row, aug: str, seed: int) -> Path:
-    from emotion_monitor.models.augment import RANDOM_AUGMENTATIONS
-
     st = row.path.stat()
     # v2: augmentations seeded from the audio itself (v1 seeded them from the path's spelling)
     key = f"v2|{row.path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
@@ -121,7 +120,6 @@ def embed_rows(
     """Features (n_rows, feature_dim) per augmentation, cached on disk; rows whose audio cannot
     be read get NaN features and a message in the returned problem list. ``seed`` picks the
     random augmentations' draws."""
-    from emotion_monitor.models.augment import augment
     from tqdm import tqdm
 
     feats = {a: np.full((len(rows), embedder.feature_dim), np.nan, np.float32) for a in augs}
