@@ -74,6 +74,33 @@ def score(true: Sequence[str], pred: Sequence[str], labels: Sequence[str]) -> di
     }
 
 
+def calibration(
+    true: Sequence[str], preds: Sequence[Prediction], labels: Sequence[str], bins: int = 10
+) -> dict:
+    """How far the class probabilities can be taken at their word, over ``labels`` (each
+    prediction renormalised over them): ``log_loss`` (mean -ln p(true label)) and
+    ``calibration_error`` (expected calibration error: the gap between the top probability and
+    the hit rate, averaged over ``bins`` equal-width confidence bins, weighted by clip count).
+    None where the model gives no class probabilities."""
+    if not true or any(not p.classes for p in preds):
+        return {"log_loss": None, "calibration_error": None}
+    probs = np.array([[p.classes.get(lab, 0.0) for lab in labels] for p in preds], np.float64)
+    probs /= np.maximum(probs.sum(1, keepdims=True), 1e-12)
+    truth = np.array([labels.index(t) for t in true])
+    top = probs.max(1)
+    hit = probs.argmax(1) == truth
+    which = np.minimum((top * bins).astype(int), bins - 1)
+    gap = sum(
+        np.mean(which == b) * abs(hit[which == b].mean() - top[which == b].mean())
+        for b in range(bins)
+        if np.any(which == b)
+    )
+    return {
+        "log_loss": float(-np.mean(np.log(np.maximum(probs[np.arange(len(truth)), truth], 1e-12)))),
+        "calibration_error": float(gap),
+    }
+
+
 def _valence_arousal(pred: Prediction) -> tuple[float | None, float | None, str]:
     """The model's valence/arousal, or the probability-weighted circumplex point of its classes."""
     if pred.valence is not None and pred.arousal is not None:
@@ -242,12 +269,15 @@ def evaluate(
             probs = p.classes or {}
             chosen.append(max(use, key=lambda lab: probs.get(lab, -1.0)))
         result = score(true, chosen, use)
+        result.update(calibration(true, preds, list(use)))
     else:
         result = {
             "n": len(true),
             "accuracy": None,
             "unweighted_accuracy": None,
             "macro_f1": None,
+            "log_loss": None,
+            "calibration_error": None,
             "per_class": {},
             "confusion": None,
         }
@@ -302,6 +332,8 @@ def main(args: argparse.Namespace) -> int:
             "accuracy",
             "unweighted_accuracy",
             "macro_f1",
+            "log_loss",
+            "calibration_error",
             "arousal_binary_accuracy",
             "valence_binary_accuracy",
             "skipped_unreadable",

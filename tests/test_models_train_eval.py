@@ -60,8 +60,8 @@ def trained(tmp_path_factory):
         "clean,phone",
         "--layers",
         "1,2,4+0,3",
-        "--C",
-        "0.1",
+        "--shrinkage",
+        "0.3,0.7",
         "--alpha",
         "10",
         "--out",
@@ -85,6 +85,10 @@ def test_train_writes_heads_and_is_reproducible(trained, capsys):
     assert config["feature_dim"] == 2 * 384 * 5
     assert config["train"]["clips"] == 32  # the missing file was reported and skipped
     assert "test" in config
+    # the default class head: shrinkage LDA, one of the two candidates, calibrated on held-out folds
+    assert config["train"]["classifier"] in ("lda shrinkage=0.3", "lda shrinkage=0.7")
+    assert set(config["train"]["cv"]) >= {"ua_shrinkage=0.3", "ua_shrinkage=0.7"}
+    assert 0.05 <= config["train"]["temperature"] <= 20
     first = (out / "heads.onnx").read_bytes()
     model = load_model_dir(out, device="cpu")
     rng = np.random.default_rng(0)
@@ -227,6 +231,23 @@ def test_score_macro_f1():
     assert r["accuracy"] == 0.75
     assert r["unweighted_accuracy"] == pytest.approx(0.75)
     assert r["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)  # "c" neither true nor predicted
+
+
+def test_calibration_figures():
+    from emotion_monitor.models.evaluate import calibration
+
+    labels = ["a", "b"]
+    sure = [Prediction(classes={"a": 1.0, "b": 0.0}), Prediction(classes={"a": 0.0, "b": 1.0})]
+    assert calibration(["a", "b"], sure, labels) == {"log_loss": 0.0, "calibration_error": 0.0}
+    # 0.9 confident and right half the time: 0.4 too confident
+    bold = [Prediction(classes={"a": 0.9, "b": 0.1})] * 4
+    got = calibration(["a", "a", "b", "b"], bold, labels)
+    assert got["calibration_error"] == pytest.approx(0.4)
+    assert got["log_loss"] == pytest.approx(-(np.log(0.9) + np.log(0.1)) / 2)
+    # restricted to a subset, probabilities are renormalised over it
+    three = [Prediction(classes={"a": 0.3, "b": 0.3, "c": 0.4})]
+    assert calibration(["a"], three, labels)["log_loss"] == pytest.approx(np.log(2))
+    assert calibration(["a"], [Prediction(valence=0.1)], labels)["log_loss"] is None
 
 
 def test_evaluate_cli_default_model(tmp_path, capsys):

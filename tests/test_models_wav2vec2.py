@@ -110,6 +110,8 @@ def test_train_on_a_wav2vec2_checkpoint_and_serve(checkpoint, tmp_path):
         "clean",
         "--layers",
         "1,3",
+        "--classifier",
+        "logistic",
         "--C",
         "1",
         "--alpha",

@@ -1,0 +1,75 @@
+"""The class-head fitters of `emotion-monitor train`: shrinkage LDA, temperature calibration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from emotion_monitor.models.base import ModelError
+from emotion_monitor.models.train import fit_lda, fit_temperature, softmax
+
+
+def _nuisance_data(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    # Feature 0 carries the class plus a large nuisance that feature 1 measures alone (like a
+    # channel effect that moves every class the same way); the other features are pure noise.
+    y = rng.integers(0, 3, n)
+    nuisance = 5.0 * rng.standard_normal(n)
+    x = 0.3 * rng.standard_normal((n, 10))
+    x[:, 0] += 1.5 * y + nuisance
+    x[:, 1] += nuisance
+    return x, y
+
+
+def test_lda_discounts_directions_shared_by_every_class():
+    rng = np.random.default_rng(0)
+    x, y = _nuisance_data(3000, rng)
+    xt, yt = _nuisance_data(3000, rng)
+    w, b = fit_lda(x, y, 3, shrinkage=0.01)
+    assert w.shape == (10, 3) and b.shape == (3,)
+    # the learned covariance cancels the nuisance: feature 0 minus feature 1 separates the classes
+    assert np.mean((xt @ w + b).argmax(1) == yt) > 0.9  # the Bayes rate is about 0.94
+    # full shrinkage ignores the covariance (nearest class mean) and falls for the nuisance
+    w1, b1 = fit_lda(x, y, 3, shrinkage=1.0)
+    assert np.mean((xt @ w1 + b1).argmax(1) == yt) < 0.6
+
+
+def test_lda_balanced_priors_and_absent_classes():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((400, 5))
+    y = np.where(np.arange(400) < 300, 0, 1)  # class 0 three times as common; class 2 absent
+    x[y == 1] += 0.2
+    _, b_bal = fit_lda(x, y, 3, shrinkage=0.5, balanced=True)
+    _, b_cnt = fit_lda(x, y, 3, shrinkage=0.5, balanced=False)
+    # the count prior favours the common class by log(3) more than equal priors do
+    assert (b_cnt[0] - b_cnt[1]) - (b_bal[0] - b_bal[1]) == pytest.approx(np.log(3), abs=0.05)
+    w, b = fit_lda(x, y, 3, shrinkage=0.5, balanced=True)
+    assert not np.any((x @ w + b).argmax(1) == 2)
+    with pytest.raises(ModelError, match="shrinkage"):
+        fit_lda(x, y, 3, shrinkage=1.5)
+
+
+def test_temperature_undoes_overconfident_scores():
+    rng = np.random.default_rng(2)
+    logits = 2.0 * rng.standard_normal((4000, 8))
+    # labels drawn from the logits' own softmax: these logits are calibrated as they are
+    p = softmax(logits)
+    y = np.array([rng.choice(8, p=row) for row in p])
+    assert fit_temperature(logits, y) == pytest.approx(1.0, rel=0.15)
+    assert fit_temperature(4.0 * logits, y) == pytest.approx(4.0, rel=0.15)
+
+
+def test_lda_with_more_features_than_rows_matches_the_direct_solution():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((40, 100))
+    y = np.arange(40) % 4
+    x[:, :3] += y[:, None]
+    w, b = fit_lda(x, y, 4, shrinkage=0.3, balanced=True)
+    # the textbook form, with the full 100 x 100 covariance
+    means = np.stack([x[y == k].mean(0) for k in range(4)])
+    resid = x - means[y]
+    cov = sum(np.cov(resid[y == k].T, bias=True) for k in range(4)) / 4
+    cov = 0.7 * cov + 0.3 * np.trace(cov) / 100 * np.eye(100)
+    w_direct = np.linalg.solve(cov, means.T)
+    assert np.allclose(w, w_direct, rtol=1e-4, atol=1e-5)
+    assert np.allclose(b, -0.5 * np.sum(means * w_direct.T, 1), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ModelError, match="singular"):
+        fit_lda(x, y, 4, shrinkage=0.0)
