@@ -1,10 +1,10 @@
 """``emotion-monitor train``: fit the emotion heads on pooled encoder features.
 
 Pipeline: manifest -> audio (+ deterministic augmentations) -> pooled multi-layer encoder
-features, cached on disk per (encoder, input normalisation, augmentation, file) -> standardise ->
-shrinkage LDA or L2-regularised softmax regression (8 classes, temperature-calibrated) and ridge
-regression (derived valence/arousal) -> one ONNX graph (scaler + both heads) and a JSON config.
-Everything is seeded.
+features, cached on disk per (encoder, input normalisation, augmentation, file content) ->
+standardise -> shrinkage LDA or L2-regularised softmax regression (8 classes, temperature-
+calibrated) and ridge regression (derived valence/arousal) -> one ONNX graph (scaler + both
+heads) and a JSON config. Everything is seeded.
 """
 
 from __future__ import annotations
@@ -98,10 +98,10 @@ class PooledFeatures:
         return {a: np.concatenate([f[a] for f in per_part], axis=1) for a in augs}, problems
 
 
-def _cache_file(cache: Path, embedder, row: Row, aug: str, seed: int) -> Path:
-    st = row.path.stat()
-    # v2: augmentations seeded from the audio itself (v1 seeded them from the path's spelling)
-    key = f"v2|{row.path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+def _cache_file(cache: Path, embedder, digest: str, aug: str, seed: int) -> Path:
+    # v3: keyed by the file's content, so the cache survives copying the data to another machine
+    # or folder (v2 keyed by path and mtime; v1 also seeded the augmentations from the path)
+    key = f"v3|{digest}"
     if aug in RANDOM_AUGMENTATIONS:
         key += f"|seed={seed}"
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in embedder.name)[-60:]
@@ -128,12 +128,13 @@ def embed_rows(
     problems: list[str] = []
     todo: list[tuple[int, str, Path | None]] = []
     for i, row in enumerate(rows):
+        try:
+            digest = hashlib.sha1(row.path.read_bytes()).hexdigest() if cache else ""
+        except OSError as exc:
+            problems.append(f"{row.path}: {exc}")
+            continue
         for a in augs:
-            try:
-                f = _cache_file(cache, embedder, row, a, seed) if cache else None
-            except OSError as exc:
-                problems.append(f"{row.path}: {exc}")
-                break
+            f = _cache_file(cache, embedder, digest, a, seed) if cache else None
             if f is not None and f.exists():
                 feats[a][i] = np.load(f, allow_pickle=False)
             else:

@@ -126,6 +126,38 @@ def test_train_repeats_wherever_the_data_lies(trained, tmp_path):
     assert outs[0] == outs[1]
 
 
+def test_embedding_cache_follows_the_audio_not_the_file(tmp_path):
+    # Copies of the clips elsewhere, with new modification times, hit the cache; a clip whose
+    # samples changed does not.
+    import os
+    import shutil
+
+    from emotion_monitor.models.manifest import Row
+    from emotion_monitor.models.train import embed_rows, make_embedder
+
+    src = [RAVDESS / r["path"] for r in ravdess_rows("test")[:2]]
+    copies = []
+    for k, f in enumerate(src):
+        copies.append(tmp_path / f"copy{k}.flac")
+        shutil.copyfile(f, copies[-1])
+        os.utime(copies[-1], (1e9, 1e9))
+    embedder = make_embedder("whisper-tiny", input_norm="rms")
+    cache = tmp_path / "cache"
+    first, _ = embed_rows([Row(f, "sad") for f in src], embedder, ["clean", "noise"], cache)
+
+    def no_encoder_runs(windows):
+        raise AssertionError("features were recomputed")
+
+    embedder.embed = no_encoder_runs
+    again, _ = embed_rows([Row(f, "sad") for f in copies], embedder, ["clean", "noise"], cache)
+    for a in ("clean", "noise"):
+        assert np.array_equal(first[a], again[a])
+    x, rate = sf.read(src[0], dtype="float32")
+    sf.write(copies[0], 0.5 * x, rate)
+    with pytest.raises(AssertionError, match="recomputed"):
+        embed_rows([Row(copies[0], "sad")], embedder, ["clean"], cache, progress=False)
+
+
 def test_augmentation_draws_follow_the_seed():
     from emotion_monitor.models.augment import augment
 
