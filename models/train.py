@@ -419,14 +419,17 @@ def train_heads(
     if folds:
         ua = {name: [] for name in candidates}
         held_out = {name: [] for name in candidates}
+        y_held = []
         err = {a: [] for a in alphas}
         for fold in folds:
             te = np.array([g in fold for g in groups])
+            y_held.append(y[te])
             xtr, xte = scaled(~te, te)
             for name, fit in candidates.items():
                 w, b = fit(xtr, y[~te])
                 held_out[name].append(xte @ w + b)
-                ua[name].append(unweighted_accuracy(y[te], held_out[name][-1].argmax(1), len(w.T)))
+                pred = held_out[name][-1].argmax(1)
+                ua[name].append(unweighted_accuracy(y[te], pred, w.shape[1]))
             for a in alphas:
                 w, b = fit_ridge(xtr, va[~te], a)
                 err[a].append(float(np.mean((np.clip(xte @ w + b, -1, 1) - va[te]) ** 2)))
@@ -434,8 +437,7 @@ def train_heads(
         cv.update({f"va_mse_alpha={a:g}": float(np.mean(v)) for a, v in err.items()})
         best = max(candidates, key=lambda name: np.mean(ua[name]))
         best_a = min(alphas, key=lambda a: np.mean(err[a]))
-        y_held = np.concatenate([y[np.array([g in fold for g in groups])] for fold in folds])
-        temperature = fit_temperature(np.concatenate(held_out[best]), y_held)
+        temperature = fit_temperature(np.concatenate(held_out[best]), np.concatenate(y_held))
     mean, std = x.mean(0), x.std(0) + 1e-6
     xs = (x - mean) / std
     w_cls, b_cls = candidates[best](xs, y)
