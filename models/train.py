@@ -380,9 +380,13 @@ def classifier_candidates(
     ``kind="lda"`` (:func:`fit_lda`), ``{"C=0.01": fit, ...}`` for ``"logistic"``
     (:func:`fit_softmax`). Each ``fit(x, y)`` returns (W, b)."""
     if kind == "lda":
+        if any(not 0.0 <= v <= 1.0 for v in strengths):
+            raise ModelError(f"LDA shrinkages must lie in [0, 1], got {list(strengths)}")
         fit = partial(fit_lda, n_classes=n_classes, balanced=balanced)
         return {f"shrinkage={s:g}": partial(fit, shrinkage=s) for s in strengths}
     if kind == "logistic":
+        if any(v <= 0 for v in strengths):
+            raise ModelError(f"logistic C values must be positive, got {list(strengths)}")
         fit = partial(fit_softmax, n_classes=n_classes, seed=seed, balanced=balanced)
         return {f"C={c:g}": partial(fit, c=c) for c in strengths}
     raise ModelError(f"unknown classifier {kind!r}; use lda or logistic")
@@ -531,6 +535,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
 
 
+def _numbers(flag: str, text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ModelError(f"{flag} takes comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise ModelError(f"{flag} needs at least one value")
+    return values
+
+
 def main(args: argparse.Namespace) -> int:
     import torch
     from emotion_monitor.models.circumplex import valence_arousal
@@ -549,6 +563,15 @@ def main(args: argparse.Namespace) -> int:
     test = [r for r in rows if r.split == "test"]
     if not train:
         raise ModelError(f"{args.manifest}: no training rows")
+    # parse the head options first: a typo must not cost an embedding run
+    strengths = ("--shrinkage", args.shrinkage) if args.classifier == "lda" else ("--C", args.C)
+    candidates = classifier_candidates(
+        args.classifier,
+        _numbers(*strengths),
+        args.seed,
+        balanced=args.class_weight == "balanced",
+    )
+    alphas = _numbers("--alpha", args.alpha)
     augs = [a.strip() for a in args.augment.split(",") if a.strip()]
     if "clean" not in augs:
         augs.insert(0, "clean")
@@ -567,14 +590,6 @@ def main(args: argparse.Namespace) -> int:
         (len(augs), 1),
     )
     groups = np.tile(np.array([r.speaker or str(i) for i, r in enumerate(train)])[ok], len(augs))
-    strengths = args.shrinkage if args.classifier == "lda" else args.C
-    candidates = classifier_candidates(
-        args.classifier,
-        [float(v) for v in strengths.split(",")],
-        args.seed,
-        balanced=args.class_weight == "balanced",
-    )
-    alphas = [float(a) for a in args.alpha.split(",")]
     heads = train_heads(x, y, va, groups, candidates, alphas, args.folds)
     print(
         f"chose {args.classifier} {heads['classifier']} (temperature {heads['temperature']:.3g}) "

@@ -184,6 +184,13 @@ def test_train_layer_groups_must_match_encoders(trained, capsys):
     argv[argv.index("--layers") + 1] = "1,2,4"  # one group for two encoders
     assert cli(argv) == 2
     assert "has 1 group(s) for 2 encoder(s)" in capsys.readouterr().err
+    argv = list(trained["argv"])
+    argv[argv.index("--shrinkage") + 1] = "0.3,high"
+    assert cli(argv) == 2
+    assert "--shrinkage takes comma-separated numbers, got '0.3,high'" in capsys.readouterr().err
+    argv[argv.index("--shrinkage") + 1] = "0.3,1.5"
+    assert cli(argv) == 2
+    assert "LDA shrinkages must lie in [0, 1], got [0.3, 1.5]" in capsys.readouterr().err
 
 
 class LoudnessModel(EmotionModel):
