@@ -262,7 +262,8 @@ def fit_lda(
     # covariance = a.T @ a, shrunk toward (its mean variance) x identity
     a = resid * np.sqrt(row_weight)[:, None]
     ridge = shrinkage * np.einsum("ij,ij->", a, a) / a.shape[1]
-    if ridge <= 0 and a.shape[1] >= a.shape[0]:
+    # the scatter's rank is at most rows - classes: below that many features it can be inverted
+    if ridge <= 0 and a.shape[1] > a.shape[0] - present.sum():
         raise ModelError(
             f"LDA covariance is singular ({a.shape[1]} features, {a.shape[0]} rows); "
             "use a shrinkage above 0"
@@ -281,16 +282,18 @@ def fit_lda(
     except np.linalg.LinAlgError as exc:
         raise ModelError(f"LDA covariance is singular ({exc}); use a shrinkage above 0") from exc
     b = -0.5 * np.einsum("kd,dk->k", means, w) + log_prior
+    # LDA scores have no fixed scale: keep an absent class out with a bias below any score
     w[:, ~present] = 0.0
-    b[~present] = -50.0
+    b[~present] = -1e9
     return w.astype(np.float32), b.astype(np.float32)
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     """The softmax temperature that minimises the log-loss of held-out ``logits`` (a 1-D search
-    over 0.05-20), so the probabilities a head reports are calibrated; argmax is unchanged."""
+    over 0.05-1000, 5 % steps), so the probabilities a head reports are calibrated; argmax is
+    unchanged."""
     best, best_loss = 1.0, np.inf
-    for t in np.exp(np.linspace(np.log(0.05), np.log(20.0), 121)):
+    for t in np.exp(np.arange(np.log(0.05), np.log(1000.0), np.log(1.05))):
         logp = np.log(softmax(logits / t) + 1e-12)
         loss = -float(np.mean(logp[np.arange(len(y)), y]))
         if loss < best_loss:
@@ -572,6 +575,8 @@ def main(args: argparse.Namespace) -> int:
         balanced=args.class_weight == "balanced",
     )
     alphas = _numbers("--alpha", args.alpha)
+    if args.folds < 2:
+        raise ModelError(f"--folds must be at least 2, got {args.folds}")
     augs = [a.strip() for a in args.augment.split(",") if a.strip()]
     if "clean" not in augs:
         augs.insert(0, "clean")

@@ -73,3 +73,65 @@ def test_lda_with_more_features_than_rows_matches_the_direct_solution():
     assert np.allclose(b, -0.5 * np.sum(means * w_direct.T, 1), rtol=1e-4, atol=1e-5)
     with pytest.raises(ModelError, match="singular"):
         fit_lda(x, y, 4, shrinkage=0.0)
+
+
+def test_absent_class_stays_out_however_large_the_scores():
+    # well-separated classes in many dimensions give LDA scores of hundreds; an input at the
+    # feature mean has no class signal, and the absent class must still never win
+    rng = np.random.default_rng(4)
+    y = np.arange(600) % 3
+    x = 0.1 * rng.standard_normal((600, 300))
+    x[:, :3] += 5.0 * np.eye(3)[y]
+    w, b = fit_lda(x, y, 4, shrinkage=0.1, balanced=True)
+    probe = np.vstack([x.mean(0), x.mean(0) + 0.5 * rng.standard_normal((50, 300))])
+    scores = probe @ w + b
+    assert np.abs(x @ w + b)[:, :3].max() > 50
+    assert not np.any(scores.argmax(1) == 3)
+    assert np.all(softmax(scores)[:, 3] < 1e-12)
+
+
+def _heads_data(n_speakers: int):
+    rng = np.random.default_rng(5)
+    groups = np.repeat([f"s{k}" for k in range(n_speakers)], 40)
+    y = np.tile(np.arange(4), 10 * n_speakers)
+    x = rng.standard_normal((len(y), 12))
+    x[:, :4] += 3.0 * np.eye(4)[y]
+    va = np.stack([np.where(y < 2, 0.5, -0.5), np.where(y % 2 == 0, 0.5, -0.5)], 1)
+    return x, y, va, groups
+
+
+@pytest.mark.parametrize("n_speakers", [1, 2, 5])
+def test_train_heads_folds_choice_and_temperature(n_speakers):
+    from emotion_monitor.models.train import classifier_candidates, train_heads
+
+    x, y, va, groups = _heads_data(n_speakers)
+    candidates = classifier_candidates("lda", [0.2, 0.9], n_classes=4)
+    heads = train_heads(x, y, va, groups, candidates, [1.0, 100.0], n_folds=3)
+    xs = (x - heads["mean"]) / heads["std"]
+    w, b = candidates[heads["classifier"]](xs, y)
+    t = heads["temperature"]
+    # the exported head is the refit head divided by the calibrated temperature
+    assert np.allclose(heads["w_cls"] * t, w, rtol=1e-5, atol=1e-6)
+    assert np.allclose(heads["b_cls"] * t, b, rtol=1e-5, atol=1e-5)
+    if n_speakers == 1:
+        # nothing to hold out: no CV, the first candidates, probabilities left as scored
+        assert heads["cv"] == {} and t == 1.0
+        assert heads["classifier"] == "shrinkage=0.2" and heads["alpha"] == 1.0
+    else:
+        assert set(heads["cv"]) == {
+            "ua_shrinkage=0.2",
+            "ua_shrinkage=0.9",
+            "va_mse_alpha=1",
+            "va_mse_alpha=100",
+        }
+        # the temperature is the one that best fits the held-out folds' scores
+        speakers = sorted(set(groups))
+        k = min(3, n_speakers)
+        logits, truth = [], []
+        for fold in (set(speakers[i::k]) for i in range(k)):
+            held = np.isin(groups, list(fold))
+            m, sd = x[~held].mean(0), x[~held].std(0) + 1e-6
+            w, b = candidates[heads["classifier"]]((x[~held] - m) / sd, y[~held])
+            logits.append((x[held] - m) / sd @ w + b)
+            truth.append(y[held])
+        assert t == fit_temperature(np.concatenate(logits), np.concatenate(truth))
