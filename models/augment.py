@@ -74,9 +74,11 @@ RANDOM_AUGMENTATIONS = frozenset({"noise", "phone_noise", "crop", "crop_phone"})
 def augment(x: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
     """Apply augmentation ``kind`` to 16 kHz float32 audio ``x``; the randomness is seeded by
     ``kind``, ``seed`` and a digest of the samples."""
-    salt = f"{kind}:{seed}:".encode()
-    digest = hashlib.sha1(salt + np.ascontiguousarray(x, np.float32).tobytes())
-    rng = np.random.default_rng(int.from_bytes(digest.digest()[:8], "little"))
+    rng = None
+    if kind in RANDOM_AUGMENTATIONS:  # only these draw: the others need no digest of the samples
+        salt = f"{kind}:{seed}:".encode()
+        digest = hashlib.sha1(salt + np.ascontiguousarray(x, np.float32).tobytes())
+        rng = np.random.default_rng(int.from_bytes(digest.digest()[:8], "little"))
     if kind == "clean":
         return x
     if kind == "noise":

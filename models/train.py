@@ -229,6 +229,11 @@ def fit_softmax(
     return w.detach().numpy(), b.detach().numpy()
 
 
+def _check_shrinkages(values: Sequence[float]) -> None:
+    if any(not 0.0 <= v <= 1.0 for v in values):
+        raise ModelError(f"LDA shrinkages must lie in [0, 1], got {list(values)}")
+
+
 def fit_lda(
     x: np.ndarray, y: np.ndarray, n_classes: int, shrinkage: float, balanced: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -244,8 +249,7 @@ def fit_lda(
     balanced softmax loss does); otherwise both follow the class counts. A class absent from
     ``y`` gets a zero column and a bias that keeps it out of every prediction.
     """
-    if not 0.0 <= shrinkage <= 1.0:
-        raise ModelError(f"LDA shrinkage must lie in [0, 1], got {shrinkage}")
+    _check_shrinkages([shrinkage])
     x64 = x.astype(np.float64)
     counts = np.bincount(y, minlength=n_classes)
     present = counts > 0
@@ -383,8 +387,7 @@ def classifier_candidates(
     ``kind="lda"`` (:func:`fit_lda`), ``{"C=0.01": fit, ...}`` for ``"logistic"``
     (:func:`fit_softmax`). Each ``fit(x, y)`` returns (W, b)."""
     if kind == "lda":
-        if any(not 0.0 <= v <= 1.0 for v in strengths):
-            raise ModelError(f"LDA shrinkages must lie in [0, 1], got {list(strengths)}")
+        _check_shrinkages(strengths)  # here too, so a bad value fails before any embedding
         fit = partial(fit_lda, n_classes=n_classes, balanced=balanced)
         return {f"shrinkage={s:g}": partial(fit, shrinkage=s) for s in strengths}
     if kind == "logistic":
