@@ -14,8 +14,8 @@ import hashlib
 import json
 import time
 import warnings
-from collections.abc import Sequence
-from functools import partial
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -249,7 +249,19 @@ def fit_lda(
     balanced softmax loss does); otherwise both follow the class counts. A class absent from
     ``y`` gets a zero column and a bias that keeps it out of every prediction.
     """
-    _check_shrinkages([shrinkage])
+    return fit_lda_shrinkages(x, y, n_classes, [shrinkage], balanced)[0]
+
+
+def fit_lda_shrinkages(
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    shrinkages: Sequence[float],
+    balanced: bool = False,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`fit_lda` at each of ``shrinkages``, computing the within-class scatter once (it
+    costs more than each solve)."""
+    _check_shrinkages(shrinkages)
     x64 = x.astype(np.float64)
     counts = np.bincount(y, minlength=n_classes)
     present = counts > 0
@@ -265,31 +277,38 @@ def fit_lda(
         log_prior = np.log(np.maximum(counts, 1) / len(y))
     # covariance = a.T @ a, shrunk toward (its mean variance) x identity
     a = resid * np.sqrt(row_weight)[:, None]
-    ridge = shrinkage * np.einsum("ij,ij->", a, a) / a.shape[1]
-    # the scatter's rank is at most rows - classes: below that many features it can be inverted
-    if ridge <= 0 and a.shape[1] > a.shape[0] - present.sum():
-        raise ModelError(
-            f"LDA covariance is singular ({a.shape[1]} features, {a.shape[0]} rows); "
-            "use a shrinkage above 0"
-        )
-    try:
-        if a.shape[1] <= a.shape[0]:
-            cov = (1.0 - shrinkage) * (a.T @ a)
-            cov[np.diag_indices_from(cov)] += ridge
-            w = np.linalg.solve(cov, means.T)
-        else:
-            # fewer rows than features (wide wav2vec2 layer stacks): the same solution through
-            # the rows' Gram matrix (Woodbury identity), never forming the features^2 covariance
-            gram = (1.0 - shrinkage) * (a @ a.T)
-            gram[np.diag_indices_from(gram)] += ridge
-            w = (means.T - (1.0 - shrinkage) * (a.T @ np.linalg.solve(gram, a @ means.T))) / ridge
-    except np.linalg.LinAlgError as exc:
-        raise ModelError(f"LDA covariance is singular ({exc}); use a shrinkage above 0") from exc
-    b = -0.5 * np.einsum("kd,dk->k", means, w) + log_prior
-    # LDA scores have no fixed scale: keep an absent class out with a bias below any score
-    w[:, ~present] = 0.0
-    b[~present] = -1e9
-    return w.astype(np.float32), b.astype(np.float32)
+    mean_variance = np.einsum("ij,ij->", a, a) / a.shape[1]
+    # fewer rows than features (wide wav2vec2 layer stacks): solve through the rows' Gram
+    # matrix (Woodbury identity), never forming the features^2 covariance
+    through_rows = a.shape[1] > a.shape[0]
+    scatter = a @ a.T if through_rows else a.T @ a
+    fits = []
+    for shrinkage in shrinkages:
+        ridge = shrinkage * mean_variance
+        # the scatter's rank is at most rows - classes: below that many features it can be inverted
+        if ridge <= 0 and a.shape[1] > a.shape[0] - present.sum():
+            raise ModelError(
+                f"LDA covariance is singular ({a.shape[1]} features, {a.shape[0]} rows); "
+                "use a shrinkage above 0"
+            )
+        shrunk = (1.0 - shrinkage) * scatter
+        shrunk[np.diag_indices_from(shrunk)] += ridge
+        try:
+            if through_rows:
+                inner = np.linalg.solve(shrunk, a @ means.T)
+                w = (means.T - (1.0 - shrinkage) * (a.T @ inner)) / ridge
+            else:
+                w = np.linalg.solve(shrunk, means.T)
+        except np.linalg.LinAlgError as exc:
+            raise ModelError(
+                f"LDA covariance is singular ({exc}); use a shrinkage above 0"
+            ) from exc
+        b = -0.5 * np.einsum("kd,dk->k", means, w) + log_prior
+        # LDA scores have no fixed scale: keep an absent class out with a bias below any score
+        w[:, ~present] = 0.0
+        b[~present] = -1e9
+        fits.append((w.astype(np.float32), b.astype(np.float32)))
+    return fits
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
@@ -307,11 +326,23 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
 
 def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     """Ridge regression in its dual form (n < features): returns (W, b), W (features, targets)."""
+    return fit_ridge_alphas(x, y, [alpha])[0]
+
+
+def fit_ridge_alphas(
+    x: np.ndarray, y: np.ndarray, alphas: Sequence[float]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`fit_ridge` at each of ``alphas``, computing the Gram matrix once."""
     xm, ym = x.mean(0), y.mean(0)
     xc = (x - xm).astype(np.float64)
-    gram = xc @ xc.T + alpha * np.eye(len(x))
-    w = xc.T @ np.linalg.solve(gram, (y - ym).astype(np.float64))
-    return w.astype(np.float32), (ym - xm @ w).astype(np.float32)
+    gram = xc @ xc.T
+    fits = []
+    for alpha in alphas:
+        penalised = gram.copy()
+        penalised[np.diag_indices_from(penalised)] += alpha
+        w = xc.T @ np.linalg.solve(penalised, (y - ym).astype(np.float64))
+        fits.append((w.astype(np.float32), (ym - xm @ w).astype(np.float32)))
+    return fits
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -376,25 +407,56 @@ def export_heads(
         )
 
 
+@dataclass(frozen=True)
+class ClassHeadCandidates:
+    """The class heads cross-validation chooses among: one kind at several strengths, named
+    ``"shrinkage=0.6"`` (LDA, :func:`fit_lda`) or ``"C=0.01"`` (logistic, :func:`fit_softmax`).
+    Build it with :func:`classifier_candidates`."""
+
+    parameter: str
+    strengths: tuple[float, ...]
+    #: (x, y, strengths) -> one (W, b) per strength
+    fit_strengths: Callable[[np.ndarray, np.ndarray, list[float]], list]
+
+    @property
+    def names(self) -> list[str]:
+        return [f"{self.parameter}={s:g}" for s in self.strengths]
+
+    def fit(self, x: np.ndarray, y: np.ndarray, names: Sequence[str] | None = None) -> dict:
+        """``{name: (W, b)}`` for the named candidates (all by default), fitted on (x, y)."""
+        chosen = [
+            (n, s)
+            for n, s in zip(self.names, self.strengths, strict=True)
+            if names is None or n in names
+        ]
+        fits = self.fit_strengths(x, y, [s for _, s in chosen])
+        return {n: fit for (n, _), fit in zip(chosen, fits, strict=True)}
+
+
 def classifier_candidates(
     kind: str,
     strengths: Sequence[float],
     seed: int = 0,
     balanced: bool = True,
     n_classes: int = len(CLASSES),
-) -> dict:
-    """The class heads cross-validation chooses among: ``{"shrinkage=0.6": fit, ...}`` for
-    ``kind="lda"`` (:func:`fit_lda`), ``{"C=0.01": fit, ...}`` for ``"logistic"``
-    (:func:`fit_softmax`). Each ``fit(x, y)`` returns (W, b)."""
+) -> ClassHeadCandidates:
+    """LDA (``kind="lda"``, ``strengths`` = shrinkages, fitted together: they share one
+    scatter matrix) or logistic (``"logistic"``, ``strengths`` = C values) class heads."""
     if kind == "lda":
         _check_shrinkages(strengths)  # here too, so a bad value fails before any embedding
-        fit = partial(fit_lda, n_classes=n_classes, balanced=balanced)
-        return {f"shrinkage={s:g}": partial(fit, shrinkage=s) for s in strengths}
+
+        def fit_together(x, y, shrinkages):
+            return fit_lda_shrinkages(x, y, n_classes, shrinkages, balanced)
+
+        return ClassHeadCandidates("shrinkage", tuple(strengths), fit_together)
     if kind == "logistic":
         if any(v <= 0 for v in strengths):
             raise ModelError(f"logistic C values must be positive, got {list(strengths)}")
-        fit = partial(fit_softmax, n_classes=n_classes, seed=seed, balanced=balanced)
-        return {f"C={c:g}": partial(fit, c=c) for c in strengths}
+
+        def fit_each(x, y, cs):
+            return [fit_softmax(x, y, n_classes, c, seed=seed, balanced=balanced) for c in cs]
+
+        return ClassHeadCandidates("C", tuple(strengths), fit_each)
     raise ModelError(f"unknown classifier {kind!r}; use lda or logistic")
 
 
@@ -403,13 +465,13 @@ def train_heads(
     y: np.ndarray,
     va: np.ndarray,
     groups: np.ndarray,
-    candidates: dict,
+    candidates: ClassHeadCandidates,
     alphas: Sequence[float],
     n_folds: int = 9,
 ) -> dict:
-    """Pick the class head (one of ``candidates``, see :func:`classifier_candidates`) and the
-    ridge alpha by leave-speaker-group-out CV, calibrate the class head's softmax temperature on
-    the held-out folds' scores, refit on everything.
+    """Pick the class head (one of ``candidates``) and the ridge alpha by leave-speaker-group-out
+    CV, calibrate the class head's softmax temperature on the held-out folds' scores, refit on
+    everything.
 
     The sorted speakers are dealt round-robin into ``n_folds`` folds (one speaker per fold when
     there are fewer; no CV, temperature 1 and the first candidates with a single speaker).
@@ -425,32 +487,30 @@ def train_heads(
         return (x[tr] - m) / s, (x[te] - m) / s
 
     cv: dict[str, float] = {}
-    best, best_a, temperature = next(iter(candidates)), alphas[0], 1.0
+    best, best_a, temperature = candidates.names[0], alphas[0], 1.0
     if folds:
-        ua = {name: [] for name in candidates}
-        held_out = {name: [] for name in candidates}
+        ua = {name: [] for name in candidates.names}
+        held_out = {name: [] for name in candidates.names}
         y_held = []
         err = {a: [] for a in alphas}
         for fold in folds:
             te = np.array([g in fold for g in groups])
             y_held.append(y[te])
             xtr, xte = scaled(~te, te)
-            for name, fit in candidates.items():
-                w, b = fit(xtr, y[~te])
+            for name, (w, b) in candidates.fit(xtr, y[~te]).items():
                 held_out[name].append(xte @ w + b)
                 pred = held_out[name][-1].argmax(1)
                 ua[name].append(unweighted_accuracy(y[te], pred, w.shape[1]))
-            for a in alphas:
-                w, b = fit_ridge(xtr, va[~te], a)
+            for a, (w, b) in zip(alphas, fit_ridge_alphas(xtr, va[~te], alphas), strict=True):
                 err[a].append(float(np.mean((np.clip(xte @ w + b, -1, 1) - va[te]) ** 2)))
         cv = {f"ua_{name}": float(np.mean(v)) for name, v in ua.items()}
         cv.update({f"va_mse_alpha={a:g}": float(np.mean(v)) for a, v in err.items()})
-        best = max(candidates, key=lambda name: np.mean(ua[name]))
+        best = max(candidates.names, key=lambda name: np.mean(ua[name]))
         best_a = min(alphas, key=lambda a: np.mean(err[a]))
         temperature = fit_temperature(np.concatenate(held_out[best]), np.concatenate(y_held))
     mean, std = x.mean(0), x.std(0) + 1e-6
     xs = (x - mean) / std
-    w_cls, b_cls = candidates[best](xs, y)
+    w_cls, b_cls = candidates.fit(xs, y, [best])[best]
     w_va, b_va = fit_ridge(xs, va, best_a)
     return {
         "mean": mean,

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from emotion_monitor.models.base import ModelError
-from emotion_monitor.models.train import fit_lda, fit_temperature, softmax
+from emotion_monitor.models.train import (
+    fit_lda,
+    fit_lda_shrinkages,
+    fit_ridge,
+    fit_ridge_alphas,
+    fit_temperature,
+    softmax,
+)
 
 
 def _nuisance_data(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -75,6 +82,24 @@ def test_lda_with_more_features_than_rows_matches_the_direct_solution():
         fit_lda(x, y, 4, shrinkage=0.0)
 
 
+@pytest.mark.parametrize("features", [12, 150])  # the covariance path and the Gram-matrix path
+def test_fits_sharing_one_scatter_equal_the_separate_fits(features):
+    rng = np.random.default_rng(6)
+    y = np.arange(80) % 4
+    x = rng.standard_normal((80, features))
+    x[:, :4] += 2.0 * np.eye(4)[y]
+    together = fit_lda_shrinkages(x, y, 4, [0.2, 0.5, 0.9], balanced=True)
+    for shrinkage, (w, b) in zip([0.2, 0.5, 0.9], together, strict=True):
+        w1, b1 = fit_lda(x, y, 4, shrinkage, balanced=True)
+        assert np.array_equal(w, w1) and np.array_equal(b, b1)
+    # the shrinkages really differ, so an unchanged scatter would show
+    assert not np.allclose(together[0][0], together[2][0])
+    va = x[:, :2] + 0.1 * rng.standard_normal((80, 2))
+    for alpha, (w, b) in zip([1.0, 100.0], fit_ridge_alphas(x, va, [1.0, 100.0]), strict=True):
+        w1, b1 = fit_ridge(x, va, alpha)
+        assert np.array_equal(w, w1) and np.array_equal(b, b1)
+
+
 def test_absent_class_stays_out_however_large_the_scores():
     # well-separated classes in many dimensions give LDA scores of hundreds; an input at the
     # feature mean has no class signal, and the absent class must still never win
@@ -108,7 +133,7 @@ def test_train_heads_folds_choice_and_temperature(n_speakers):
     candidates = classifier_candidates("lda", [0.2, 0.9], n_classes=4)
     heads = train_heads(x, y, va, groups, candidates, [1.0, 100.0], n_folds=3)
     xs = (x - heads["mean"]) / heads["std"]
-    w, b = candidates[heads["classifier"]](xs, y)
+    w, b = candidates.fit(xs, y)[heads["classifier"]]
     t = heads["temperature"]
     # the exported head is the refit head divided by the calibrated temperature
     assert np.allclose(heads["w_cls"] * t, w, rtol=1e-5, atol=1e-6)
@@ -131,7 +156,7 @@ def test_train_heads_folds_choice_and_temperature(n_speakers):
         for fold in (set(speakers[i::k]) for i in range(k)):
             held = np.isin(groups, list(fold))
             m, sd = x[~held].mean(0), x[~held].std(0) + 1e-6
-            w, b = candidates[heads["classifier"]]((x[~held] - m) / sd, y[~held])
+            w, b = candidates.fit((x[~held] - m) / sd, y[~held])[heads["classifier"]]
             logits.append((x[held] - m) / sd @ w + b)
             truth.append(y[held])
         assert t == fit_temperature(np.concatenate(logits), np.concatenate(truth))
