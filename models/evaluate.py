@@ -31,8 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--channel",
         default="clean",
-        choices=("clean", "noise", "phone", "phone_noise"),
-        help="degrade the audio first (e.g. phone: 8 kHz mu-law round trip)",
+        choices=("clean", "noise", "phone", "phone_noise", "reverb"),
+        help="degrade the audio first (phone: 8 kHz mu-law round trip; noise: coloured noise "
+        "and gain; reverb: a random room)",
     )
     p.add_argument("--json", help="write the metrics to this JSON file")
     p.add_argument("--plots", help="folder for confusion-matrix and valence/arousal PNGs")

@@ -548,9 +548,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--augment",
-        default="clean,phone,noise,crop,slow,fast",
+        default="clean,phone,noise,crop,slow,fast,reverb",
         help="augmentations of the training clips "
-        "(clean,noise,phone,phone_noise,crop,crop_phone,slow,fast)",
+        "(clean,noise,phone,phone_noise,crop,crop_phone,slow,fast,reverb)",
     )
     p.add_argument(
         "--input-norm",

@@ -165,6 +165,29 @@ def test_augmentation_draws_follow_the_seed():
     assert np.array_equal(augment(x, "noise"), augment(x.copy(), "noise"))
     assert not np.allclose(augment(x, "noise", seed=0), augment(x, "noise", seed=1))
     assert np.array_equal(augment(x, "phone", seed=0), augment(x, "phone", seed=1))
+    assert not np.allclose(augment(x, "reverb", seed=0), augment(x, "reverb", seed=1))
+
+
+def test_reverb_adds_a_decaying_tail_at_the_same_level():
+    from emotion_monitor.models.augment import augment
+
+    # a 0.2 s white-noise burst, then 1.3 s of silence: whatever follows the burst is the room
+    rate = 16_000
+    x = np.zeros(int(1.5 * rate), np.float32)
+    x[: rate // 5] = 0.1 * np.random.default_rng(0).standard_normal(rate // 5)
+    wet = augment(x, "reverb")
+    assert wet.shape == x.shape
+    assert np.sqrt(np.mean(wet**2)) == pytest.approx(np.sqrt(np.mean(x**2)), rel=1e-3)
+
+    def energy(a, start, stop):
+        return float(np.mean(a[int(start * rate) : int(stop * rate)] ** 2))
+
+    burst = energy(wet, 0.0, 0.2)
+    right_after, later = energy(wet, 0.2, 0.3), energy(wet, 0.5, 0.6)
+    # a tail 0-12 dB below the direct sound, decaying by 60 dB within 0.2-0.8 s
+    assert 1e-4 * burst < right_after < burst
+    assert later < right_after
+    assert energy(wet, 1.1, 1.5) < 1e-6 * burst
 
 
 def test_evaluate_cli_on_trained_heads(trained):
@@ -177,6 +200,17 @@ def test_evaluate_cli_on_trained_heads(trained):
     )
     assert result["n"] == 8 and len(va) == 8
     assert result["valence_arousal_source"] == "model"
+    # --channel degrades the audio before the model hears it
+    in_room, _, va_in_room = evaluate(
+        model,
+        trained["manifest"],
+        root=str(RAVDESS),
+        split="test",
+        channel="reverb",
+        progress=False,
+    )
+    assert in_room["n"] == 8 and in_room["channel"] == "reverb"
+    assert not np.allclose(va_in_room, va, atol=1e-4)
 
 
 def test_train_layer_groups_must_match_encoders(trained, capsys):
