@@ -76,6 +76,21 @@ def reverb(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(wet * level, -1.0, 1.0).astype(np.float32)
 
 
+def speech_only(x: np.ndarray, seconds: float = 2.0, floor_db: float = 35.0) -> np.ndarray:
+    """The clip's speech (first to last 20 ms frame within ``floor_db`` of the loudest), repeated
+    to fill ``seconds``: a window of continuous speech, as in a conversation, where the training
+    clips hold a second of silence before each sentence."""
+    frame = SAMPLE_RATE // 50
+    n = len(x) // frame * frame
+    if n == 0:
+        return x
+    energy_db = 10 * np.log10(np.mean(x[:n].reshape(-1, frame).astype(np.float64) ** 2, 1) + 1e-12)
+    active = np.flatnonzero(energy_db > energy_db.max() - floor_db)
+    voiced = x[active[0] * frame : (active[-1] + 1) * frame]
+    target = int(seconds * SAMPLE_RATE)
+    return np.tile(voiced, -(-target // len(voiced)))[:target].astype(np.float32)
+
+
 def speed(x: np.ndarray, factor: float) -> np.ndarray:
     """Play ``factor`` times faster (pitch and tempo together), a stand-in for other voices."""
     from scipy.signal import resample_poly
@@ -93,6 +108,7 @@ AUGMENTATIONS = (
     "slow",
     "fast",
     "reverb",
+    "speech_only",
 )
 
 
@@ -126,4 +142,6 @@ def augment(x: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
         return speed(x, 1.1)
     if kind == "reverb":
         return reverb(x, rng)
+    if kind == "speech_only":
+        return speech_only(x)
     raise ValueError(f"unknown augmentation {kind!r}; choose from {', '.join(AUGMENTATIONS)}")

@@ -31,9 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--channel",
         default="clean",
-        choices=("clean", "noise", "phone", "phone_noise", "reverb"),
-        help="degrade the audio first (phone: 8 kHz mu-law round trip; noise: coloured noise "
-        "and gain; reverb: a random room)",
+        choices=("clean", "noise", "phone", "phone_noise", "reverb", "speech_only"),
+        help="change the audio first (phone: 8 kHz mu-law round trip; noise: coloured noise "
+        "and gain; reverb: a random room; speech_only: the clip's speech repeated to 2 s, "
+        "continuous speech without the pauses)",
     )
     p.add_argument("--json", help="write the metrics to this JSON file")
     p.add_argument("--plots", help="folder for confusion-matrix and valence/arousal PNGs")

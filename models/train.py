@@ -548,9 +548,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--augment",
-        default="clean,phone,noise,crop,slow,fast,reverb",
+        default="clean,phone,noise,crop,slow,fast,reverb,speech_only",
         help="augmentations of the training clips "
-        "(clean,noise,phone,phone_noise,crop,crop_phone,slow,fast,reverb)",
+        "(clean,noise,phone,phone_noise,crop,crop_phone,slow,fast,reverb,speech_only)",
     )
     p.add_argument(
         "--input-norm",

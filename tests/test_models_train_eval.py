@@ -190,6 +190,24 @@ def test_reverb_adds_a_decaying_tail_at_the_same_level():
     assert energy(wet, 1.1, 1.5) < 1e-6 * burst
 
 
+def test_speech_only_fills_the_window_with_the_speech():
+    from emotion_monitor.models.augment import augment
+
+    # a second of near-silence, 0.5 s of "speech", a little silence: like a RAVDESS clip
+    rate = 16_000
+    rng = np.random.default_rng(1)
+    x = (1e-4 * rng.standard_normal(int(1.7 * rate))).astype(np.float32)
+    voiced = (0.2 * np.sin(2 * np.pi * 150 * np.arange(rate // 2) / rate)).astype(np.float32)
+    x[rate : rate + rate // 2] += voiced
+    out = augment(x, "speech_only")
+    assert out.shape == (2 * rate,)
+    # the window is the speech repeated: no frame of it is silent
+    frames = out.reshape(-1, rate // 50)
+    assert np.all(np.sqrt(np.mean(frames**2, 1)) > 0.1)
+    assert np.allclose(out[: rate // 2], x[rate : rate + rate // 2])
+    assert np.allclose(out[rate // 2 : rate], x[rate : rate + rate // 2])
+
+
 def test_evaluate_cli_on_trained_heads(trained):
     # the heads folder is not a registry spec, so score it through the function
     from emotion_monitor.models.default_model import load_model_dir
