@@ -78,7 +78,7 @@ def reverb(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def speech_only(x: np.ndarray, seconds: float = 2.0, floor_db: float = 35.0) -> np.ndarray:
     """The clip's speech (first to last 20 ms frame within ``floor_db`` of the loudest), repeated
-    to fill ``seconds``: a window of continuous speech, as in a conversation, where the training
+    or cut to ``seconds``: a window of continuous speech, as in a conversation, where the training
     clips hold a second of silence before each sentence."""
     frame = SAMPLE_RATE // 50
     n = len(x) // frame * frame

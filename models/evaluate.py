@@ -33,8 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="clean",
         choices=("clean", "noise", "phone", "phone_noise", "reverb", "speech_only"),
         help="change the audio first (phone: 8 kHz mu-law round trip; noise: coloured noise "
-        "and gain; reverb: a random room; speech_only: the clip's speech repeated to 2 s, "
-        "continuous speech without the pauses)",
+        "and gain; reverb: a random room; speech_only: the clip's speech without the "
+        "silence around it, repeated or cut to 2 s)",
     )
     p.add_argument("--json", help="write the metrics to this JSON file")
     p.add_argument("--plots", help="folder for confusion-matrix and valence/arousal PNGs")
