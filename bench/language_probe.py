@@ -31,10 +31,21 @@ SENTENCES = {
     "pl": "Spotkanie zaplanowano na wtorek po południu w drugiej sali.",
     "tr": "Toplantı salı öğleden sonra ikinci odada yapılacak.",
     "hi": "बैठक मंगलवार दोपहर दूसरे कमरे में निर्धारित है।",
-    "cmn": "会议安排在星期二下午的第二个房间。",
-    "ja": "会議は火曜日の午後に二番目の部屋で予定されています。",
+    # espeak-ng reads Chinese characters and kanji as English words ("Chinese letter"): Mandarin
+    # goes in as tone-numbered pinyin to the pinyin voice, Japanese in kana
+    "cmn-latn-pinyin": "hui4 yi4 an1 pai2 zai4 xing1 qi1 er4 xia4 wu3 de5 di4 er4 ge4 fang2 jian1",
+    "ja": "かいぎは かようびの ごごに にばんめの へやで よていされています。",
 }
 WINDOW, HOP = 32_000, 8_000  # the engine's defaults at 16 kHz
+
+
+def _check_voice(lang: str, text: str) -> None:
+    # a voice that falls back to English for some words would measure English, not the language
+    phonemes = subprocess.run(
+        ["espeak-ng", "-v", lang, "-q", "-x", text], check=True, capture_output=True, text=True
+    ).stdout
+    if "(en)" in phonemes:
+        raise SystemExit(f"espeak-ng's {lang} voice reads part of {text!r} as English: {phonemes}")
 
 
 def _speak(lang: str, text: str, speed: int, pitch: int, out: Path) -> np.ndarray:
@@ -53,8 +64,10 @@ def main() -> None:
 
     model = load_model(args.model, device="cpu")
     overall: collections.Counter = collections.Counter()
+    angry_share = []
     with tempfile.TemporaryDirectory() as tmp:
         for lang, text in SENTENCES.items():
+            _check_voice(lang, text)
             labels, va = collections.Counter(), []
             for speed in (140, 175):
                 for pitch in (30, 50, 70):
@@ -64,11 +77,14 @@ def main() -> None:
                         labels[max(p.classes, key=p.classes.get)] += 1
                         va.append((p.valence, p.arousal))
             overall.update(labels)
+            angry_share.append(labels["angry"] / len(va))
             v, a = np.mean(va, axis=0)
             top = ", ".join(f"{k} {n}" for k, n in labels.most_common(3))
-            print(f"{lang:6s} windows {len(va):3d}  valence {v:+.2f}  arousal {a:+.2f}  {top}")
+            print(f"{lang[:6]:6s} windows {len(va):3d}  valence {v:+.2f}  arousal {a:+.2f}  {top}")
     total = sum(overall.values())
     print("all    " + ", ".join(f"{k} {n / total:.0%}" for k, n in overall.most_common()))
+    # languages yield different numbers of windows: the mean over languages weighs each the same
+    print(f"angry, mean over languages: {np.mean(angry_share):.0%}")
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="clean",
         choices=("clean", "noise", "phone", "phone_noise", "reverb", "speech_only"),
         help="change the audio first (phone: 8 kHz mu-law round trip; noise: coloured noise "
-        "and gain; reverb: a random room; speech_only: the clip's speech without the "
-        "silence around it, repeated or cut to 2 s)",
+        "and gain; phone_noise: noise, then the phone; reverb: a random room; speech_only: the "
+        "clip's speech without the silence around it, repeated or cut to 2 s)",
     )
     p.add_argument("--json", help="write the metrics to this JSON file")
     p.add_argument("--plots", help="folder for confusion-matrix and valence/arousal PNGs")
@@ -225,7 +225,8 @@ def evaluate(
 ) -> tuple[dict, list[str], list[tuple]]:
     """Score ``model`` on a manifest; returns (metrics, true labels, (valence, arousal) pairs).
 
-    Raises :class:`ModelError` when ``labels`` names labels the model does not have.
+    Raises :class:`ModelError` when ``labels`` names labels the model does not have, or when
+    ``split`` matches no row.
     """
     from emotion_monitor.models.augment import augment
     from tqdm import tqdm
@@ -241,7 +242,13 @@ def evaluate(
     use = tuple(labels) if labels else model_labels
     rows = read_manifest(manifest, root)
     if split:
+        present = sorted({str(r.split) for r in rows})
         rows = [r for r in rows if r.split == split]
+        if not rows:  # a typo must not pass as a score of nothing
+            raise ModelError(
+                f"{manifest}: no rows with split {split!r} (the split column holds: "
+                f"{', '.join(present)})"
+            )
     skipped_labels = Counter(r.emotion for r in rows if r.emotion not in use)
     rows = [r for r in rows if r.emotion in use] if use else rows
     problems: list[str] = []

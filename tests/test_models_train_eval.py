@@ -206,6 +206,14 @@ def test_speech_only_fills_the_window_with_the_speech():
     assert np.all(np.sqrt(np.mean(frames**2, 1)) > 0.1)
     assert np.allclose(out[: rate // 2], x[rate : rate + rate // 2])
     assert np.allclose(out[rate // 2 : rate], x[rate : rate + rate // 2])
+    # longer speech is cut to the window, from its start
+    long = np.zeros(4 * rate, np.float32)
+    long[rate // 2 :] = 0.2 * np.sin(2 * np.pi * 150 * np.arange(4 * rate - rate // 2) / rate)
+    assert np.array_equal(augment(long, "speech_only"), long[rate // 2 : rate // 2 + 2 * rate])
+    # shorter than one 20 ms frame: all of it, repeated; nothing: silence
+    blip = np.array([0.1, -0.2, 0.3], np.float32)
+    assert np.array_equal(augment(blip, "speech_only"), np.resize(blip, 2 * rate))
+    assert np.array_equal(augment(blip[:0], "speech_only"), np.zeros(2 * rate, np.float32))
 
 
 def test_evaluate_cli_on_trained_heads(trained):
@@ -229,6 +237,8 @@ def test_evaluate_cli_on_trained_heads(trained):
     )
     assert in_room["n"] == 8 and in_room["channel"] == "reverb"
     assert not np.allclose(va_in_room, va, atol=1e-4)
+    with pytest.raises(ModelError, match="no rows with split 'tset'.*holds: test, train"):
+        evaluate(model, trained["manifest"], root=str(RAVDESS), split="tset", progress=False)
 
 
 def test_train_layer_groups_must_match_encoders(trained, capsys):
