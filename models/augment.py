@@ -72,8 +72,9 @@ def reverb(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     tail *= np.sqrt(10 ** (-rng.uniform(0.0, 12.0) / 10) / np.sum(tail**2))
     pre_delay = int(rng.uniform(0.002, 0.02) * SAMPLE_RATE)
     response = np.concatenate([[1.0], np.zeros(pre_delay), tail])
-    wet = fftconvolve(x.astype(np.float64), response)[: len(x)]
-    level = np.sqrt(np.mean(x.astype(np.float64) ** 2) / (np.mean(wet**2) + 1e-12))
+    dry = x.astype(np.float64)
+    wet = fftconvolve(dry, response)[: len(x)]
+    level = np.sqrt(np.mean(dry**2) / (np.mean(wet**2) + 1e-12))
     return np.clip(wet * level, -1.0, 1.0).astype(np.float32)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from emotion_monitor.models.augment import RANDOM_AUGMENTATIONS, augment
+from emotion_monitor.models.augment import AUGMENTATIONS, RANDOM_AUGMENTATIONS, augment
 from emotion_monitor.models.base import EMOTIONS, ModelError
 from emotion_monitor.models.embedding import layer_columns
 from emotion_monitor.models.manifest import Row, read_manifest
@@ -278,6 +278,12 @@ def fit_lda_shrinkages(
     # covariance = a.T @ a, shrunk toward (its mean variance) x identity
     a = resid * np.sqrt(row_weight)[:, None]
     mean_variance = np.einsum("ij,ij->", a, a) / a.shape[1]
+    # the scatter's rank is at most rows - classes: with more features, no shrinkage, no inverse
+    if mean_variance * min(shrinkages) <= 0 and a.shape[1] > a.shape[0] - present.sum():
+        raise ModelError(
+            f"LDA covariance is singular ({a.shape[1]} features, {a.shape[0]} rows); "
+            "use a shrinkage above 0"
+        )
     # fewer rows than features (wide wav2vec2 layer stacks): solve through the rows' Gram
     # matrix (Woodbury identity), never forming the features^2 covariance
     through_rows = a.shape[1] > a.shape[0]
@@ -285,12 +291,6 @@ def fit_lda_shrinkages(
     fits = []
     for shrinkage in shrinkages:
         ridge = shrinkage * mean_variance
-        # the scatter's rank is at most rows - classes: below that many features it can be inverted
-        if ridge <= 0 and a.shape[1] > a.shape[0] - present.sum():
-            raise ModelError(
-                f"LDA covariance is singular ({a.shape[1]} features, {a.shape[0]} rows); "
-                "use a shrinkage above 0"
-            )
         shrunk = (1.0 - shrinkage) * scatter
         shrunk[np.diag_indices_from(shrunk)] += ridge
         try:
@@ -549,8 +549,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--augment",
         default="clean,phone,noise,crop,slow,fast,reverb,speech_only",
-        help="augmentations of the training clips "
-        "(clean,noise,phone,phone_noise,crop,crop_phone,slow,fast,reverb,speech_only)",
+        help=f"augmentations of the training clips, comma-separated ({', '.join(AUGMENTATIONS)})",
     )
     p.add_argument(
         "--input-norm",
