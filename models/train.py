@@ -90,9 +90,11 @@ class PooledFeatures:
 
     def embed(self, rows, augs, cache, seed: int = 0) -> tuple[dict[str, np.ndarray], list[str]]:
         """Features (n_rows, feature_dim) per augmentation, and the unreadable-file messages."""
-        per_part, problems = [], []
+        # each file is read and hashed once for all encoders' cache keys
+        digests, problems = content_digests(rows) if cache else (None, [])
+        per_part = []
         for embedder, _, cols in self.parts:
-            feats, probs = embed_rows(rows, embedder, augs, cache, seed=seed)
+            feats, probs = embed_rows(rows, embedder, augs, cache, seed=seed, digests=digests)
             per_part.append({a: f[:, cols] for a, f in feats.items()})
             problems += [p for p in probs if p not in problems]
         return {a: np.concatenate([f[a] for f in per_part], axis=1) for a in augs}, problems
@@ -110,6 +112,20 @@ def _cache_file(cache: Path, embedder, digest: str, aug: str, seed: int) -> Path
     return folder / (hashlib.sha1(key.encode()).hexdigest() + ".npy")
 
 
+def content_digests(rows: Sequence[Row]) -> tuple[list[str | None], list[str]]:
+    """Each row's file content hash (the embedding cache key), None where the file cannot be
+    read, and a message for each of those."""
+    digests: list[str | None] = []
+    problems: list[str] = []
+    for row in rows:
+        try:
+            digests.append(hashlib.sha1(row.path.read_bytes()).hexdigest())
+        except OSError as exc:
+            digests.append(None)
+            problems.append(f"{row.path}: {exc}")
+    return digests, problems
+
+
 def embed_rows(
     rows: Sequence[Row],
     embedder,
@@ -118,23 +134,24 @@ def embed_rows(
     batch: int = 8,
     progress: bool = True,
     seed: int = 0,
+    digests: Sequence[str | None] | None = None,
 ) -> tuple[dict[str, np.ndarray], list[str]]:
     """Features (n_rows, feature_dim) per augmentation, cached on disk; rows whose audio cannot
     be read get NaN features and a message in the returned problem list. ``seed`` picks the
-    random augmentations' draws."""
+    random augmentations' draws; ``digests`` are the rows' :func:`content_digests` when the
+    caller already has them (their unreadable rows are then the caller's to report)."""
     from tqdm import tqdm
 
     feats = {a: np.full((len(rows), embedder.feature_dim), np.nan, np.float32) for a in augs}
     problems: list[str] = []
+    if cache and digests is None:
+        digests, problems = content_digests(rows)
     todo: list[tuple[int, str, Path | None]] = []
-    for i, row in enumerate(rows):
-        try:
-            digest = hashlib.sha1(row.path.read_bytes()).hexdigest() if cache else ""
-        except OSError as exc:
-            problems.append(f"{row.path}: {exc}")
-            continue
+    for i in range(len(rows)):
+        if cache and digests[i] is None:
+            continue  # unreadable
         for a in augs:
-            f = _cache_file(cache, embedder, digest, a, seed) if cache else None
+            f = _cache_file(cache, embedder, digests[i], a, seed) if cache else None
             if f is not None and f.exists():
                 feats[a][i] = np.load(f, allow_pickle=False)
             else:
