@@ -209,9 +209,33 @@ def load_model_dir(
         path = _encoder_onnx(folder, config, backend)
         encoder = _OrtEncoder(path, "cpu", threads, per_window=backend == "ort-int8")
     heads_path = folder / config["heads"]
+    if not heads_path.is_file():
+        raise ModelError(f"{folder / 'config.json'}: names heads file {heads_path}: missing")
     heads, heads_provider = create_session(heads_path, "cpu", threads=1)
     check_input_size(heads, int(config["feature_dim"]), heads_path)
+    _check_heads_outputs(heads, len(config["labels"]), heads_path)
+    # one short window through the encoder: a config whose layers do not match the encoder
+    # fails here, naming the files, instead of on the first window of a stream
+    produced = encoder(np.zeros((1, 16000), np.float32)).shape[1]
+    if produced != int(config["feature_dim"]):
+        raise ModelError(
+            f"{folder / 'config.json'}: feature_dim is {config['feature_dim']} but encoder "
+            f"{config['encoder']} with layers {config['layers']} produces {produced} features"
+        )
     return DefaultModel(folder, encoder, heads, heads_provider, config)
+
+
+def _check_heads_outputs(session, n_labels: int, path: Path) -> None:
+    """The heads graph must give one probability per config label and (valence, arousal)."""
+    outputs = session.get_outputs()
+    # symbolic or missing dimensions cannot be checked before a run
+    sizes = [o.shape[-1] if o.shape and isinstance(o.shape[-1], int) else None for o in outputs]
+    if len(outputs) != 2 or sizes[0] not in (n_labels, None) or sizes[1] not in (2, None):
+        raise ModelError(
+            f"{path}: heads give outputs of sizes {sizes}, but config.json lists {n_labels} "
+            "labels; expected [class probabilities per label, (valence, arousal)] = "
+            f"[{n_labels}, 2]"
+        )
 
 
 def load_default(device: str = "auto") -> EmotionModel:

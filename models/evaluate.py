@@ -43,8 +43,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="score the final smoothed estimate of the streaming engine per clip",
     )
-    p.add_argument("--batch", type=int, default=16, help="clips per predict call")
+    p.add_argument("--batch", type=_positive_int, default=16, help="clips per predict call")
     p.add_argument("--device", default="auto")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def score(true: Sequence[str], pred: Sequence[str], labels: Sequence[str]) -> dict:
@@ -263,7 +270,8 @@ def evaluate(
                 if x.size == 0:
                     raise ValueError("no samples")
             except Exception as exc:  # noqa: BLE001 - a bad row is reported, not fatal
-                problems.append(f"{r.path}: {exc}")
+                # load_audio's errors already name the file
+                problems.append(str(exc) if str(r.path) in str(exc) else f"{r.path}: {exc}")
                 continue
             clips.append(augment(x, channel))
             kept.append(r)
@@ -353,4 +361,12 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if result["n"] == 0:  # a run that scored nothing must not pass for a result
+        print(
+            f"error: no clip was scored ({result['skipped_unreadable']} unreadable, "
+            f"{result['skipped_other_labels']} with other labels); relative paths are taken "
+            "from the manifest's folder unless --root is given",
+            file=sys.stderr,
+        )
+        return 1
     return 0

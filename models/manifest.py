@@ -25,7 +25,8 @@ def read_manifest(manifest: str | Path, root: str | Path | None = None) -> list[
     manifest = Path(manifest)
     base = Path(root) if root else manifest.parent
     try:
-        with manifest.open(newline="") as f:
+        # utf-8-sig: spreadsheet programs save CSV with a byte-order mark
+        with manifest.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             fields = set(reader.fieldnames or ())
             missing = {"path", "emotion"} - fields

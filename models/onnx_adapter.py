@@ -80,6 +80,12 @@ class OnnxAdapterModel(GroupedAdapter):
 def load_onnx_model(location: str, device: str = "auto") -> OnnxAdapterModel:
     """Load ``DIR/onnx_model.json`` and ``DIR/model.onnx`` (and a saved feature extractor)."""
     root = Path(location)
+    if not (root / "onnx_model.json").exists() and (root / "heads.onnx").exists():
+        # `emotion-monitor export` of the default model writes a heads folder, not an adapter
+        raise ModelError(
+            f"{root} holds encoder + heads ONNX files (config.json, heads.onnx), which already run "
+            f"in ONNX Runtime: load it with --model {root} (no 'onnx:' prefix)"
+        )
     meta = read_json(root / "onnx_model.json")
     if meta.get("format") != FORMAT_VERSION:
         raise ModelError(f"{root / 'onnx_model.json'}: unsupported format {meta.get('format')!r}")

@@ -38,9 +38,12 @@ def _detect_kind(path: Path) -> str:
         return "heads"
     if config.exists():
         try:
-            archs = json.loads(config.read_text()).get("architectures") or []
+            fields = json.loads(config.read_text())
         except (OSError, ValueError) as exc:
             raise ModelError(f"{config}: unreadable config.json ({exc})") from exc
+        if isinstance(fields, dict) and "heads" in fields:
+            return "heads"  # its loader names the missing heads file
+        archs = (fields.get("architectures") if isinstance(fields, dict) else None) or []
         if any(a.endswith(("ForSequenceClassification", "ForAudioClassification")) for a in archs):
             return "hf"
     raise ModelError(
@@ -59,6 +62,11 @@ def parse_spec(spec: str | None) -> tuple[str, str | None]:
     path = Path(spec)
     if path.is_dir():
         return _detect_kind(path), spec
+    if sep and "/" not in kind:  # hub ids hold no ':', so this was meant as a prefix
+        raise ModelError(
+            f"unknown model prefix {kind + ':'!r} in {spec!r}; use one of "
+            f"{', '.join(k + ':' for k in KINDS)}, a model directory or a Hugging Face id"
+        )
     # Anything else is taken as a Hugging Face hub id; loading it offline fails with a clear error.
     return "hf", spec
 

@@ -644,7 +644,10 @@ def main(args: argparse.Namespace) -> int:
     train = [r for r in rows if r.split in (None, "train")]
     test = [r for r in rows if r.split == "test"]
     if not train:
-        raise ModelError(f"{args.manifest}: no training rows")
+        raise ModelError(
+            f"{args.manifest}: no training rows (rows whose split column is 'test' are held out "
+            "for the final scores; training uses rows with split 'train' or no split column)"
+        )
     # parse the head options first: a typo must not cost an embedding run
     strengths = ("--shrinkage", args.shrinkage) if args.classifier == "lda" else ("--C", args.C)
     candidates = classifier_candidates(

@@ -74,3 +74,44 @@ def test_cuda_request_without_cuda_is_an_error():
         pytest.skip("this machine has CUDA")
     with pytest.raises(ModelError, match="CUDAExecutionProvider"):
         create_session(DEFAULT_DIR / "heads.onnx", "cuda")
+
+
+def _copy_of_default(folder, **config_changes):
+    """The shipped model folder with its config changed (the large encoder file is linked)."""
+    import json
+
+    folder.mkdir()
+    config = {**read_config(DEFAULT_DIR), **config_changes}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "heads.onnx").write_bytes((DEFAULT_DIR / "heads.onnx").read_bytes())
+    (folder / "encoder_int8.onnx").symlink_to(DEFAULT_DIR / "encoder_int8.onnx")
+    return folder
+
+
+def test_model_folder_is_checked_when_it_loads(tmp_path):
+    from emotion_monitor.models.default_model import load_model_dir
+    from emotion_monitor.models.registry import load_model
+
+    labels = list(read_config(DEFAULT_DIR)["labels"])
+    short = _copy_of_default(tmp_path / "short", labels=labels[:7])
+    with pytest.raises(ModelError, match="sizes \\[8, 2\\].*lists 7 labels"):
+        load_model(str(short), device="cpu")
+    no_heads = _copy_of_default(tmp_path / "no_heads")
+    (no_heads / "heads.onnx").unlink()
+    with pytest.raises(ModelError, match="heads file .*heads.onnx: missing"):
+        load_model(str(no_heads), device="cpu")
+    # layers that do not give the config's feature size fail at load, not on the first window
+    fewer = _copy_of_default(tmp_path / "fewer", layers=[[2, 3], [1, 2, 3]])
+    with pytest.raises(ModelError, match="feature_dim is 5376 but .* produces 4352"):
+        load_model_dir(fewer, device="cpu", backend="torch")
+
+
+def test_model_spec_mistakes_are_explained(tmp_path):
+    from emotion_monitor.models.registry import load_model
+
+    with pytest.raises(ModelError, match="unknown model prefix 'nope:'.*heads:"):
+        load_model("nope:x", device="cpu")
+    # `export` of the default model writes a heads folder; 'onnx:' is for exported adapters
+    exported = _copy_of_default(tmp_path / "exported")
+    with pytest.raises(ModelError, match="no 'onnx:' prefix"):
+        load_model(f"onnx:{exported}", device="cpu")

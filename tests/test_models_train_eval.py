@@ -399,3 +399,22 @@ def test_evaluate_cli_default_model(tmp_path, capsys):
     assert (tmp_path / "plots" / "valence_arousal.png").stat().st_size > 1000
     assert cli(["evaluate", "--manifest", str(manifest), "--labels", "angry,grumpy"]) == 2
     assert "grumpy" in capsys.readouterr().err
+
+
+def test_evaluate_fails_when_nothing_is_scored(tmp_path, capsys):
+    # relative paths without --root (the common slip) leave nothing to score: not a result
+    rows = [r for r in ravdess_rows("test") if r["emotion"] == "angry"][:2]
+    manifest = tmp_path / "m.csv"
+    # written with a byte-order mark, as spreadsheet programs save "CSV UTF-8"
+    with manifest.open("w", newline="", encoding="utf-8-sig") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "emotion"])
+        w.writeheader()
+        w.writerows({"path": r["path"], "emotion": r["emotion"]} for r in rows)
+    assert cli(["evaluate", "--manifest", str(manifest), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "no clip was scored (2 unreadable, 0 with other labels)" in err
+    missing = str(tmp_path / rows[0]["path"])
+    assert err.count(missing) == 1  # the file is named once per line, not twice
+    with pytest.raises(SystemExit):
+        cli(["evaluate", "--manifest", str(manifest), "--batch", "0"])
+    assert "must be at least 1" in capsys.readouterr().err
