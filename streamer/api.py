@@ -3,7 +3,7 @@
 For programs (a chatbot, a notebook, a test)::
 
     async with Monitor(model="default") as m:
-        events = await m.analyze("turn-1", samples)          # 16 kHz mono float32
+        events = await m.analyze("turn-1", samples)          # 16 kHz mono float32 (or PCM)
         async for item in m.events(streams=["call-7"]):      # live: Event or Alert
             ...
 
@@ -23,13 +23,15 @@ import argparse
 import asyncio
 import logging
 import os
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from emotion_monitor.streamer.audio import SAMPLE_RATE, StreamResampler
+from emotion_monitor.streamer.audio import SAMPLE_RATE, AudioError, StreamResampler, to_mono
 from emotion_monitor.streamer.events import Event
+from emotion_monitor.streamer.protocol import MAX_CHANNELS
 
 if TYPE_CHECKING:
     from emotion_monitor.models.base import EmotionModel
@@ -166,6 +168,10 @@ class Monitor:
     Use as ``async with Monitor(...) as m``; the model is loaded off the event loop.
     """
 
+    #: How many ended stream ids are remembered, so that :meth:`events` can tell a stream that
+    #: is over from one still to come (bounded: a bot may open a stream per turn for months).
+    ENDED_MEMORY = 10_000
+
     def __init__(
         self,
         model: EmotionModel | str | None = None,
@@ -181,6 +187,10 @@ class Monitor:
         self._queue_size = queue_size
         self.service: MonitorService | None = None
         self._subscribers: list[tuple[asyncio.Queue, set[str] | None]] = []
+        self._ended: dict[str, None] = {}  # delivered stream_ended, oldest first (ordered set)
+        # Streams opened here whose stream_ended has not been delivered yet: an id used again
+        # is not over while its new life runs, even if its first stream_ended is remembered.
+        self._unfinished: Counter[str] = Counter()
         self._alerts = None
 
     async def __aenter__(self) -> Monitor:
@@ -223,6 +233,7 @@ class Monitor:
     def open(self, stream: str, **meta: Any) -> None:
         """Open a stream (raises ``StreamLimitError`` beyond ``settings.max_streams``)."""
         self._require().open_stream(stream, **meta)
+        self._unfinished[stream] += 1
 
     def push(self, stream: str, samples: np.ndarray, track: str = "main") -> None:
         """Queue 16 kHz mono float32 samples of an open stream."""
@@ -237,27 +248,34 @@ class Monitor:
     ) -> list[Event]:
         """Analyse a whole utterance (or ``{track: samples}``) and return its events.
 
-        The audio is resampled to 16 kHz when ``rate`` differs. Returns once the stream has
-        ended, so every window, including the tail, is in the list.
+        Each track is 1-D, or 2-D ``(n_samples, n_channels)`` as soundfile reads it (at most
+        ``MAX_CHANNELS`` channels, fewer than the samples), mixed down by averaging the channels.
+        Floats are taken as samples in [-1, 1]; integer PCM is scaled by its dtype's range
+        (int16 by 1/32768, unsigned around its midpoint). The audio is resampled to 16 kHz when
+        ``rate`` differs. Anything else (channels first, 3-D, empty, not numbers, a rate that is
+        not a positive integer) raises :class:`AudioError` (a ``ValueError``) before any stream
+        is opened. Returns once the stream has ended, so every window, including the tail, is
+        in the list.
         """
         tracks = samples if isinstance(samples, dict) else {"main": samples}
-        collected: list[Event] = []
+        if not tracks:
+            raise AudioError("no tracks to analyse")
+        audio = {track: _mono_float(a, f"track {track!r}") for track, a in tracks.items()}
+        if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate <= 0:
+            raise AudioError(f"the sample rate must be a positive integer, got {rate!r}")
         entry = self._subscribe([stream])
         try:
             call = CallStream(self._require(), stream, source="api")
         except Exception:
             self._subscribers.remove(entry)
             raise
-        it = self._iterate(entry, alerts=False)
+        self._unfinished[stream] += 1
         try:
-            for track, audio in tracks.items():
-                call.push(track, np.asarray(audio, np.float32), rate)
+            for track, a in audio.items():
+                call.push(track, a, int(rate))
         finally:
             call.close()
-        async for item in it:
-            if isinstance(item, Event):
-                collected.append(item)
-        return collected
+        return [item async for item in self._iterate(entry, alerts=False)]
 
     # -- listening -----------------------------------------------------------------------
 
@@ -268,9 +286,20 @@ class Monitor:
 
         With ``streams``, it only yields those streams and ends when all of them have ended.
         It starts receiving as soon as it is created, so nothing is missed between creating
-        it and the first ``async for``.
+        it and the first ``async for``: create it before feeding a stream to get all its events.
+
+        There is no replay. A listed stream that is already over when the iterator is created
+        (its ``stream_ended`` delivered; the last ``ENDED_MEMORY`` ended ids are remembered)
+        counts as ended at once; one that was ended but whose last events are still being
+        analysed yields those events. So an iterator over streams that are all over ends
+        without yielding anything, rather than waiting forever.
         """
+        if streams is not None:
+            streams = [s for s in streams if not self._is_over(s)]
         return self._iterate(self._subscribe(streams), alerts)
+
+    def _is_over(self, stream: str) -> bool:
+        return stream in self._ended and not self._unfinished[stream]
 
     def _subscribe(self, streams: Iterable[str] | None) -> tuple[asyncio.Queue, set[str] | None]:
         entry = (asyncio.Queue(self._queue_size), set(streams) if streams is not None else None)
@@ -283,7 +312,7 @@ class Monitor:
         queue, wanted = entry
         remaining = set(wanted) if wanted is not None else None
         try:
-            while True:
+            while remaining is None or remaining:
                 msg = await queue.get()
                 kind = msg.get("type")
                 if kind == "event":
@@ -299,6 +328,9 @@ class Monitor:
                 self._subscribers.remove(entry)
 
     def _deliver(self, messages: list[dict]) -> None:
+        for msg in messages:
+            if msg.get("type") == "stream_ended":
+                self._note_ended(msg["stream"])
         for queue, wanted in list(self._subscribers):
             for msg in messages:
                 if wanted is not None and msg.get("stream") not in wanted:
@@ -307,10 +339,44 @@ class Monitor:
                     queue.get_nowait()
                 queue.put_nowait(msg)
 
+    def _note_ended(self, stream: str) -> None:
+        self._unfinished[stream] -= 1
+        if self._unfinished[stream] <= 0:
+            del self._unfinished[stream]
+        self._ended.pop(stream, None)  # re-insert: the most recent end goes last
+        self._ended[stream] = None
+        if len(self._ended) > self.ENDED_MEMORY:
+            del self._ended[next(iter(self._ended))]
+
     def _require(self) -> MonitorService:
         if self.service is None:
             raise RuntimeError("Monitor is not started; use 'async with Monitor(...) as m'")
         return self.service
+
+
+def _mono_float(audio: Any, name: str) -> np.ndarray:
+    """``audio`` (see :meth:`Monitor.analyze`) as 1-D float32, or an AudioError naming ``name``."""
+    a = np.asarray(audio)
+    integer = np.issubdtype(a.dtype, np.integer)
+    if not (integer or np.issubdtype(a.dtype, np.floating)):  # bool, complex, str, object
+        raise AudioError(f"{name}: samples must be float or integer PCM, got dtype {a.dtype}")
+    if a.ndim == 2 and not 1 <= a.shape[1] <= min(MAX_CHANNELS, a.shape[0] - 1):
+        # (2, N) is most likely channels first: refused rather than read as N channels
+        raise AudioError(
+            f"{name}: 2-D audio must be (n_samples, n_channels) with 1..{MAX_CHANNELS} "
+            f"channels, got shape {a.shape}; for channels first, pass audio.T"
+        )
+    if a.ndim not in (1, 2):
+        raise AudioError(f"{name}: audio must be 1-D or 2-D, got {a.ndim}-D shape {a.shape}")
+    if not a.size:
+        raise AudioError(f"{name}: no samples")
+    if integer:  # full scale of the dtype -> [-1, 1): int16 / 32768, uint8 (x - 128) / 128
+        info = np.iinfo(a.dtype)
+        half = (int(info.max) - int(info.min) + 1) / 2
+        a = (a.astype(np.float64) - (int(info.min) + half)) / half
+    mono = to_mono(a)
+    # As /ingest does: before resampling, one NaN would smear over the filter taps.
+    return np.where(np.isfinite(mono), mono, np.float32(0))
 
 
 # -- server wiring --------------------------------------------------------------------------

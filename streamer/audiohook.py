@@ -183,7 +183,11 @@ class AudioHookSession:
 
 
 def choose_media(offers: Any) -> dict | None:
-    """Pick PCMU 8 kHz from the ``open`` offers, preferring both channels."""
+    """Pick PCMU 8 kHz from the ``open`` offers, preferring both channels.
+
+    Malformed offers (not an object, ``channels`` not an array of distinct known channel names)
+    are skipped like unsupported ones; ``None`` when no offer is usable.
+    """
     best = None
     for offer in offers if isinstance(offers, list) else []:
         if not isinstance(offer, dict) or offer.get("type", "audio") != "audio":
@@ -195,7 +199,8 @@ def choose_media(offers: Any) -> dict | None:
             not isinstance(channels, list)
             or not channels
             or len(channels) > 2
-            or any(c not in CHANNEL_TRACKS for c in channels)
+            # the str check first: a nested array is unhashable and cannot be looked up
+            or any(not isinstance(c, str) or c not in CHANNEL_TRACKS for c in channels)
             or len(set(channels)) != len(channels)
         ):
             continue

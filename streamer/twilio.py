@@ -16,8 +16,8 @@ valid ``X-Twilio-Signature`` (see :class:`TwilioSignatureCheck`); otherwise it i
 403 before any audio is read.
 
 Refusals close the websocket with a code and a reason: 1013 when the server already serves
-``max_streams`` calls, 1007 for undecodable data, 1008 for protocol violations, 1003 for binary
-frames or an unsupported encoding.
+``max_streams`` calls, 1007 for undecodable data, 1008 for protocol violations (including a field
+of the wrong type, named in the reason), 1003 for binary frames or an unsupported encoding.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -90,7 +91,9 @@ class TwilioSession:
             self.stats["marks"] += 1
         elif event == "dtmf":
             self.stats["dtmf"] += 1
-            log.info("twilio %s: DTMF %s", self._stream, (msg.get("dtmf") or {}).get("digit"))
+            dtmf = msg.get("dtmf")  # only logged, so a malformed one is not worth a hang-up
+            digit = dtmf.get("digit") if isinstance(dtmf, dict) else None
+            log.info("twilio %s: DTMF %s", self._stream, digit)
         else:
             log.debug("twilio: ignoring event %r", event)  # forward compatible
         return False
@@ -110,7 +113,7 @@ class TwilioSession:
             raise TwilioError(
                 f"'start' needs a callSid of 1-64 safe characters, got {call_sid!r:.40}"
             )
-        fmt = start.get("mediaFormat") or {}
+        fmt = _optional(start, "start.mediaFormat", dict, {})
         encoding = fmt.get("encoding", "audio/x-mulaw")
         if encoding != "audio/x-mulaw":
             raise TwilioError(f"unsupported encoding {encoding!r}; expected audio/x-mulaw", 1003)
@@ -118,14 +121,16 @@ class TwilioSession:
         if not isinstance(rate, int) or not 4000 <= rate <= 48000:
             raise TwilioError(f"unsupported sampleRate {rate!r}", 1003)
         self.rate = rate
-        custom = start.get("customParameters") or {}
+        tracks = _optional(start, "start.tracks", list, ["inbound"])
+        if not all(isinstance(t, str) for t in tracks):
+            raise TwilioError(f"'start.tracks' must be an array of strings, got {tracks!r:.40}")
         meta = {
             "source": "twilio",
             "call_sid": call_sid,
             "stream_sid": msg.get("streamSid") or start.get("streamSid"),
             "account_sid": start.get("accountSid"),
-            "tracks": [TRACKS.get(t, t) for t in start.get("tracks", ["inbound"])],
-            "custom_parameters": custom if isinstance(custom, dict) else {},
+            "tracks": [TRACKS.get(t, t) for t in tracks],
+            "custom_parameters": _optional(start, "start.customParameters", dict, {}),
         }
         try:
             self.call = CallStream(self.service, call_sid, **meta)
@@ -140,7 +145,7 @@ class TwilioSession:
         media = msg.get("media")
         if not isinstance(media, dict) or not isinstance(media.get("payload"), str):
             raise TwilioError("'media' without a payload", 1007)
-        name = media.get("track", "inbound")
+        name = _optional(media, "media.track", str, "inbound")
         track = TRACKS.get(name)
         if track is None:
             log.debug("twilio %s: ignoring media of track %r", self._stream, name)
@@ -158,11 +163,19 @@ class TwilioSession:
         self.call.push(track, mulaw_decode(data), self.rate)
 
     def _gap(self, name: str, timestamp: Any, received: int) -> int:
-        """Samples of silence to insert when the timestamp runs ahead of what arrived."""
-        try:
-            expected = int(float(timestamp) * self.rate / 1000)
-        except (TypeError, ValueError):
+        """Samples of silence to insert when the timestamp runs ahead of what arrived (none
+        without a timestamp; one that is not a finite number is a protocol violation)."""
+        if timestamp is None:  # no clock to check against
             return 0
+        try:
+            expected = float(timestamp) * self.rate / 1000
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an int of 400 digits
+            expected = math.nan
+        if not math.isfinite(expected):  # "1e400" parses as inf, which int() refuses
+            raise TwilioError(
+                f"'media.timestamp' must be a finite number of milliseconds, got {timestamp!r:.40}"
+            )
+        expected = int(expected)
         gap = expected - self._skew.get(name, 0) - received
         if gap <= self.rate // 50:  # within one 20 ms packet: jitter, not loss
             return 0
@@ -177,6 +190,21 @@ class TwilioSession:
         """End the call's stream (idempotent)."""
         if self.call is not None:
             self.call.close()
+
+
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string"}
+
+
+def _optional(obj: dict, name: str, kind: type, default: Any) -> Any:
+    """The field ``name`` (dotted, for the error) of ``obj``, or ``default`` when it is absent or
+    null. A field of another JSON type is a protocol violation (1008) named in the reason: checked
+    here, it cannot fail later as an unexplained exception (1011) deep inside the session."""
+    value = obj.get(name.rsplit(".", 1)[-1])
+    if value is None:
+        return default
+    if not isinstance(value, kind):
+        raise TwilioError(f"'{name}' must be {_JSON_TYPES[kind]}, got {value!r:.40}")
+    return value
 
 
 def twilio_signature(auth_token: str, url: str) -> str:

@@ -236,3 +236,31 @@ async def test_idle_session_is_closed(caplog):
                 await asyncio.wait_for(ws.recv(), TIMEOUT)
         await col.ended(["conv-idle"])
     assert any("idle for" in r.getMessage() for r in caplog.records)
+
+
+def test_choose_media_skips_offers_with_mistyped_channels():
+    good = {"type": "audio", "format": "PCMU", "channels": ["external"], "rate": 8000}
+    for channels in ([["external"]], [{"external": 1}], [None], "external", [1, 2]):
+        bad = {**good, "channels": channels}
+        assert audiohook.choose_media([bad]) is None, channels
+        assert audiohook.choose_media([bad, good]) == good, channels
+
+
+async def test_open_with_mistyped_channels_gets_disconnect(caplog):
+    async with running() as (server, col):
+        async with websockets.connect(ws_url(server, "/audiohook")) as ws:
+            c = HookClient(ws)
+            msg = audiohook.open_message(c.id, "conv-bad")
+            for offer in msg["parameters"]["media"]:
+                offer["channels"] = [offer["channels"]]  # [["external", "internal"]]
+            await ws.send(json.dumps(msg))
+            reply = await c.recv()
+            assert reply["type"] == "disconnect" and reply["parameters"]["reason"] == "error"
+            assert "no offered media" in reply["parameters"]["info"]
+            await c.send("close")
+            assert (await c.recv())["type"] == "closed"
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), TIMEOUT)
+            assert ws.close_code == 1000
+    assert col.of_type("stream_started") == [] and server.service.streams == {}
+    assert "connection handler failed" not in caplog.text

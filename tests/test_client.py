@@ -107,3 +107,75 @@ async def test_chatbot_example_picks_styles():
     assert styles[0].startswith("calm and apologetic")
     assert styles[1].startswith("friendly") or styles[1].startswith("warm")
     assert len(styles) == 3
+
+
+async def test_monitor_events_of_streams_that_already_ended_end_at_once():
+    angry, _ = clips()
+    async with Monitor(model=LoudnessModel(), settings=test_settings()) as m:
+        # the docs' pattern: subscribe first, then feed; the iterator ends with the stream
+        live = m.events(streams=["live"])
+        m.open("live")
+        m.push("live", angry)
+        m.end("live")
+        async with asyncio.timeout(TIMEOUT):
+            first = [item async for item in live]
+        assert first and all(e.stream == "live" for e in first)
+        # a late subscriber, once "live" is over, gets nothing and ends instead of hanging
+        async with asyncio.timeout(5):
+            assert [item async for item in m.events(streams=["live"])] == []
+            # a stream still to come keeps it waiting, not one that is over
+            both = m.events(streams=["live", "next"])
+            events = await m.analyze("next", angry)
+            assert [e.seq async for e in both] == [e.seq for e in events]
+            assert [item async for item in m.events(streams=[])] == []
+        # the id used again, fed before anyone subscribes: a subscriber created afterwards gets
+        # that stream's events, not an immediate end left over from the first "live"
+        m.open("live")
+        m.push("live", angry)
+        m.end("live")
+        async with asyncio.timeout(TIMEOUT):
+            again = [item async for item in m.events(streams=["live"])]
+        assert [e.t1 for e in again] == [e.t1 for e in first]
+
+
+async def test_monitor_analyze_converts_and_checks_the_audio():
+    angry, sad = clips()
+    async with Monitor(model=LoudnessModel(), settings=test_settings(max_streams=1)) as m:
+
+        async def arousal(audio, **kw) -> list[float]:
+            """t1 and arousal of every window, flat."""
+            events = await m.analyze("turn", audio, **kw)
+            assert events and not any(e.clipped for e in events)
+            return [x for e in events for x in (e.t1, e.arousal)]
+
+        mono = await arousal(angry)
+        # int16 PCM is scaled by its range, not taken as huge floats (all clipped)
+        pcm = np.round(angry * 32767).astype(np.int16)
+        assert await arousal(pcm) == pytest.approx(mono, abs=1e-3)
+        # (n_samples, n_channels), as soundfile reads it: the channels are averaged
+        n = min(len(angry), len(sad))
+        stereo = np.stack([angry[:n], sad[:n]], axis=1)
+        mixed = await arousal(stereo.mean(axis=1))
+        assert await arousal(stereo) == pytest.approx(mixed, abs=1e-6)
+        assert await arousal(angry[:, None]) == pytest.approx(mono, abs=1e-6)
+        # at 8 kHz the mix-down and the scaling happen before resampling
+        at8k = np.round(stereo[::2] * 32767).astype(np.int16)
+        assert await arousal(at8k, rate=8000) == pytest.approx(
+            await arousal(stereo[::2].mean(axis=1).copy(), rate=8000), abs=1e-3
+        )
+        refused = {
+            "n_samples, n_channels": stereo.T,  # channels first: ambiguous, not concatenated
+            "3-D": stereo[None],
+            "no samples": np.zeros(0, np.float32),
+            "dtype": np.array(["a", "b"]),
+            "complex": angry.astype(np.complex64),
+            "sample rate": angry,
+        }
+        for words, audio in refused.items():
+            with pytest.raises(ValueError, match=words):
+                await m.analyze("bad", audio, rate=0 if words == "sample rate" else 16000)
+        with pytest.raises(ValueError, match="agent"):
+            await m.analyze("bad", {"customer": angry, "agent": np.zeros((4, 2, 2))})
+        # nothing was opened or left subscribed: the one stream allowed is still free
+        assert m.service.streams == {} and m._subscribers == []
+        assert await arousal(angry) == mono

@@ -216,3 +216,43 @@ async def test_idle_call_is_ended(caplog):
                 await asyncio.wait_for(ws.recv(), TIMEOUT)  # the server hangs up
         await col.ended(["CA-idle"])
     assert any("no message for" in r.getMessage() for r in caplog.records)
+
+
+async def test_mistyped_fields_close_1008_naming_the_field(caplog):
+    msgs = list(twilio.simulate_call("CA5", np.zeros(8000, np.float32), None))
+    start, media = json.loads(msgs[1]), json.loads(msgs[2])
+
+    def changed(msg: dict, part: str, key: str, value) -> str:
+        out = json.loads(json.dumps(msg))
+        out[part][key] = value
+        return json.dumps(out)
+
+    good_start = json.dumps(start)
+    cases = [
+        ([changed(start, "start", "mediaFormat", "audio/x-mulaw")], "start.mediaFormat"),
+        ([changed(start, "start", "tracks", 5)], "start.tracks"),
+        ([changed(start, "start", "tracks", [["inbound"]])], "start.tracks"),
+        ([changed(start, "start", "tracks", "inbound")], "start.tracks"),
+        ([changed(start, "start", "customParameters", ["queue"])], "start.customParameters"),
+        ([good_start, changed(media, "media", "timestamp", "1e400")], "media.timestamp"),
+        ([good_start, changed(media, "media", "timestamp", 1e400)], "media.timestamp"),
+        ([good_start, changed(media, "media", "timestamp", 10**400)], "media.timestamp"),
+        ([good_start, changed(media, "media", "timestamp", "NaN")], "media.timestamp"),
+        ([good_start, changed(media, "media", "timestamp", [20])], "media.timestamp"),
+        ([good_start, changed(media, "media", "track", ["inbound"])], "media.track"),
+    ]
+    async with running() as (server, col):
+        for messages, field in cases:
+            code, reason = await _send_and_close_code(server, messages)
+            assert code == 1008 and field in reason, (messages[-1][:80], code, reason)
+        # a 'dtmf' that is not an object is only logged: the call goes on to its 'stop'
+        dtmf = json.dumps({"event": "dtmf", "dtmf": "5"})
+        async with websockets.connect(ws_url(server, "/twilio")) as ws:
+            for m in [*msgs[:3], dtmf, *msgs[3:]]:
+                await ws.send(m)
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), TIMEOUT)
+            assert (ws.close_code, ws.close_reason) == (1000, "stream stopped")
+        await col.ended(["CA5"])
+        assert server.service.streams == {} and server.service.engine.streams == []
+    assert "connection handler failed" not in caplog.text
