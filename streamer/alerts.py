@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import operator
 import queue
 import threading
 import time
@@ -33,18 +32,9 @@ from typing import Any
 
 import tomllib
 from emotion_monitor.streamer.events import PROTOCOL_VERSION
-from emotion_monitor.streamer.settings import AlertRule
+from emotion_monitor.streamer.settings import OPERATORS, AlertRule, parse_alert_rules
 
 log = logging.getLogger(__name__)
-
-OPERATORS = {
-    ">": operator.gt,
-    ">=": operator.ge,
-    "<": operator.lt,
-    "<=": operator.le,
-    "==": operator.eq,
-    "!=": operator.ne,
-}
 
 
 @dataclass
@@ -74,46 +64,33 @@ class Alert:
 def load_alert_rules(path: str | Path) -> tuple[AlertRule, ...]:
     """Read ``[[alerts]]`` tables from a TOML file.
 
-    Example::
+    Example (the default rule, :data:`~emotion_monitor.streamer.settings.CUSTOMER_FRUSTRATION`)::
 
         [[alerts]]
         name = "customer_frustration"
         track = "customer"
         min_duration = 5.0
-        conditions = { arousal_smooth = [">", 0.5], valence_smooth = ["<", -0.3] }
+        conditions = { arousal_smooth = [">", 0.4], valence_smooth = ["<", -0.3] }
 
-    Raises ``ValueError`` naming the file and the problem.
+    A table's keys are ``name``, ``conditions``, ``min_duration`` and ``track``; a condition
+    compares one of :data:`~emotion_monitor.streamer.settings.CONDITION_FIELDS`. Anything else
+    (a misspelled key or field, an unknown operator) raises ``ValueError`` naming the file, the
+    table and the valid names.
     """
     try:
         data = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ValueError(f"{path}: cannot read alert rules ({exc})") from None
-    rules = []
-    for i, raw in enumerate(data.get("alerts", [])):
-        try:
-            conditions = tuple((k, op, float(v)) for k, (op, v) in raw["conditions"].items())
-            rule = AlertRule(
-                name=str(raw["name"]),
-                conditions=conditions,
-                min_duration=float(raw.get("min_duration", 5.0)),
-                track=raw.get("track"),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: alerts[{i}] is malformed ({exc!r})") from None
-        validate_rule(rule)
-        rules.append(rule)
+    unknown = sorted(set(data) - {"alerts"})
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}; only [[alerts]] tables")
+    try:
+        rules = parse_alert_rules(data.get("alerts", []))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     if not rules:
         raise ValueError(f"{path}: no [[alerts]] tables found")
-    return tuple(rules)
-
-
-def validate_rule(rule: AlertRule) -> None:
-    """Raise ``ValueError`` for an unknown operator or a negative duration."""
-    for name, op, _ in rule.conditions:
-        if op not in OPERATORS:
-            raise ValueError(f"alert {rule.name!r}: unknown operator {op!r} for {name}")
-    if rule.min_duration < 0:
-        raise ValueError(f"alert {rule.name!r}: min_duration must be >= 0")
+    return rules
 
 
 class AlertEvaluator:
@@ -123,9 +100,7 @@ class AlertEvaluator:
     """
 
     def __init__(self, rules: Iterable[AlertRule]):
-        self.rules = tuple(rules)
-        for rule in self.rules:
-            validate_rule(rule)
+        self.rules = tuple(rules)  # each AlertRule validated itself when it was built
         self._since: dict[tuple[str, str, str], float] = {}  # condition holding since t
         self._fired: set[tuple[str, str, str]] = set()
 

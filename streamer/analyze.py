@@ -4,9 +4,12 @@ A file of any length is read in blocks (soundfile, or an ffmpeg pipe for m4a/aac
 chunk by chunk and pushed through the same :class:`Engine` as live audio, so memory for audio stays
 constant. What grows is the timeline (one small entry per hop) kept for ``--json`` and ``--plot``.
 
-Summary conventions: each analysed window stands for one ``hop`` of stream time (the stride
-between windows), so "speech time" is ``hop x speech windows`` and "time per quadrant" is ``hop x``
-the speech windows whose own (unsmoothed) valence/arousal falls in that quadrant.
+Summary conventions (shared with ``report``, see :class:`~.events.SpeechTime`): "speech time" is
+the stream time of the speech windows, each window counting only the audio it adds beyond the
+previous one, so a file that is all speech has as much speech time as it lasts; "time per
+quadrant" and the "dominant labels" split that time by each event's ``quadrant`` and smoothed
+label (``label_smooth``), the values the dashboard shows. Mean valence/arousal average the
+windows' own (unsmoothed) values.
 
 For the HTTP endpoint, :func:`decode_upload` turns uploaded bytes into 16 kHz audio within size and
 duration limits and :func:`predict_response` builds the JSON answer (see its docstring).
@@ -29,11 +32,10 @@ from emotion_monitor.streamer.audio import (
     SAMPLE_RATE,
     AudioError,
     ffmpeg_decode_cmd,
-    iter_file_blocks,
     resample,
     to_mono,
 )
-from emotion_monitor.streamer.events import Event, quadrant
+from emotion_monitor.streamer.events import QUADRANTS, Event, SpeechTime, quadrant
 from emotion_monitor.streamer.settings import Settings
 
 #: Upload limits of POST /predict (the server may pass its own).
@@ -138,21 +140,20 @@ def timeline_entry(ev: Event) -> dict:
 class Summary:
     """Running totals over events (constant memory); :meth:`result` gives the summary dict."""
 
-    def __init__(self, hop: float):
-        self.hop = hop
+    def __init__(self) -> None:
         self.windows = self.speech_windows = 0
         self.duration = 0.0
         self.va_n = 0
         self.v_sum = self.a_sum = 0.0
-        self.quadrants: dict[str, int] = {}
-        self.labels: dict[str, int] = {}
+        self.time = SpeechTime()
         self.class_sums: dict[str, float] = {}
         self.class_n = 0
 
     def add(self, ev: Event) -> None:
-        """Account for one event."""
+        """Account for one event (in stream order)."""
         self.windows += 1
         self.duration = max(self.duration, ev.t1)
+        self.time.add(vars(ev))  # the event's own fields, not a copy
         if not ev.speech:
             return
         self.speech_windows += 1
@@ -160,10 +161,6 @@ class Summary:
             self.va_n += 1
             self.v_sum += ev.valence
             self.a_sum += ev.arousal
-            q = quadrant(ev.valence, ev.arousal)
-            self.quadrants[q] = self.quadrants.get(q, 0) + 1
-        if ev.label is not None:
-            self.labels[ev.label] = self.labels.get(ev.label, 0) + 1
         if ev.classes:
             self.class_n += 1
             for k, v in ev.classes.items():
@@ -171,20 +168,17 @@ class Summary:
 
     def result(self) -> dict:
         """Speech time, mean valence/arousal, time per quadrant, dominant-label distribution."""
-        n = self.speech_windows
+        speech_s = self.time.total
         return {
             "duration_s": round(self.duration, 3),
             "windows": self.windows,
-            "speech_windows": n,
-            "speech_s": round(n * self.hop, 3),
+            "speech_windows": self.speech_windows,
+            "speech_s": round(speech_s, 3),
             "mean_valence": _r(self.v_sum / self.va_n) if self.va_n else None,
             "mean_arousal": _r(self.a_sum / self.va_n) if self.va_n else None,
-            "quadrant_s": {
-                q: round(c * self.hop, 3)
-                for q, c in sorted(self.quadrants.items(), key=lambda kv: -kv[1])
-            },
+            "quadrant_s": {q: round(t, 3) for q, t in self.time.per_quadrant.most_common()},
             "label_distribution": {
-                k: _r(c / n) for k, c in sorted(self.labels.items(), key=lambda kv: -kv[1])
+                k: _r(t / speech_s) for k, t in self.time.per_label.most_common()
             },
             "mean_class_probabilities": {
                 k: _r(v / self.class_n)
@@ -202,7 +196,7 @@ def run_blocks(
     from emotion_monitor.streamer.engine import Engine
 
     engine = Engine(model, settings)
-    summary = Summary(settings.hop)
+    summary = Summary()
     timeline: list[dict] = []
 
     def take(events: list[Event]) -> None:
@@ -286,9 +280,7 @@ def plot_timeline(timeline: list[dict], summary: dict, out: str | Path, title: s
         side.plot(np.cos(t), np.sin(t), color="0.7", lw=1)
         side.axhline(0, color="0.7", lw=0.8)
         side.axvline(0, color="0.7", lw=0.8)
-        for i, name in enumerate(
-            ("HAPPY", "EXCITED", "TENSE", "ANGRY", "SAD", "BORED", "CALM", "CONTENT")
-        ):
+        for i, name in enumerate(QUADRANTS):
             a = np.radians(22.5 + 45 * i)
             side.text(
                 0.82 * np.cos(a),
@@ -321,7 +313,7 @@ def plot_timeline(timeline: list[dict], summary: dict, out: str | Path, title: s
         ax.set_ylabel("probability")
         dist = summary.get("label_distribution") or {}
         side.barh(list(dist)[::-1], list(dist.values())[::-1], color="tab:purple")
-        side.set_xlabel("share of speech windows")
+        side.set_xlabel("share of speech time")
         side.set_title("dominant label")
     ax.set_xlim(0, max(summary.get("duration_s", 0.0), 1e-3))
     ax.set_xlabel("time (s)")
@@ -356,11 +348,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="settings TOML file (flags override it)")
 
 
-def _print_summary(path: str, model_name: str, s: dict) -> None:
+def _print_summary(path: str, model_name: str, s: dict, damage: list[str]) -> None:
     print(
         f"{path}: {s['duration_s']:.1f} s, speech {s['speech_s']:.1f} s "
         f"({s['speech_windows']}/{s['windows']} windows), model {model_name}"
     )
+    print("  input: " + ", ".join(damage))
     if s["mean_valence"] is not None:
         print(f"  mean valence {s['mean_valence']:+.3f}  mean arousal {s['mean_arousal']:+.3f}")
     if s["quadrant_s"]:
@@ -379,6 +372,8 @@ def main(args: argparse.Namespace) -> int:
     """Analyse one file; prints the summary, writes JSON / plot when asked. Returns 0, or 2 on
     an unreadable file, an unusable model or bad settings (message on stderr)."""
     from emotion_monitor.models import ModelError, load_model
+    from emotion_monitor.streamer.run_command import input_damage
+    from emotion_monitor.streamer.sources import FileSource
 
     try:
         base = Settings.from_toml(args.config) if args.config else Settings()
@@ -387,10 +382,11 @@ def main(args: argparse.Namespace) -> int:
         )
         if args.no_vad:
             settings = settings.replace(vad=False)
+        # The file source replaces NaN/Inf samples before resampling (and counts them), as `run`
+        # does: resampled, one NaN would smear over the filter's taps.
+        source = FileSource(args.file, realtime=False, block_seconds=BLOCK_SECONDS)
         model = load_model(settings.model, device=settings.device)
-        timeline, summary, stats = run_blocks(
-            iter_file_blocks(args.file, BLOCK_SECONDS), model, settings
-        )
+        timeline, summary, stats = run_blocks(source, model, settings)
     except (AudioError, ModelError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -403,13 +399,14 @@ def main(args: argparse.Namespace) -> int:
         "settings": settings.to_dict(),
         "summary": summary,
         "engine": stats,
+        "source": source.stats,
         "timeline": timeline,
     }
     if args.json == "-":
         json.dump(report, sys.stdout, indent=1)
         print()
     else:
-        _print_summary(args.file, model.name, summary)
+        _print_summary(args.file, model.name, summary, input_damage(stats, source.stats))
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     if args.plot:

@@ -2,30 +2,70 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 PROTOCOL_VERSION = 1
 
-#: Circumplex quadrants, by (valence sign, arousal band). Arousal has three bands per half so that
-#: the eight names of the issue cover the plane: high, mid-high, mid-low, low.
-QUADRANTS = ("HAPPY", "EXCITED", "CALM", "CONTENT", "SAD", "BORED", "TENSE", "ANGRY")
+#: Circumplex sectors in the order :func:`quadrant` uses: 45 degrees each, counter-clockwise from
+#: positive valence. web_dashboard/static/app.js mirrors this list (SECTORS) to draw them.
+QUADRANTS = ("HAPPY", "EXCITED", "TENSE", "ANGRY", "SAD", "BORED", "CALM", "CONTENT")
 
 
 def quadrant(valence: float | None, arousal: float | None) -> str | None:
     """Name the circumplex region of a (valence, arousal) point in [-1, 1]^2.
 
     The plane is cut into eight 45-degree sectors around the origin, counter-clockwise from
-    positive valence: HAPPY (pleasant, slightly aroused), EXCITED (pleasant, highly aroused),
-    TENSE (unpleasant, highly aroused), ANGRY (unpleasant, aroused), SAD (unpleasant, slightly
-    deactivated), BORED (deactivated), CALM (deactivated but pleasant), CONTENT (pleasant, relaxed).
+    positive valence (:data:`QUADRANTS`): HAPPY (pleasant, slightly aroused), EXCITED (pleasant,
+    highly aroused), TENSE (unpleasant, highly aroused), ANGRY (unpleasant, aroused), SAD
+    (unpleasant, slightly deactivated), BORED (deactivated), CALM (deactivated but pleasant),
+    CONTENT (pleasant, relaxed).
     """
     if valence is None or arousal is None:
         return None
     angle = math.degrees(math.atan2(arousal, valence)) % 360
-    sectors = ("HAPPY", "EXCITED", "TENSE", "ANGRY", "SAD", "BORED", "CALM", "CONTENT")
-    return sectors[int(angle // 45) % 8]
+    return QUADRANTS[int(angle // 45) % 8]
+
+
+class SpeechTime:
+    """Speech time of one track, in total, per quadrant and per label (``analyze``, ``report``).
+
+    Feed the track's events in stream order. Each event accounts for the stream time its window
+    adds beyond the previous event's window: the first window all of it, the next ones one hop
+    (the flushed tail window, the audio left). Windows overlap, so counting whole windows would
+    count audio several times, and counting one hop per window would miss the first window's
+    ``window - hop`` seconds (a 2.4 s clip of speech would be 1.0 s of speech). Speech time is
+    the stream time accounted for by speech windows; for a track that is all speech it equals the
+    track's length.
+
+    That time goes to the event's ``quadrant`` and to its smoothed label ``label_smooth``: the
+    values the dashboard and ``run`` show. A model without classes has no smoothed label, so its
+    window's own ``label`` (its quadrant in lower case) counts instead.
+    """
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.per_quadrant: collections.Counter[str] = collections.Counter()
+        self.per_label: collections.Counter[str] = collections.Counter()
+        self._end: float | None = None
+
+    def add(self, event: Any) -> None:
+        """Account for one event: a protocol dict, or anything indexable by its field names (a
+        SQLite row) with ``t0``, ``t1``, ``speech``, ``quadrant``, ``label_smooth``, ``label``."""
+        t0, t1 = event["t0"], event["t1"]
+        start = t0 if self._end is None else max(t0, self._end)
+        self._end = t1 if self._end is None else max(self._end, t1)
+        if not event["speech"] or t1 <= start:
+            return
+        self.total += t1 - start
+        if event["quadrant"]:
+            self.per_quadrant[event["quadrant"]] += t1 - start
+        label = event["label_smooth"] or event["label"]
+        if label:
+            self.per_label[label] += t1 - start
 
 
 @dataclass

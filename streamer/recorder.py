@@ -11,6 +11,8 @@ event, the main fields as columns plus the full JSON) and ``alerts``.
 ``emotion-monitor report FILE.sqlite [--stream ID] [--plot OUT.png]`` prints, per call: its
 length, per track the speech time, time per quadrant, mean and peak valence/arousal, the
 dominant label, the alerts, and customer vs agent; ``--plot`` draws the smoothed timeline.
+Speech time, time per quadrant and the dominant (smoothed) label are computed as ``analyze``
+computes them (:class:`~emotion_monitor.streamer.events.SpeechTime`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import sys
 import threading
 from pathlib import Path
 from typing import Any
+
+from emotion_monitor.streamer.events import SpeechTime
 
 log = logging.getLogger(__name__)
 
@@ -231,27 +235,15 @@ def _summarize_stream(stream: str, meta_row, events, alerts) -> dict:
         "alerts": alerts,
     }
     for track, evs in tracks.items():
-        quadrants: dict[str, float] = collections.Counter()
-        labels: dict[str, float] = collections.Counter()
-        speech_s, prev_t1 = 0.0, None
+        time = SpeechTime()
         for e in evs:
-            # Each window adds the stream time since the previous one, so overlapping windows
-            # are not counted twice.
-            span = e["t1"] - (prev_t1 if prev_t1 is not None else e["t0"])
-            prev_t1 = e["t1"]
-            if not e["speech"]:
-                continue
-            speech_s += span
-            if e["quadrant"]:
-                quadrants[e["quadrant"]] += span
-            if e["label_smooth"] or e["label"]:
-                labels[e["label_smooth"] or e["label"]] += span
+            time.add(e)
         speech = [e for e in evs if e["speech"] and e["valence_smooth"] is not None]
         t = {
             "events": len(evs),
-            "speech_s": round(speech_s, 2),
-            "quadrants_s": {k: round(v, 2) for k, v in quadrants.most_common()},
-            "label": labels.most_common(1)[0][0] if labels else None,
+            "speech_s": round(time.total, 2),
+            "quadrants_s": {k: round(v, 2) for k, v in time.per_quadrant.most_common()},
+            "label": time.per_label.most_common(1)[0][0] if time.per_label else None,
         }
         if speech:
             t["valence_mean"] = round(sum(e["valence_smooth"] for e in speech) / len(speech), 3)
@@ -372,8 +364,15 @@ def main(args: argparse.Namespace) -> int:
     """Print the per-call summaries (and draw the plot)."""
     try:
         summaries = summarize(args.recording, args.stream)
-    except (FileNotFoundError, sqlite3.Error) as exc:
+    except FileNotFoundError as exc:
         print(f"report: {exc}", file=sys.stderr)
+        return 2
+    except sqlite3.Error as exc:  # not SQLite at all, or SQLite without our tables
+        print(
+            f"report: {args.recording}: not a recording ({exc}); report reads the SQLite file "
+            "that 'serve --record FILE.sqlite' writes",
+            file=sys.stderr,
+        )
         return 2
     if not summaries:
         print(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import queue
 import signal
 import sys
@@ -23,6 +24,7 @@ from typing import TextIO
 
 from emotion_monitor.streamer.audio import SAMPLE_FORMATS, SAMPLE_RATE, AudioError
 from emotion_monitor.streamer.events import Event, SourceError
+from emotion_monitor.streamer.protocol import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from emotion_monitor.streamer.sources import Source
 
 _END = object()
@@ -66,20 +68,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--fast", dest="realtime", action="store_false", help="process files as fast as possible"
     )
     p.add_argument("--no-vad", action="store_true", help="analyse every window, speech or not")
+    add_stdin_arguments(p)
+    p.add_argument("--quiet", action="store_true", help="no per-event lines on stdout")
+
+
+def add_stdin_arguments(p: argparse.ArgumentParser) -> None:
+    """``--rate``, ``--channels``, ``--format``: raw PCM on stdin (``run`` and ``serve``).
+
+    They default to ``None`` so that :func:`make_source` can refuse them with any other source,
+    where they would silently do nothing.
+    """
     p.add_argument(
-        "--rate", type=int, default=SAMPLE_RATE, metavar="HZ", help="stdin sample rate (16000)"
+        "--rate",
+        type=int,
+        metavar="HZ",
+        help=f"stdin sample rate, {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} (default {SAMPLE_RATE}); "
+        "--source stdin only",
     )
     p.add_argument(
-        "--channels", type=int, default=1, metavar="N", help="stdin interleaved channels (1)"
+        "--channels",
+        type=int,
+        metavar="N",
+        help="stdin interleaved channels (default 1); --source stdin only",
     )
     p.add_argument(
         "--format",
         dest="sample_format",
-        default="s16le",
         choices=SAMPLE_FORMATS,
-        help="stdin sample format (s16le)",
+        help="stdin sample format (default s16le); --source stdin only",
     )
-    p.add_argument("--quiet", action="store_true", help="no per-event lines on stdout")
 
 
 # -- building blocks ---------------------------------------------------------------------------
@@ -95,14 +112,26 @@ def has_input_device() -> bool:
         return False
 
 
+def check_stdin_flags(args: argparse.Namespace, spec: str | None) -> None:
+    """Raise AudioError when ``--rate``/``--channels``/``--format`` come with a source other than
+    stdin (``spec``; ``None``: no source): they describe raw PCM and would be silently ignored."""
+    flags = {"--rate": "rate", "--channels": "channels", "--format": "sample_format"}
+    given = [flag for flag, dest in flags.items() if getattr(args, dest, None) is not None]
+    if given and spec != "stdin":
+        verb = "applies" if len(given) == 1 else "apply"
+        here = f"the source is {spec}" if spec else "there is no --source"
+        raise AudioError(f"{', '.join(given)} only {verb} to --source stdin (raw PCM); here {here}")
+
+
 def make_source(args: argparse.Namespace, workdir: Path) -> Source:
-    """Build the source ``--source`` names; raises AudioError for a bad file or device."""
+    """Build the source ``--source`` names; raises AudioError for a bad file, device or flag."""
     from emotion_monitor.streamer import sources
 
     spec = args.source
     auto = spec is None
     if auto:
         spec = "mic" if args.device is not None or has_input_device() else "demo"
+    check_stdin_flags(args, spec)
     if spec == "mic":
         mic = sources.MicrophoneSource(device=args.device)
         mic.check()
@@ -115,16 +144,20 @@ def make_source(args: argparse.Namespace, workdir: Path) -> Source:
                 file=sys.stderr,
             )
         return sources.StdinSource(
-            rate=args.rate, channels=args.channels, sample_format=args.sample_format
+            rate=SAMPLE_RATE if args.rate is None else args.rate,
+            channels=1 if args.channels is None else args.channels,
+            sample_format=args.sample_format or "s16le",
         )
     if spec == "demo":
         why = "no --source given and no input device found; " if auto else ""
+        # Live, the demo loops like a stream that never ends; --fast analyses it once.
+        how = "in real time, in a loop" if args.realtime else "once, as fast as possible"
         print(
             f"DEMO: {why}playing a synthesized dialogue (espeak-ng, calm and agitated voices) "
-            "in real time, in a loop. This is not your microphone. Ctrl-C to stop.",
+            f"{how}. This is not your microphone. Ctrl-C to stop.",
             file=sys.stderr,
         )
-        return sources.DemoSource(workdir)
+        return sources.DemoSource(workdir, loop=args.realtime, realtime=args.realtime)
     if spec.startswith("file:") or Path(spec).suffix:
         path = spec[5:] if spec.startswith("file:") else spec
         return sources.FileSource(path, realtime=args.realtime)
@@ -254,15 +287,24 @@ def run_source(
     return fed
 
 
+def input_damage(engine_stats: dict, source_stats: dict) -> list[str]:
+    """What was wrong with the input, for a summary (``run`` and ``analyze``): the NaN/Inf
+    samples replaced by silence (by the source before resampling, or by the engine) and the
+    windows with clipped samples."""
+    nonfinite = engine_stats["nonfinite_samples"] + source_stats.get("nonfinite_samples", 0)
+    return [
+        f"{nonfinite} NaN/Inf samples replaced by silence",
+        f"{engine_stats['clipped_windows']} clipped windows",
+    ]
+
+
 def _summary(engine, source: Source, samples: int) -> str:
     s = engine.stats
     extra = {k: v for k, v in source.stats.items() if k != "nonfinite_samples"}
-    nonfinite = s["nonfinite_samples"] + source.stats.get("nonfinite_samples", 0)
     parts = [
         f"{samples / SAMPLE_RATE:.1f} s of audio",
         f"{s['events']} events ({s['speech_windows']} with speech)",
-        f"{nonfinite} NaN/Inf samples replaced by silence",
-        f"{s['clipped_windows']} clipped windows",
+        *input_damage(s, source.stats),
         f"{s['windows_dropped']} windows dropped",
     ]
     parts += [f"{k.replace('_', ' ')} {v}" for k, v in extra.items()]
@@ -273,6 +315,12 @@ def main(args: argparse.Namespace) -> int:
     """Run the monitor; exit codes: 0 done, 1 model or runtime error, 2 bad source or flags."""
     from emotion_monitor.streamer.settings import Settings
 
+    if args.duration is not None and not 0 < args.duration < math.inf:
+        print(
+            f"error: --duration must be a positive number of seconds, got {args.duration:g}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         settings = Settings().replace(
             window=args.window, hop=args.hop, vad=False if args.no_vad else None, model=args.model

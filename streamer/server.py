@@ -215,6 +215,17 @@ class _FrontDoor(ServerConnection):
             super().connection_lost(exc)
 
 
+class ListenError(OSError):
+    """A listener of the server could not be opened; the message names it and its address."""
+
+    @classmethod
+    def of(cls, what: str, host: str, port: int, exc: OSError) -> ListenError:
+        """The error for listener ``what`` on ``host:port``, which failed with ``exc``."""
+        # asyncio's message repeats the address as a Python tuple; keep only the reason.
+        reason = (exc.strerror or str(exc)).rsplit("): ", 1)[-1]
+        return cls(f"cannot serve {what} on {host}:{port}: {reason}")
+
+
 class Server:
     """HTTP + websocket front of a :class:`MonitorService` on one port.
 
@@ -334,32 +345,45 @@ class Server:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Listen on ``settings.host``/``settings.port`` (port 0: any free port)."""
+        """Listen on ``settings.host``/``settings.port`` (port 0: any free port), then open the
+        extra TCP listeners.
+
+        Raises :class:`ListenError` naming the listener and the address that could not be
+        opened (typically a port in use); what was already open is closed again.
+        """
         self._loop = asyncio.get_running_loop()
         s = self.settings
         self.service.add_listener(self.broadcast, self._loop)
-        self._ws_server = await serve(
-            self._dispatch,
-            s.host,
-            s.port,
-            process_request=self._process_request,
-            create_connection=lambda *a, **kw: _FrontDoor(self, *a, **kw),
-            # Oversized messages up to twice the limit get a readable error from us; beyond
-            # that websockets closes with 1009 before buffering them.
-            max_size=s.max_message_bytes * 2,
-            ping_interval=s.ping_interval,
-            ping_timeout=s.ping_timeout,
-            # Per-client deflate would compress every broadcast once per client; events are small.
-            compression=None,
-            server_header=f"emotion-monitor/{_version()}",
-        )
+        try:
+            self._ws_server = await serve(
+                self._dispatch,
+                s.host,
+                s.port,
+                process_request=self._process_request,
+                create_connection=lambda *a, **kw: _FrontDoor(self, *a, **kw),
+                # Oversized messages up to twice the limit get a readable error from us; beyond
+                # that websockets closes with 1009 before buffering them.
+                max_size=s.max_message_bytes * 2,
+                ping_interval=s.ping_interval,
+                ping_timeout=s.ping_timeout,
+                # Per-client deflate compresses every broadcast once per client; events are small.
+                compression=None,
+                server_header=f"emotion-monitor/{_version()}",
+            )
+        except OSError as exc:
+            self.service.remove_listener(self.broadcast)
+            raise ListenError.of("the dashboard and websockets", s.host, s.port, exc) from exc
         self._port = self._ws_server.sockets[0].getsockname()[1]
         for name, (handler, host, port) in self._tcp.items():
-            self._tcp_servers[name] = await asyncio.start_server(
-                lambda r, w, h=handler: h(r, w, self.service, self.settings),
-                host or s.host,
-                port,
-            )
+            try:
+                self._tcp_servers[name] = await asyncio.start_server(
+                    lambda r, w, h=handler: h(r, w, self.service, self.settings),
+                    host or s.host,
+                    port,
+                )
+            except OSError as exc:
+                await self.stop()
+                raise ListenError.of(f"the {name} listener", host or s.host, port, exc) from exc
 
     async def stop(self) -> None:
         """Close every listener and connection (code 1001); the service keeps running."""
@@ -944,7 +968,7 @@ def _integrations():
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``emotion-monitor serve``."""
-    from emotion_monitor.streamer.audio import SAMPLE_FORMATS, SAMPLE_RATE
+    from emotion_monitor.streamer.run_command import add_stdin_arguments
 
     parser.add_argument(
         "--source",
@@ -966,15 +990,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="analyse every window, speech or not",
     )
-    parser.add_argument("--rate", type=int, default=SAMPLE_RATE, help="stdin sample rate")
-    parser.add_argument("--channels", type=int, default=1, help="stdin interleaved channels")
-    parser.add_argument(
-        "--format",
-        dest="sample_format",
-        default="s16le",
-        choices=SAMPLE_FORMATS,
-        help="stdin sample format",
-    )
+    add_stdin_arguments(parser)
     api = _integrations()
     if api is not None:
         api.add_arguments(parser)
@@ -987,7 +1003,11 @@ def main(args: argparse.Namespace) -> int:
     """
     import tempfile
 
-    from emotion_monitor.streamer.run_command import load_emotion_model, make_source
+    from emotion_monitor.streamer.run_command import (
+        check_stdin_flags,
+        load_emotion_model,
+        make_source,
+    )
 
     try:
         base = Settings.from_toml(args.config) if args.config else Settings()
@@ -1007,16 +1027,18 @@ def main(args: argparse.Namespace) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="emotion-monitor-") as tmp:
         source = None
-        if args.source:
-            args.realtime = True  # a live monitor plays files at the speed of the audio
-            spec = None if args.source == "auto" else args.source
-            try:
+        try:
+            if args.source:
+                args.realtime = True  # a live monitor plays files at the speed of the audio
+                spec = None if args.source == "auto" else args.source
                 source = make_source(
                     argparse.Namespace(**{**vars(args), "source": spec}), Path(tmp)
                 )
-            except (AudioError, OSError) as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
+            else:
+                check_stdin_flags(args, None)
+        except (AudioError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         try:
             model = load_emotion_model(settings.model)
         except Exception as exc:
@@ -1026,7 +1048,10 @@ def main(args: argparse.Namespace) -> int:
             return 1
         try:
             asyncio.run(_serve(model, settings, args, api, source))
-        except OSError as exc:  # typically: the port is taken
+        except ListenError as exc:  # a port is taken: the message names which listener and port
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except OSError as exc:
             print(
                 f"error: cannot serve on {settings.host}:{settings.port}: {exc.strerror or exc}",
                 file=sys.stderr,
@@ -1087,7 +1112,7 @@ def run_source(
     """
     from emotion_monitor.streamer.events import SourceError
 
-    service.open_stream(source.name, source=type(source).__name__)
+    service.open_stream(source.name, source=source.describe())
     try:
         for item in source:
             if isinstance(item, SourceError):

@@ -1,20 +1,52 @@
-"""One frozen settings object, built from CLI flags and an optional TOML file."""
+"""One frozen settings object, built from CLI flags and an optional TOML file.
+
+Every field is checked when a :class:`Settings` or an :class:`AlertRule` is built, whatever the
+values come from (flags, TOML, code): a bad value fails at start-up with a message naming the
+field, the value and what is allowed, instead of a hang or a traceback later.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import operator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import tomllib
+from emotion_monitor.streamer.events import Event
+
+#: Comparison operators an alert condition may use.
+OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+
+#: Event fields an alert condition may compare: the numeric ones (``valence_smooth``, ...).
+CONDITION_FIELDS = tuple(
+    f.name for f in dataclasses.fields(Event) if f.type in ("int", "float", "float | None", "bool")
+)
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float (``True`` is an int to Python, not a number to a user)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
 class AlertRule:
     """Fire ``name`` when every condition holds on a track for at least ``min_duration`` seconds.
 
-    Conditions compare smoothed event fields, e.g. ``{"arousal_smooth": (">", 0.5)}``.
-    ``track`` restricts the rule to one track (e.g. "customer"); ``None`` means any track.
+    Conditions compare numeric event fields (:data:`CONDITION_FIELDS`) with :data:`OPERATORS`,
+    e.g. ``(("arousal_smooth", ">", 0.5),)``. ``track`` restricts the rule to one track (e.g.
+    "customer"); ``None`` means any track. Raises ``ValueError`` for an unknown field or operator
+    (a misspelled field would otherwise never hold, so the alert would silently never fire).
     """
 
     name: str
@@ -22,10 +54,110 @@ class AlertRule:
     min_duration: float = 5.0
     track: str | None = None
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"alert name must be a non-empty string, got {self.name!r}")
+        where = f"alert {self.name!r}"
+        if not self.conditions:
+            raise ValueError(f"{where}: no conditions")
+        for name, op, threshold in self.conditions:
+            if name not in CONDITION_FIELDS:
+                raise ValueError(
+                    f"{where}: unknown field {name!r}; conditions can compare "
+                    + ", ".join(CONDITION_FIELDS)
+                )
+            if op not in OPERATORS:
+                raise ValueError(
+                    f"{where}: unknown operator {op!r} for {name}; use one of "
+                    + " ".join(OPERATORS)
+                )
+            if not _is_number(threshold):
+                raise ValueError(f"{where}: {name} {op} needs a number, got {threshold!r}")
+        if not _is_number(self.min_duration) or self.min_duration < 0:
+            raise ValueError(
+                f"{where}: min_duration must be a number of seconds >= 0, got {self.min_duration!r}"
+            )
+        if self.track is not None and not isinstance(self.track, str):
+            raise ValueError(f"{where}: track must be a string, got {self.track!r}")
+
+    @classmethod
+    def from_dict(cls, table: Mapping[str, Any]) -> AlertRule:
+        """A rule from one ``[[alerts]]`` TOML table (see :func:`alerts.load_alert_rules`).
+
+        Keys: ``name``, ``conditions`` (``{field = [operator, number]}``), optional
+        ``min_duration`` (default 5 s) and ``track``. Unknown keys are refused, listing these.
+        """
+        keys = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(table) - set(keys))
+        if unknown:
+            raise ValueError(f"unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(keys)}")
+        missing = [k for k in ("name", "conditions") if k not in table]
+        if missing:
+            raise ValueError(f"missing {' and '.join(missing)}")
+        conditions = table["conditions"]
+        if not isinstance(conditions, Mapping):
+            raise ValueError(
+                'conditions must be a table such as { arousal_smooth = [">", 0.4] }, '
+                f"got {conditions!r}"
+            )
+        parsed = []
+        for name, spec in conditions.items():
+            if not isinstance(spec, (list, tuple)) or len(spec) != 2:
+                raise ValueError(f"condition {name} must be [operator, number], got {spec!r}")
+            parsed.append((name, *spec))
+        return cls(
+            name=table["name"],
+            conditions=tuple(parsed),
+            min_duration=table.get("min_duration", 5.0),
+            track=table.get("track"),
+        )
+
+
+#: Allowed values of the numeric and URL fields of :class:`Settings`: field -> (the allowed
+#: range in words, test of a value already of the field's type; it also sees the settings).
+_RANGES: dict[str, tuple[str, Callable[[Any, Settings], bool]]] = {
+    "window": ("in 0.1..30 s", lambda v, s: 0.1 <= v <= 30),
+    "hop": ("> 0 s and at most window", lambda v, s: 0 < v <= s.window),
+    "smoothing_tau": (">= 0 s", lambda v, s: v >= 0),
+    # 1 or more would make every window non-speech, 0 every window with any sound speech
+    "vad_threshold": ("between 0 and 1 (exclusive)", lambda v, s: 0 < v < 1),
+    "vad_min_speech_fraction": ("> 0 and <= 1", lambda v, s: 0 < v <= 1),
+    "max_batch": (">= 1", lambda v, s: v >= 1),
+    "max_streams": (">= 1", lambda v, s: v >= 1),
+    "max_pending_windows": (">= 1", lambda v, s: v >= 1),
+    "port": ("in 0..65535 (0: any free port)", lambda v, s: 0 <= v <= 65535),
+    "max_clients": (">= 1", lambda v, s: v >= 1),
+    "client_queue": (">= 1", lambda v, s: v >= 1),
+    "max_message_bytes": (">= 1", lambda v, s: v >= 1),
+    "ping_interval": ("> 0 s", lambda v, s: v > 0),
+    "ping_timeout": ("> 0 s", lambda v, s: v > 0),
+    "audiosocket_port": ("in 0..65535 (0: any free port)", lambda v, s: 0 <= v <= 65535),
+    "webhook_url": (
+        "starting with http:// or https://",
+        lambda v, s: v.startswith(("http://", "https://")),
+    ),
+}
+
+#: Field annotation -> (the type in words, test).
+_TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "float": ("a number", _is_number),
+    "int": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "tuple[AlertRule, ...]": (
+        "alert rules",
+        lambda v: isinstance(v, tuple) and all(isinstance(r, AlertRule) for r in v),
+    ),
+}
+
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything the engine, server and adapters are configured with. Read-only at run time."""
+    """Everything the engine, server and adapters are configured with. Read-only at run time.
+
+    Raises ``ValueError`` naming the field, the value and the allowed range when a field has the
+    wrong type or is out of range.
+    """
 
     # windowing (seconds of stream time)
     window: float = 2.0
@@ -58,12 +190,19 @@ class Settings:
     alerts: tuple[AlertRule, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        if not 0.1 <= self.window <= 30:
-            raise ValueError(f"window must be between 0.1 and 30 s, got {self.window}")
-        if not 0 < self.hop <= self.window:
-            raise ValueError(f"hop must be in (0, window], got {self.hop}")
-        if self.smoothing_tau < 0:
-            raise ValueError(f"smoothing_tau must be >= 0, got {self.smoothing_tau}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind = f.type.removesuffix(" | None")
+            if value is None and kind != f.type:
+                continue
+            what, is_kind = _TYPES[kind]
+            allowed, in_range = _RANGES.get(f.name, ("", None))
+            if not is_kind(value) or (in_range is not None and not in_range(value, self)):
+                raise ValueError(
+                    f"{f.name} must be {what}"
+                    + (f" {allowed}" if allowed else "")
+                    + f", got {value!r}"
+                )
 
     def replace(self, **changes) -> Settings:
         """A copy with some fields changed (ignores ``None`` values, handy for CLI flags)."""
@@ -75,22 +214,46 @@ class Settings:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> Settings:
-        """Load settings from a TOML file; unknown keys are an error naming them."""
-        data = tomllib.loads(Path(path).read_text())
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+        """Load settings from a TOML file.
+
+        Raises ``ValueError`` starting with the file name for an unreadable file, a TOML syntax
+        error, an unknown key (naming it), a bad value (see the class) or a bad ``[[alerts]]``
+        table (see :meth:`AlertRule.from_dict`).
+        """
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot read settings ({exc.strerror or exc})") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{path}: not valid TOML: {exc}") from None
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(names))
         if unknown:
-            raise ValueError(f"{path}: unknown settings {', '.join(unknown)}")
-        rules = tuple(
-            AlertRule(
-                name=r["name"],
-                conditions=tuple((k, op, float(v)) for k, (op, v) in r["conditions"].items()),
-                min_duration=float(r.get("min_duration", 5.0)),
-                track=r.get("track"),
+            raise ValueError(
+                f"{path}: unknown settings {', '.join(unknown)}; valid: {', '.join(names)}"
             )
-            for r in data.pop("alerts", [])
-        )
-        return cls(**data, alerts=rules)
+        try:
+            if "alerts" in data:
+                data["alerts"] = parse_alert_rules(data["alerts"])
+            return cls(**data)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+
+
+def parse_alert_rules(tables: Any) -> tuple[AlertRule, ...]:
+    """Rules from parsed ``[[alerts]]`` TOML tables (:meth:`AlertRule.from_dict` each).
+
+    Raises ``ValueError`` naming the table (``alerts[1]``) and the problem.
+    """
+    if not isinstance(tables, list) or not all(isinstance(t, Mapping) for t in tables):
+        raise ValueError("alerts must be [[alerts]] tables")
+    rules = []
+    for i, table in enumerate(tables):
+        try:
+            rules.append(AlertRule.from_dict(table))
+        except ValueError as exc:
+            raise ValueError(f"alerts[{i}] is malformed: {exc}") from None
+    return tuple(rules)
 
 
 #: The default alert: a frustrated customer (high arousal, negative valence for 5 s). The arousal

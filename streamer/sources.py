@@ -46,6 +46,7 @@ from emotion_monitor.streamer.audio import (
     to_mono,
 )
 from emotion_monitor.streamer.events import SourceError
+from emotion_monitor.streamer.protocol import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from emotion_monitor.streamer.ringbuffer import RingBuffer
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,11 @@ class Source:
     def stop(self) -> None:
         """Ask the iteration to end (any thread)."""
         self._stop.set()
+
+    def describe(self) -> str:
+        """What the source is, for people (the ``source`` of its stream's metadata): the
+        ``--source`` spelling, e.g. ``mic``, ``stdin``, ``demo`` or ``file:NAME``."""
+        return self.name
 
     @property
     def stopped(self) -> bool:
@@ -181,6 +187,10 @@ class FileSource(Source):
             self.duration = _ffprobe_duration(self.path)
         self.stats = {"nonfinite_samples": 0}
 
+    def describe(self) -> str:
+        """``file:`` and the file's name (not its whole path)."""
+        return f"file:{self.path.name}"
+
     def __iter__(self) -> Iterator[Item]:
         pacer = _Pacer(self.realtime, self._stop)
         done = 0
@@ -205,14 +215,17 @@ class StdinSource(Source):
 
     Args:
         fp: the byte stream; ``sys.stdin.buffer`` when ``None``.
-        rate: sample rate of the incoming PCM (resampled to 16 kHz).
+        rate: sample rate of the incoming PCM, in the range ``/ingest`` accepts
+            (:data:`~.protocol.MIN_SAMPLE_RATE`..:data:`~.protocol.MAX_SAMPLE_RATE`, resampled
+            to 16 kHz).
         channels: interleaved channels (averaged to mono).
         sample_format: ``"s16le"`` or ``"f32le"``.
         block_seconds: largest chunk handed on at once.
 
     Raises:
-        AudioError: an unknown format, a non-positive rate or channel count (at construction), or
-        a stream that ends in the middle of a frame (at the end of the iteration).
+        AudioError: an unknown format, a rate out of range, a non-positive channel count (at
+        construction), or a stream that ends in the middle of a frame (at the end of the
+        iteration).
     """
 
     def __init__(
@@ -229,8 +242,13 @@ class StdinSource(Source):
             raise AudioError(
                 f"stdin: unknown sample format {sample_format!r}; use one of {SAMPLE_FORMATS}"
             )
-        if rate <= 0 or channels <= 0:
-            raise AudioError(f"stdin: rate and channels must be positive, got {rate}, {channels}")
+        if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+            # e.g. 1 Hz would turn 64 kB of input into hours of audio to analyse
+            raise AudioError(
+                f"stdin: sample rate {rate} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz"
+            )
+        if channels <= 0:
+            raise AudioError(f"stdin: channels must be positive, got {channels}")
         self.fp = fp
         self.rate, self.channels, self.sample_format = rate, channels, sample_format
         self.frame_bytes = (2 if sample_format == "s16le" else 4) * channels
@@ -519,7 +537,9 @@ def list_input_devices() -> list[dict]:
 # -- demo --------------------------------------------------------------------------------------
 
 #: (text, espeak-ng speed words/min, pitch 0-99, amplitude 0-200): a calm caller turning angry and
-#: an agent answering calmly. Prosody, not words, is what should move arousal.
+#: an agent answering calmly. Prosody, not words, is what should move arousal. The agitated lines
+#: are louder, but at 110: from about 140 espeak-ng's output clips (peaks at full scale), and the
+#: demo would raise the CLIPPED flag it is meant to show only for bad input.
 DEMO_DIALOGUE: tuple[tuple[str, int, int, int], ...] = (
     ("Hello, thank you for calling. Please take your time, there is no rush at all.", 140, 35, 70),
     (
@@ -527,10 +547,10 @@ DEMO_DIALOGUE: tuple[tuple[str, int, int, int], ...] = (
         "I want this sorted out right now!",
         210,
         80,
-        200,
+        110,
     ),
     ("I understand. Let us go through it together, calmly, one step at a time.", 130, 30, 60),
-    ("No! I have waited for two weeks! This is completely unacceptable!", 220, 90, 200),
+    ("No! I have waited for two weeks! This is completely unacceptable!", 220, 90, 110),
 )
 
 
@@ -574,7 +594,12 @@ def make_demo_dialogue(folder: str | Path, pause: float = 0.8) -> Path:
 
 
 class DemoSource(FileSource):
-    """The synthesized demo dialogue, generated into ``folder``, played in real time in a loop."""
+    """The synthesized demo dialogue, generated into ``folder``; by default played in real time
+    in a loop, like a live stream."""
 
     def __init__(self, folder: str | Path, loop: bool = True, realtime: bool = True):
         super().__init__(make_demo_dialogue(folder), realtime=realtime, loop=loop, name="demo")
+
+    def describe(self) -> str:
+        """``demo``."""
+        return "demo"

@@ -92,6 +92,44 @@ def test_rules_from_toml(tmp_path):
         load_alert_rules(path)
 
 
+@pytest.mark.parametrize(
+    "table,problem",
+    [
+        # a misspelled field never holds: the alert would silently never fire
+        (
+            'name = "x"\nconditions = { arousl_smooth = [">", 0.4] }',
+            "unknown field 'arousl_smooth'; conditions can compare seq, t0, t1, speech, "
+            "speech_prob, valence, arousal, confidence, valence_smooth, arousal_smooth, "
+            "latency_ms, clipped",
+        ),
+        (
+            'name = "x"\nmin_duraton = 3\nconditions = { arousal_smooth = [">", 0.4] }',
+            "unknown key(s) min_duraton; valid keys: name, conditions, min_duration, track",
+        ),
+        ('name = "x"\nconditions = { arousal_smooth = [">", "high"] }', "needs a number"),
+        ('name = "x"\nconditions = { arousal_smooth = 0.4 }', "must be [operator, number]"),
+        ('name = "x"\nconditions = {}', "no conditions"),
+        ('name = "x"\nmin_duration = -1\nconditions = { valence = ["<", 0] }', "min_duration"),
+    ],
+)
+def test_rules_from_toml_refuse_what_would_never_fire(tmp_path, table, problem):
+    path = tmp_path / "alerts.toml"
+    path.write_text(f"[[alerts]]\n{table}\n")
+    with pytest.raises(ValueError) as err:
+        load_alert_rules(path)
+    assert str(err.value).startswith(f"{path}: alerts[0] is malformed: ")
+    assert problem in str(err.value)
+
+
+def test_documented_example_rule_is_the_default_rule(tmp_path):
+    """The example in load_alert_rules' docstring is CUSTOMER_FRUSTRATION, threshold included."""
+    doc = load_alert_rules.__doc__
+    example = doc.split("::\n", 1)[1].split("\n\n    A table", 1)[0]
+    path = tmp_path / "alerts.toml"
+    path.write_text("\n".join(line.strip() for line in example.strip().splitlines()) + "\n")
+    assert load_alert_rules(path) == (CUSTOMER_FRUSTRATION,)
+
+
 class Receiver:
     """A local HTTP server that fails the first ``failures`` POSTs, then accepts."""
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import load_clip, ravdess_clip
@@ -148,6 +152,76 @@ def test_settings_reject_impossible_windows():
         Settings(window=1.0, hop=2.0)
     with pytest.raises(ValueError, match="window"):
         Settings(window=0)
+
+
+@pytest.mark.parametrize(
+    "field,value,allowed",
+    [
+        ("max_batch", 0, "an integer >= 1"),  # the engine loop never took a window: a hang
+        ("max_pending_windows", 0, "an integer >= 1"),  # IndexError: pop from an empty deque
+        ("window", "abc", "a number in 0.1..30 s"),  # TypeError at the first comparison
+        ("window", float("nan"), "a number in 0.1..30 s"),
+        ("port", 99999, "an integer in 0..65535"),  # OverflowError when serving
+        ("audiosocket_port", -1, "an integer in 0..65535"),
+        ("vad_threshold", 5, "a number between 0 and 1"),  # every window non-speech
+        ("vad_min_speech_fraction", 0, "a number > 0 and <= 1"),
+        ("max_streams", 2.5, "an integer >= 1"),
+        ("client_queue", True, "an integer >= 1"),  # a bool is not a count
+        ("ping_interval", 0, "a number > 0 s"),
+        ("vad", "yes", "true or false"),
+        ("host", 127001, "a string"),
+        ("webhook_url", "ftp://x", "a string starting with http:// or https://"),
+        ("alerts", ({"name": "x"},), "alert rules"),
+    ],
+)
+def test_settings_refuse_every_bad_value_naming_field_value_and_range(field, value, allowed):
+    with pytest.raises(ValueError) as err:
+        Settings(**{field: value})
+    assert str(err.value).startswith(f"{field} must be {allowed}")
+    assert str(err.value).endswith(f", got {value!r}")
+
+
+def test_settings_from_toml_name_the_file(tmp_path):
+    path = tmp_path / "monitor.toml"
+    path.write_text("window = \n")
+    with pytest.raises(ValueError, match=r"^.*monitor\.toml: not valid TOML: Invalid value"):
+        Settings.from_toml(path)
+    path.write_text("max_batch = 0\n")
+    with pytest.raises(ValueError, match=r"monitor\.toml: max_batch must be an integer >= 1"):
+        Settings.from_toml(path)
+    path.write_text("windw = 1.0\n")
+    with pytest.raises(ValueError, match=r"monitor\.toml: unknown settings windw; valid: window,"):
+        Settings.from_toml(path)
+    path.write_text("[[alerts]]\nname = 'x'\nconditions = { arousl_smooth = ['>', 0.4] }\n")
+    with pytest.raises(ValueError, match=r"monitor\.toml: alerts\[0\] .*'arousl_smooth'"):
+        Settings.from_toml(path)
+    with pytest.raises(ValueError, match="missing.toml: cannot read settings"):
+        Settings.from_toml(tmp_path / "missing.toml")
+    # Good values, integers where seconds are expected included, are taken as written.
+    path.write_text(
+        "window = 1\nhop = 0.25\nport = 0\nvad_threshold = 0.3\n[[alerts]]\nname = 'loud'\n"
+        "conditions = { arousal_smooth = ['>', 0.5] }\n"
+    )
+    s = Settings.from_toml(path)
+    assert (s.window, s.hop, s.port, s.vad_threshold) == (1, 0.25, 0, 0.3)
+    assert [(r.name, r.conditions) for r in s.alerts] == [("loud", (("arousal_smooth", ">", 0.5),))]
+
+
+def test_quadrant_names_are_listed_in_sector_order():
+    """QUADRANTS[i] is the sector from 45*i to 45*(i+1) degrees, as the dashboard draws them."""
+    mids = [math.radians(22.5 + 45 * i) for i in range(8)]
+    assert [quadrant(math.cos(a), math.sin(a)) for a in mids] == list(QUADRANTS)
+    app = Path(__file__).resolve().parents[1] / "web_dashboard" / "static" / "app.js"
+    sectors = next(ln for ln in app.read_text().splitlines() if ln.startswith("const SECTORS"))
+    assert json.loads(sectors.split("=", 1)[1].strip().rstrip(";")) == list(QUADRANTS)
+
+
+def test_readme_event_example_is_consistent_with_the_code():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = json.loads(readme.split("```json\n", 1)[1].split("```", 1)[0])
+    assert Event.from_dict(example).to_dict().keys() == example.keys()  # every field, no other
+    assert example["quadrant"] == quadrant(example["valence_smooth"], example["arousal_smooth"])
+    assert example["label"] == max(example["classes"], key=example["classes"].get)
 
 
 def test_quadrants_cover_the_plane():

@@ -7,9 +7,13 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import load_clip, ravdess_clip
 from emotion_monitor.streamer import recorder
+from emotion_monitor.streamer.analyze import Summary
 from emotion_monitor.streamer.cli import main as cli_main
-from emotion_monitor.streamer.settings import AlertRule
+from emotion_monitor.streamer.engine import Engine
+from emotion_monitor.streamer.events import Event
+from emotion_monitor.streamer.settings import AlertRule, Settings
 from test_calls import clips, running, test_settings, twilio_call
 
 
@@ -102,6 +106,60 @@ def test_report_errors(tmp_path, capsys):
     assert "no such recording" in capsys.readouterr().err
     recorder.Recorder(tmp_path / "empty.sqlite").close()
     assert cli_main(["report", str(tmp_path / "empty.sqlite")]) == 1
+    capsys.readouterr()
+    audio = tmp_path / "long.wav"
+    audio.write_bytes(b"RIFF" + bytes(5000))  # not SQLite at all
+    assert cli_main(["report", str(audio)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"report: {audio}: not a recording (file is not a database)")
+    assert "'serve --record FILE.sqlite'" in err and err.count("\n") == 1
+
+
+def record_and_report(events: list[Event], path) -> dict:
+    """The report's summary of one track's events, written as the server's recorder does."""
+    rec = recorder.Recorder(path)
+    rec.listener([ev.to_dict() for ev in events])
+    rec.close()
+    [call] = recorder.summarize(path)
+    [track] = call["tracks"].values()
+    return track
+
+
+def test_analyze_and_report_count_speech_and_rank_labels_alike(tmp_path):
+    """2.4 s of speech in 2 s windows every 0.5 s is the window [0, 2] and the flushed tail
+    [0.4, 2.4]: 2.4 s of speech (analyze said 1.0 s: hop x windows). The windows' own labels say
+    sad, the smoothed label (the one the dashboard shows) says angry: both rank by the latter."""
+    events = [
+        Event("c", "main", i, t0, t0 + 2.0, True, 0.9, label="sad", label_smooth="angry")
+        for i, t0 in enumerate((0.0, 0.4))
+    ]
+    summary = Summary()
+    for ev in events:
+        summary.add(ev)
+    analyzed = summary.result()
+    reported = record_and_report(events, tmp_path / "r.sqlite")
+    assert analyzed["speech_s"] == reported["speech_s"] == pytest.approx(2.4)
+    assert analyzed["label_distribution"] == {"angry": 1.0}
+    assert reported["label"] == "angry"
+
+
+def test_analyze_and_report_agree_on_real_speech_with_a_pause(tmp_path, default_model):
+    angry = load_clip(ravdess_clip("angry"))
+    audio = np.concatenate([angry, np.zeros(3 * 16_000, np.float32), angry])
+    engine = Engine(default_model, Settings())
+    events = engine.push("call", audio) + engine.flush()
+    assert events[0].speech and not all(e.speech for e in events)  # the pause is silence
+    summary = Summary()
+    for ev in events:
+        summary.add(ev)
+    analyzed = summary.result()
+    reported = record_and_report(events, tmp_path / "r.sqlite")
+    assert reported["speech_s"] == pytest.approx(analyzed["speech_s"], abs=0.01)
+    assert reported["quadrants_s"] == pytest.approx(analyzed["quadrant_s"], abs=0.01)
+    assert reported["label"] == next(iter(analyzed["label_distribution"]))
+    # the first window counts whole (2 s): more than one hop per speech window
+    assert analyzed["speech_s"] > 0.5 * analyzed["speech_windows"]
+    assert analyzed["speech_s"] <= len(audio) / 16_000
 
 
 def test_serve_flags_are_validated(tmp_path):

@@ -239,6 +239,46 @@ def test_bad_inputs_fail_clearly(tmp_path):
     assert bad_model.returncode == 1 and b"cannot load model" in bad_model.stderr
 
 
+def test_flags_that_cannot_work_are_refused_before_any_audio(tmp_path):
+    """Refused at once (exit 2, one line), before the model loads or any input is read."""
+    pcm = bytes(64_000)  # at --rate 1 this was 32000 s of audio: the run seemed to hang
+    for rate in ("1", "100", "200000"):
+        proc = run("run", "--source", "stdin", "--rate", rate, "--model", MODEL, input=pcm)
+        assert proc.returncode == 2, proc.stderr.decode()
+        assert proc.stderr.decode().strip() == (
+            f"error: stdin: sample rate {rate} Hz is outside 8000..192000 Hz"
+        )
+
+    for duration in ("0", "-2", "nan"):
+        proc = run("run", "--source", "stdin", "--duration", duration, "--model", MODEL, input=pcm)
+        assert proc.returncode == 2 and proc.stdout == b""
+        assert b"--duration must be a positive number of seconds" in proc.stderr
+
+    path = write_wav(tmp_path / "talk.wav", ravdess_16k("calm"))
+    proc = run("run", "--source", f"file:{path}", "--rate", "8000", "--model", MODEL)
+    assert proc.returncode == 2 and proc.stdout == b""
+    assert b"--rate only applies to --source stdin" in proc.stderr
+    proc = run("run", "--source", str(path), "--channels", "2", "--format", "f32le")
+    assert proc.returncode == 2
+    assert b"--channels, --format only apply to --source stdin" in proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+def test_demo_fast_plays_once_unclipped(tmp_path):
+    """`--fast` analyses the demo dialogue once, says so, and the demo's loud lines do not clip."""
+    out = tmp_path / "ev.jsonl"
+    proc = run("run", "--source", "demo", "--fast", "--quiet", "--out", str(out), timeout=300)
+    err = proc.stderr.decode()
+    assert proc.returncode == 0, err
+    assert "once, as fast as possible" in err and "in real time" not in err
+    events = read_jsonl(out)
+    assert events and not any(e["clipped"] for e in events)
+    assert ", 0 clipped windows," in err
+    # once: the events end with the dialogue (about 25 s), they do not loop on
+    assert [e["seq"] for e in events] == list(range(len(events)))
+    assert 15 < events[-1]["t1"] < 40
+
+
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
 def test_no_source_and_no_device_plays_the_demo(tmp_path):
     env = {**ENV, "PULSE_SERVER": "unix:/nonexistent"}  # hide any sound server from PortAudio

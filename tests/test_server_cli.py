@@ -57,14 +57,19 @@ def test_serve_file_source_events_and_clean_shutdown(tiny_checkpoints, tmp_path)
         with connect(ws_url, open_timeout=TIMEOUT) as ws:
             hello = json.loads(ws.recv(timeout=TIMEOUT))
             assert hello["type"] == "hello" and hello["model"]["kind"] == "hf"
+            # The stream's metadata, from hello when it had started, else from stream_started.
+            meta = hello["streams"].get("talk.wav")
             events = []
             while True:
                 msg = json.loads(ws.recv(timeout=TIMEOUT))
                 if msg["type"] == "event":
                     events.append(msg)
+                elif msg["type"] == "stream_started":
+                    meta = msg["meta"]
                 elif msg["type"] == "stream_ended":
                     assert msg["stream"] == "talk.wav"
                     break
+        assert meta["source"] == "file:talk.wav"  # what the user passed, not "FileSource"
         # Played in real time: the client connected during playback and saw the windows up to
         # the tail, which ends with the file.
         assert events and {e["stream"] for e in events} == {"talk.wav"}
@@ -150,3 +155,39 @@ def test_serve_refuses_a_taken_port(tiny_checkpoints):
         )
     assert proc.returncode == 1
     assert "cannot serve" in proc.stderr
+
+
+def test_serve_names_the_busy_audiosocket_port(tiny_checkpoints):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [
+                sys.executable, "-m", "emotion_monitor.streamer.cli", "serve", "--port", "0",
+                "--audiosocket-port", str(port), "--model", str(tiny_checkpoints["classifier"]),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )  # fmt: skip
+    assert proc.returncode == 1
+    assert f"cannot serve the audiosocket listener on 127.0.0.1:{port}: " in proc.stderr
+    assert ":0:" not in proc.stderr and "8765" not in proc.stderr  # not the websocket port
+
+
+def test_serve_refuses_bad_settings_and_stray_stdin_flags(tmp_path):
+    """Refused before the model loads, exit 2, one line naming the problem."""
+    config = tmp_path / "serve.toml"
+    config.write_text("port = 99999\n")  # was an OverflowError traceback once serving
+    cli = [sys.executable, "-m", "emotion_monitor.streamer.cli", "serve"]
+    for args, error in (
+        (["--config", str(config)], f"error: {config}: port must be an integer in 0..65535"),
+        (["--port", "70000"], "error: port must be an integer in 0..65535"),
+        (["--rate", "8000"], "error: --rate only applies to --source stdin (raw PCM)"),
+    ):
+        proc = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=TIMEOUT)
+        assert proc.returncode == 2 and proc.stderr.startswith(error), proc.stderr
+        assert proc.stderr.count("\n") == 1

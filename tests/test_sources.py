@@ -281,6 +281,20 @@ def test_bad_stdin_formats():
         StdinSource(io.BytesIO(b""), sample_format="s24le")
     with pytest.raises(AudioError, match="positive"):
         StdinSource(io.BytesIO(b""), channels=0)
+    # The range /ingest accepts: 1 Hz would turn 64 kB of PCM into hours of audio to analyse.
+    for rate in (1, 100, 7_999, 192_001, 200_000):
+        with pytest.raises(AudioError, match=f"sample rate {rate} Hz is outside 8000..192000 Hz"):
+            StdinSource(io.BytesIO(b""), rate=rate)
+    for rate in (8_000, 192_000):  # the limits themselves are fine
+        assert len(collect(StdinSource(io.BytesIO(bytes(2 * rate)), rate=rate))) == SR
     # 3 bytes of s16le stereo is not a whole frame: said once the stream ends.
     with pytest.raises(AudioError, match="whole s16le frame of 2 channel"):
         collect(StdinSource(io.BytesIO(bytes(4 * 1000 + 3)), channels=2))
+
+
+def test_sources_describe_themselves_as_a_user_names_them(tmp_path):
+    """Stream metadata says ``file:NAME``, not a class name such as FileSource."""
+    path = write_wav(tmp_path / "talk.wav", ravdess_16k("calm"))
+    assert FileSource(path).describe() == "file:talk.wav"
+    assert FileSource(path, name="other").describe() == "file:talk.wav"
+    assert StdinSource(io.BytesIO(b"")).describe() == "stdin"
