@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from emotion_monitor.models.base import ModelError, Prediction
-from emotion_monitor.models.circumplex import CIRCUMPLEX, sign
+from emotion_monitor.models.circumplex import CIRCUMPLEX, sign, valence_arousal
 from emotion_monitor.models.manifest import read_manifest
 from emotion_monitor.streamer.audio import load_audio
 
@@ -136,6 +136,32 @@ def binary_accuracy(true: Sequence[str], values: Sequence[float | None], axis: s
     if not pairs:
         return None
     return float(np.mean([(v > 0) == (s > 0) for s, v in pairs]))
+
+
+def concordance(
+    true: Sequence[str],
+    intensities: Sequence[str | None],
+    values: Sequence[float | None],
+    axis: str,
+) -> float | None:
+    """Lin's concordance correlation between predicted values and the derived targets (each
+    label's circumplex point scaled by its intensity), over clips whose label has a point.
+
+    Unlike a correlation it also drops when predictions are shifted or squeezed toward the
+    middle, which is what a fixed alert threshold feels."""
+    k = 0 if axis == "valence" else 1
+    pairs = [
+        (valence_arousal(t, i)[k], v)
+        for t, i, v in zip(true, intensities, values, strict=True)
+        if v is not None and t in CIRCUMPLEX
+    ]
+    if len(pairs) < 2:
+        return None
+    target, pred = np.array(pairs, np.float64).T
+    spread = target.var() + pred.var() + (target.mean() - pred.mean()) ** 2
+    if spread == 0:
+        return None
+    return float(2 * np.mean((target - target.mean()) * (pred - pred.mean())) / spread)
 
 
 def _stream_predict(model, clips: list[np.ndarray]) -> list[Prediction]:
@@ -260,6 +286,7 @@ def evaluate(
     rows = [r for r in rows if r.emotion in use] if use else rows
     problems: list[str] = []
     true: list[str] = []
+    intensities: list[str | None] = []
     preds: list[Prediction] = []
     bar = tqdm(total=len(rows), desc="evaluating", unit="clip", disable=not progress)
     for s in range(0, len(rows), batch):
@@ -278,6 +305,7 @@ def evaluate(
         if clips:
             preds += _stream_predict(model, clips) if streaming else model.predict(clips)
             true += [r.emotion for r in kept]
+            intensities += [r.intensity for r in kept]
         bar.update(len(rows[s : s + batch]))
     bar.close()
     if use:
@@ -301,6 +329,8 @@ def evaluate(
     va = [_valence_arousal(p) for p in preds]
     result["arousal_binary_accuracy"] = binary_accuracy(true, [a for _, a, _ in va], "arousal")
     result["valence_binary_accuracy"] = binary_accuracy(true, [v for v, _, _ in va], "valence")
+    for k, axis in enumerate(("valence", "arousal")):
+        result[f"{axis}_ccc"] = concordance(true, intensities, [p[k] for p in va], axis)
     result["valence_arousal_source"] = va[0][2] if va else None
     result.update(
         model=model.describe(),
@@ -353,6 +383,8 @@ def main(args: argparse.Namespace) -> int:
             "calibration_error",
             "arousal_binary_accuracy",
             "valence_binary_accuracy",
+            "arousal_ccc",
+            "valence_ccc",
             "skipped_unreadable",
             "skipped_other_labels",
         )

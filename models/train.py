@@ -3,8 +3,9 @@
 Pipeline: manifest -> audio (+ deterministic augmentations) -> pooled multi-layer encoder
 features, cached on disk per (encoder, input normalisation, augmentation, file content) ->
 standardise -> shrinkage LDA or L2-regularised softmax regression (8 classes, temperature-
-calibrated) and ridge regression (derived valence/arousal) -> one ONNX graph (scaler + both
-heads) and a JSON config. Everything is seeded.
+calibrated) and a valence/arousal head (derived targets: the class probabilities times each
+class's mean target, or ridge regression, whichever cross-validates better) -> one ONNX graph
+(scaler + both heads) and a JSON config. Everything is seeded.
 """
 
 from __future__ import annotations
@@ -380,14 +381,18 @@ def export_heads(
     std: np.ndarray,
     w_cls: np.ndarray,
     b_cls: np.ndarray,
-    w_va: np.ndarray,
-    b_va: np.ndarray,
+    va_points: np.ndarray | None = None,
+    w_va: np.ndarray | None = None,
+    b_va: np.ndarray | None = None,
 ) -> None:
     """Write scaler + softmax head + valence/arousal head as one ONNX graph.
 
-    Input ``features`` (batch, F) raw pooled encoder features; outputs ``probs`` (batch, classes)
-    and ``va`` (batch, 2) clipped to [-1, 1].
+    Valence/arousal come from ``va_points`` (classes, 2) as ``probs @ va_points`` when given,
+    else from the ridge head ``x @ w_va + b_va``. Input ``features`` (batch, F) raw pooled
+    encoder features; outputs ``probs`` (batch, classes) and ``va`` (batch, 2) clipped to [-1, 1].
     """
+    if (va_points is None) == (w_va is None or b_va is None):
+        raise ValueError("give either va_points or both w_va and b_va")
     import torch
 
     class Heads(torch.nn.Module):
@@ -399,15 +404,20 @@ def export_heads(
             f32 = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
             self.register_buffer("mean", f32(mean))
             self.register_buffer("inv_std", f32(1.0 / std))
-            for name, w, b in (("cls", w_cls, b_cls), ("va", w_va, b_va)):
-                self.register_buffer(f"{name}_w", f32(w))
-                self.register_buffer(f"{name}_b", f32(b))
+            self.register_buffer("cls_w", f32(w_cls))
+            self.register_buffer("cls_b", f32(b_cls))
+            self.from_classes = va_points is not None
+            if self.from_classes:
+                self.register_buffer("va_points", f32(va_points))
+            else:
+                self.register_buffer("va_w", f32(w_va))
+                self.register_buffer("va_b", f32(b_va))
 
         def forward(self, features):
             x = (features - self.mean) * self.inv_std
             probs = torch.softmax(x @ self.cls_w + self.cls_b, dim=-1)
-            va = torch.clamp(x @ self.va_w + self.va_b, -1.0, 1.0)
-            return probs, va
+            va = probs @ self.va_points if self.from_classes else x @ self.va_w + self.va_b
+            return probs, torch.clamp(va, -1.0, 1.0)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
@@ -486,9 +496,14 @@ def train_heads(
     alphas: Sequence[float],
     n_folds: int = 9,
 ) -> dict:
-    """Pick the class head (one of ``candidates``) and the ridge alpha by leave-speaker-group-out
-    CV, calibrate the class head's softmax temperature on the held-out folds' scores, refit on
+    """Pick the class head (one of ``candidates``) by leave-speaker-group-out CV, calibrate its
+    softmax temperature on the held-out folds' scores, pick the valence/arousal head, refit on
     everything.
+
+    The valence/arousal head is the one with the lower held-out squared error: ridge regression
+    on the features (at the best of ``alphas``), or ``"classes"``: the calibrated class
+    probabilities times each class's mean target (the targets are derived from the classes, so
+    the expected target given the class posterior is their natural estimate).
 
     The sorted speakers are dealt round-robin into ``n_folds`` folds (one speaker per fold when
     there are fewer; no CV, temperature 1 and the first candidates with a single speaker).
@@ -504,20 +519,22 @@ def train_heads(
         return (x[tr] - m) / s, (x[te] - m) / s
 
     cv: dict[str, float] = {}
-    best, best_a, temperature = candidates.names[0], alphas[0], 1.0
+    best, best_a, temperature, va_head = candidates.names[0], alphas[0], 1.0, "ridge"
     if folds:
         ua = {name: [] for name in candidates.names}
         held_out = {name: [] for name in candidates.names}
-        y_held = []
+        y_held, va_held, points_held = [], [], []
         err = {a: [] for a in alphas}
         for fold in folds:
             te = np.array([g in fold for g in groups])
             y_held.append(y[te])
+            va_held.append(va[te])
             xtr, xte = scaled(~te, te)
             for name, (w, b) in candidates.fit(xtr, y[~te]).items():
                 held_out[name].append(xte @ w + b)
                 pred = held_out[name][-1].argmax(1)
                 ua[name].append(unweighted_accuracy(y[te], pred, w.shape[1]))
+            points_held.append(class_mean_targets(y[~te], va[~te], w.shape[1]))
             for a, (w, b) in zip(alphas, fit_ridge_alphas(xtr, va[~te], alphas), strict=True):
                 err[a].append(float(np.mean((np.clip(xte @ w + b, -1, 1) - va[te]) ** 2)))
         cv = {f"ua_{name}": float(np.mean(v)) for name, v in ua.items()}
@@ -525,22 +542,45 @@ def train_heads(
         best = max(candidates.names, key=lambda name: np.mean(ua[name]))
         best_a = min(alphas, key=lambda a: np.mean(err[a]))
         temperature = fit_temperature(np.concatenate(held_out[best]), np.concatenate(y_held))
+        cv["va_mse_classes"] = float(
+            np.mean(
+                [
+                    np.mean((np.clip(softmax(z / temperature) @ points, -1, 1) - truth) ** 2)
+                    for z, points, truth in zip(held_out[best], points_held, va_held, strict=True)
+                ]
+            )
+        )
+        if cv["va_mse_classes"] < np.mean(err[best_a]):
+            va_head = "classes"
     mean, std = x.mean(0), x.std(0) + 1e-6
     xs = (x - mean) / std
     w_cls, b_cls = candidates.fit(xs, y, [best])[best]
-    w_va, b_va = fit_ridge(xs, va, best_a)
+    if va_head == "classes":
+        va_fit = {"va_points": class_mean_targets(y, va, w_cls.shape[1])}
+    else:
+        w_va, b_va = fit_ridge(xs, va, best_a)
+        va_fit = {"w_va": w_va, "b_va": b_va}
     return {
         "mean": mean,
         "std": std,
         "w_cls": w_cls / temperature,
         "b_cls": b_cls / temperature,
-        "w_va": w_va,
-        "b_va": b_va,
+        **va_fit,
         "classifier": best,
         "temperature": temperature,
-        "alpha": best_a,
+        "va_head": "classes" if va_head == "classes" else f"ridge alpha={best_a:g}",
         "cv": cv,
     }
+
+
+def class_mean_targets(y: np.ndarray, va: np.ndarray, n_classes: int | None = None) -> np.ndarray:
+    """(n_classes, 2): each class's mean valence/arousal target (0 for a class with no rows)."""
+    n_classes = int(y.max()) + 1 if n_classes is None else n_classes
+    points = np.zeros((n_classes, va.shape[1]), np.float64)
+    for c in range(n_classes):
+        if np.any(y == c):
+            points[c] = va[y == c].mean(0)
+    return points
 
 
 # --------------------------------------------------------------------------- command
@@ -584,7 +624,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--shrinkage", default="0.4,0.5,0.6,0.7,0.8", help="candidate LDA shrinkages")
     p.add_argument("--C", default="0.01,0.03,0.1", help="candidate logistic inverse L2 strengths")
-    p.add_argument("--alpha", default="3000,10000,30000", help="candidate ridge penalties")
+    p.add_argument(
+        "--alpha",
+        default="3000,10000,30000",
+        help="candidate penalties of the valence/arousal ridge head (used when it "
+        "cross-validates better than the class probabilities times each class's mean target)",
+    )
     p.add_argument(
         "--folds",
         type=int,
@@ -680,7 +725,7 @@ def main(args: argparse.Namespace) -> int:
     heads = train_heads(x, y, va, groups, candidates, alphas, args.folds)
     print(
         f"chose {args.classifier} {heads['classifier']} (temperature {heads['temperature']:.3g}) "
-        f"alpha={heads['alpha']:g}  cv={json.dumps(heads['cv'])}"
+        f"valence/arousal from {heads['va_head']}  cv={json.dumps(heads['cv'])}"
     )
     out = Path(args.out)
     export_heads(
@@ -689,8 +734,9 @@ def main(args: argparse.Namespace) -> int:
         heads["std"],
         heads["w_cls"],
         heads["b_cls"],
-        heads["w_va"],
-        heads["b_va"],
+        va_points=heads.get("va_points"),
+        w_va=heads.get("w_va"),
+        b_va=heads.get("b_va"),
     )
     config = {
         "format": 1,
@@ -709,7 +755,7 @@ def main(args: argparse.Namespace) -> int:
             "augment": augs,
             "classifier": f"{args.classifier} {heads['classifier']}",
             "temperature": heads["temperature"],
-            "alpha": heads["alpha"],
+            "valence_arousal_head": heads["va_head"],
             "class_weight": args.class_weight,
             "seed": args.seed,
             "folds": args.folds,

@@ -141,14 +141,21 @@ def test_train_heads_folds_choice_and_temperature(n_speakers):
     if n_speakers == 1:
         # nothing to hold out: no CV, the first candidates, probabilities left as scored
         assert heads["cv"] == {} and t == 1.0
-        assert heads["classifier"] == "shrinkage=0.2" and heads["alpha"] == 1.0
+        assert heads["classifier"] == "shrinkage=0.2" and heads["va_head"] == "ridge alpha=1"
     else:
         assert set(heads["cv"]) == {
             "ua_shrinkage=0.2",
             "ua_shrinkage=0.9",
             "va_mse_alpha=1",
             "va_mse_alpha=100",
+            "va_mse_classes",
         }
+        # the targets are a function of the class here, so the class-derived head wins
+        assert heads["cv"]["va_mse_classes"] < min(
+            heads["cv"]["va_mse_alpha=1"], heads["cv"]["va_mse_alpha=100"]
+        )
+        assert heads["va_head"] == "classes"
+        assert np.allclose(heads["va_points"], [[0.5, 0.5], [0.5, -0.5], [-0.5, 0.5], [-0.5, -0.5]])
         # the temperature is the one that best fits the held-out folds' scores
         speakers = sorted(set(groups))
         k = min(3, n_speakers)
@@ -160,3 +167,29 @@ def test_train_heads_folds_choice_and_temperature(n_speakers):
             logits.append((x[held] - m) / sd @ w + b)
             truth.append(y[held])
         assert t == fit_temperature(np.concatenate(logits), np.concatenate(truth))
+
+
+@pytest.mark.parametrize("va_head", ["classes", "ridge"])
+def test_exported_heads_match_numpy(tmp_path, va_head):
+    import onnxruntime as ort
+    from emotion_monitor.models.train import export_heads
+
+    rng = np.random.default_rng(2)
+    mean, std = rng.standard_normal(6), rng.uniform(0.5, 2, 6)
+    w_cls, b_cls = rng.standard_normal((6, 3)), rng.standard_normal(3)
+    x = rng.standard_normal((5, 6))
+    probs = softmax(((x - mean) / std) @ w_cls + b_cls)
+    if va_head == "classes":
+        points = np.array([[-0.6, 0.8], [0.4, -0.6], [0.9, 0.9]])
+        export_heads(tmp_path / "h.onnx", mean, std, w_cls, b_cls, va_points=points)
+        expected_va = np.clip(probs @ points, -1, 1)
+    else:
+        w_va, b_va = rng.standard_normal((6, 2)), rng.standard_normal(2)
+        export_heads(tmp_path / "h.onnx", mean, std, w_cls, b_cls, w_va=w_va, b_va=b_va)
+        expected_va = np.clip(((x - mean) / std) @ w_va + b_va, -1, 1)
+    session = ort.InferenceSession(str(tmp_path / "h.onnx"), providers=["CPUExecutionProvider"])
+    got_probs, got_va = session.run(None, {"features": x.astype(np.float32)})
+    assert np.allclose(got_probs, probs, atol=1e-5)
+    assert np.allclose(got_va, expected_va, atol=1e-5)
+    with pytest.raises(ValueError, match="either va_points or both"):
+        export_heads(tmp_path / "bad.onnx", mean, std, w_cls, b_cls)

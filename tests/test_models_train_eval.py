@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 from conftest import RAVDESS, ravdess_rows
 from emotion_monitor.models.base import EmotionModel, ModelError, Prediction
-from emotion_monitor.models.evaluate import evaluate, score
+from emotion_monitor.models.evaluate import concordance, evaluate, score
 from emotion_monitor.streamer.cli import main as cli
 
 
@@ -418,3 +418,17 @@ def test_evaluate_fails_when_nothing_is_scored(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli(["evaluate", "--manifest", str(manifest), "--batch", "0"])
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_concordance_against_the_derived_targets():
+    true = ["angry", "calm", "sad", "happy", "neutral"]
+    strength = ["strong", "normal", "strong", "normal", None]
+    exact = [-0.6, 0.3, -0.7, 0.6, 0.0]  # valence targets: point x intensity (0.75 / 1.0)
+    assert concordance(true, strength, exact, "valence") == pytest.approx(1.0)
+    # a correlation would still be 1 here; concordance drops for squeezed or shifted values
+    squeezed = concordance(true, strength, [v / 2 for v in exact], "valence")
+    shifted = concordance(true, strength, [v + 0.3 for v in exact], "valence")
+    assert 0.5 < squeezed < 0.9 and 0.5 < shifted < 0.95
+    assert concordance(true, strength, [-v for v in exact], "valence") < -0.9
+    # clips without a prediction or a circumplex point are left out
+    assert concordance(["angry", "grumpy"], [None, None], [0.1, 0.2], "arousal") is None
