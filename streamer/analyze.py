@@ -35,7 +35,7 @@ from emotion_monitor.streamer.audio import (
     resample,
     to_mono,
 )
-from emotion_monitor.streamer.events import QUADRANTS, Event, SpeechTime, quadrant
+from emotion_monitor.streamer.events import NEUTRAL_RADIUS, SECTORS, Event, SpeechTime, quadrant
 from emotion_monitor.streamer.settings import Settings
 
 #: Upload limits of POST /predict (the server may pass its own).
@@ -275,12 +275,14 @@ def plot_timeline(timeline: list[dict], summary: dict, out: str | Path, title: s
             ax.plot(mid, smooth, color=colour, label=f"{key} (smoothed)")
         ax.set_ylim(-1.05, 1.05)
         ax.set_ylabel("value")
-        # Circumplex: unit circle, axes, sector names, points coloured by time.
+        # Circumplex: unit circle, neutral disc, axes, sector names, points coloured by time.
         t = np.linspace(0, 2 * np.pi, 200)
         side.plot(np.cos(t), np.sin(t), color="0.7", lw=1)
-        side.axhline(0, color="0.7", lw=0.8)
-        side.axvline(0, color="0.7", lw=0.8)
-        for i, name in enumerate(QUADRANTS):
+        side.plot(NEUTRAL_RADIUS * np.cos(t), NEUTRAL_RADIUS * np.sin(t), color="0.7", lw=0.8)
+        side.text(0, 0, "neutral", ha="center", va="center", fontsize=7, color="0.4")
+        for x, y in ((1, 0), (0, 1), (-1, 0), (0, -1)):  # axes, from the disc out
+            side.plot([NEUTRAL_RADIUS * x, x], [NEUTRAL_RADIUS * y, y], color="0.7", lw=0.8)
+        for i, name in enumerate(SECTORS):
             a = np.radians(22.5 + 45 * i)
             side.text(
                 0.82 * np.cos(a),

@@ -429,19 +429,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(settings: Settings, args: argparse.Namespace) -> Settings:
-    """Fold the call-center flags into the (frozen) settings."""
+    """Fold the call-center flags into the (frozen) settings.
+
+    Raises ``ValueError`` for a bad value: the webhook URL and the AudioSocket port are checked
+    by :class:`Settings` (naming ``webhook_url`` / ``audiosocket_port``), the ``--record`` folder
+    and the ``--alerts-config`` file here.
+    """
     from emotion_monitor.streamer.alerts import load_alert_rules
     from emotion_monitor.streamer.settings import CUSTOMER_FRUSTRATION
 
-    webhook = getattr(args, "webhook", None)
-    if webhook and not webhook.startswith(("http://", "https://")):
-        raise ValueError(f"--webhook must be an http:// or https:// URL, got {webhook!r}")
     record = getattr(args, "record", None)
     if record and not Path(record).resolve().parent.is_dir():
         raise ValueError(f"--record {record}: the folder does not exist")
-    port = getattr(args, "audiosocket_port", None)
-    if port is not None and not 0 <= port <= 65535:
-        raise ValueError(f"--audiosocket-port must be 0..65535, got {port}")
     rules = None
     if getattr(args, "alerts_config", None):
         rules = load_alert_rules(args.alerts_config)

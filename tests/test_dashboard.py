@@ -395,6 +395,57 @@ def test_twenty_streams_render(tiny_model, browser):
         page.screenshot(path=str(ARTIFACTS / "dashboard-20.png"))
 
 
+def circumplex_alpha(page, stream: str, valence: float, arousal: float) -> int:
+    """Alpha of the stream's circumplex pixel at (valence, arousal): 0 where nothing is drawn."""
+    return page.evaluate(
+        """([stream, v, a]) => {
+            const c = document.querySelector(`.card[data-stream="${stream}"] canvas.circumplex`);
+            const ratio = window.devicePixelRatio || 1;
+            const [w, h] = [c.clientWidth, c.clientHeight];
+            const r = Math.min(w, h) / 2 - 4;  // as drawCircumplex
+            const [x, y] = [(w / 2 + v * r) * ratio, (h / 2 - a * r) * ratio];
+            return c.getContext('2d').getImageData(Math.round(x), Math.round(y), 1, 1).data[3];
+        }""",
+        [stream, valence, arousal],
+    )
+
+
+def test_circumplex_shades_the_neutral_disc_or_the_sector(tiny_model, browser):
+    """The current region is shaded: the central disc for NEUTRAL, the ring sector outside it
+    for a sector, nothing elsewhere."""
+    with ServerThread(tiny_model) as srv:
+        page = browser.new_page(viewport={"width": 1100, "height": 760})
+        page.goto(srv.url)
+        page.wait_for_function(
+            "document.querySelector('#status').textContent === 'live'", timeout=TIMEOUT_MS
+        )
+        # One point each, far from the probes below (no trail line crosses them).
+        for stream, (v, a), quad in [("n", (0.1, 0.1), "NEUTRAL"), ("h", (0.9, 0.35), "HAPPY")]:
+            event = {"type": "event", "v": 1, "stream": stream, "track": "main", "seq": 0}
+            event |= {"t0": 0.0, "t1": 2.0, "speech": True, "speech_prob": 1.0}
+            event |= {"valence": v, "arousal": a, "valence_smooth": v, "arousal_smooth": a}
+            event |= {"quadrant": quad, "latency_ms": 5.0}
+            srv.call(srv.server.broadcast, [event])
+        for stream, quad in [("n", "NEUTRAL"), ("h", "HAPPY")]:
+            page.wait_for_function(
+                f"""document.querySelector('.card[data-stream="{stream}"] .va')
+                    ?.textContent.endsWith('{quad}')""",
+                timeout=TIMEOUT_MS,
+            )
+        inside = (-0.12, -0.12)  # 0.17 from the origin: in the neutral disc, below its label
+        inside_happy = (0.12, 0.1)  # in the disc too, at 40 degrees: HAPPY's angle, above the label
+        happy = (0.46, 0.19)  # 0.5 out at 22.5 degrees: mid HAPPY sector
+        angry = (-0.46, 0.19)  # the mirror image: ANGRY
+        assert circumplex_alpha(page, "n", *inside) > 0
+        assert circumplex_alpha(page, "n", *inside_happy) > 0
+        assert circumplex_alpha(page, "n", *happy) == 0
+        assert circumplex_alpha(page, "h", *inside) == 0
+        assert circumplex_alpha(page, "h", *inside_happy) == 0
+        assert circumplex_alpha(page, "h", *happy) > 0
+        assert circumplex_alpha(page, "h", *angry) == 0
+        page.locator('.card[data-stream="n"]').screenshot(path=str(ARTIFACTS / "neutral.png"))
+
+
 def worklet_output(page, freq: float, rate: int = 48_000) -> np.ndarray:
     """Render one second of a sine through the microphone worklet; the 16 kHz samples it posts."""
     samples = page.evaluate(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import load_clip, ravdess_clip
 from emotion_monitor.streamer.engine import Engine, StreamLimitError
-from emotion_monitor.streamer.events import QUADRANTS, Event, quadrant
+from emotion_monitor.streamer.events import NEUTRAL_RADIUS, QUADRANTS, SECTORS, Event, quadrant
 from emotion_monitor.streamer.settings import Settings
 
 
@@ -208,12 +208,18 @@ def test_settings_from_toml_name_the_file(tmp_path):
 
 
 def test_quadrant_names_are_listed_in_sector_order():
-    """QUADRANTS[i] is the sector from 45*i to 45*(i+1) degrees, as the dashboard draws them."""
+    """SECTORS[i] is the sector from 45*i to 45*(i+1) degrees, as the dashboard draws them
+    around a neutral disc of the same radius; QUADRANTS is every name quadrant() returns."""
     mids = [math.radians(22.5 + 45 * i) for i in range(8)]
-    assert [quadrant(math.cos(a), math.sin(a)) for a in mids] == list(QUADRANTS)
+    assert [quadrant(math.cos(a), math.sin(a)) for a in mids] == list(SECTORS)
+    assert QUADRANTS == (*SECTORS, "NEUTRAL")
     app = Path(__file__).resolve().parents[1] / "web_dashboard" / "static" / "app.js"
-    sectors = next(ln for ln in app.read_text().splitlines() if ln.startswith("const SECTORS"))
-    assert json.loads(sectors.split("=", 1)[1].strip().rstrip(";")) == list(QUADRANTS)
+    consts = {
+        ln.split()[1]: json.loads(ln.split("=", 1)[1].strip().rstrip(";"))
+        for ln in app.read_text().splitlines()
+        if ln.startswith(("const SECTORS ", "const NEUTRAL_RADIUS "))
+    }
+    assert consts == {"SECTORS": list(SECTORS), "NEUTRAL_RADIUS": NEUTRAL_RADIUS}
 
 
 def test_readme_event_example_is_consistent_with_the_code():
@@ -222,6 +228,15 @@ def test_readme_event_example_is_consistent_with_the_code():
     assert Event.from_dict(example).to_dict().keys() == example.keys()  # every field, no other
     assert example["quadrant"] == quadrant(example["valence_smooth"], example["arousal_smooth"])
     assert example["label"] == max(example["classes"], key=example["classes"].get)
+
+
+def test_protocol_doc_event_examples_name_their_quadrant():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in doc.split("```json\n")[1:]]
+    events = [json.loads(b) for b in blocks if b.startswith('{"type": "event"')]
+    assert events
+    for ev in events:
+        assert ev["quadrant"] == quadrant(ev["valence_smooth"], ev["arousal_smooth"])
 
 
 def test_quadrants_cover_the_plane():
@@ -234,3 +249,20 @@ def test_quadrants_cover_the_plane():
     assert quadrant(0.3, -0.9) == "CALM"
     assert quadrant(0.8, -0.3) == "CONTENT"
     assert quadrant(None, 0.1) is None
+
+
+def test_quadrant_is_neutral_near_the_origin():
+    assert NEUTRAL_RADIUS == 0.25
+    assert quadrant(0.0, 0.0) == "NEUTRAL"
+    assert quadrant(0.1, -0.15) == "NEUTRAL"
+    assert quadrant(-0.17, 0.17) == "NEUTRAL"  # 0.240 from the origin
+    assert quadrant(-0.2, 0.16) == "ANGRY"  # 0.256: just outside
+    assert quadrant(0.2, -0.3) == "CALM"  # 0.36, where calm speech lies: not neutral
+    # The circle itself belongs to the sectors: NEUTRAL is strictly inside it.
+    assert quadrant(0.25, 0.0) == "HAPPY"
+    assert quadrant(0.0, -0.25) == "CALM"
+    assert quadrant(-0.15, -0.2) == "BORED"  # exactly 0.25 (a 3-4-5 triangle)
+    assert quadrant(0.2499, 0.0) == "NEUTRAL"
+    # None stays None, also where the other coordinate would be neutral.
+    assert quadrant(0.0, None) is None
+    assert quadrant(None, None) is None

@@ -174,10 +174,15 @@ def test_serve_flags_are_validated(tmp_path):
     s = settings_from_args(Settings(), args)
     assert s.record == str(tmp_path / "r.sqlite") and s.audiosocket_port == 0
     assert s.alerts == (CUSTOMER_FRUSTRATION,) and s.webhook_url is None
-    for bad in (
-        ["--webhook", "ftp://x"],
-        ["--record", "/nonexistent/r.sqlite"],
-        ["--alerts-config", str(tmp_path / "missing.toml")],
+    for bad, message in (
+        (["--webhook", "ftp://x"], "webhook_url must be a string starting with http://"),
+        (["--webhook", ""], "webhook_url must be"),
+        (["--audiosocket-port", "65536"], "audiosocket_port must be an integer in 0..65535"),
+        (["--audiosocket-port", "-1"], "audiosocket_port must be an integer in 0..65535"),
+        (["--record", "/nonexistent/r.sqlite"], "--record /nonexistent/r.sqlite: the folder"),
+        (["--alerts-config", str(tmp_path / "missing.toml")], "missing.toml"),
     ):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=message):
             settings_from_args(Settings(), parser.parse_args(bad))
+    s = settings_from_args(Settings(), parser.parse_args(["--webhook", "https://x/hook"]))
+    assert s.webhook_url == "https://x/hook"

@@ -3,8 +3,10 @@
 
 const HISTORY_S = 60; // timeline span, seconds of stream time
 const TRAIL = 40; // points in the circumplex trail
-// Circumplex sectors, 45 degrees each counter-clockwise from +valence (as streamer/events.py).
+// Circumplex sectors, 45 degrees each counter-clockwise from +valence, around a NEUTRAL disc of
+// this radius (as streamer/events.py).
 const SECTORS = ["HAPPY", "EXCITED", "TENSE", "ANGRY", "SAD", "BORED", "CALM", "CONTENT"];
+const NEUTRAL_RADIUS = 0.25;
 const COLORS = { valence: "#4fc3f7", arousal: "#ffb74d", grid: "#2c353f", text: "#8b98a5",
                  point: "#ba68c8", sector: "rgba(186,104,200,0.12)" };
 
@@ -268,23 +270,28 @@ function drawCircumplex(card) {
   const cx = w / 2;
   const cy = h / 2;
   const toXY = (v, a) => [cx + v * r, cy - a * r];
-  // The current sector, shaded.
+  const rn = NEUTRAL_RADIUS * r;
+  // The current region, shaded: the neutral disc, or a sector outside it.
   const qi = SECTORS.indexOf(card.quadrant);
+  ctx.fillStyle = COLORS.sector;
+  ctx.beginPath();
+  if (card.quadrant === "NEUTRAL") ctx.arc(cx, cy, rn, 0, 2 * Math.PI);
   if (qi >= 0) {
-    ctx.fillStyle = COLORS.sector;
-    ctx.beginPath();
-    ctx.moveTo(cx, cy);
     ctx.arc(cx, cy, r, -(qi + 1) * Math.PI / 4, -qi * Math.PI / 4);
+    ctx.arc(cx, cy, rn, -qi * Math.PI / 4, -(qi + 1) * Math.PI / 4, true);
     ctx.closePath();
-    ctx.fill();
   }
+  ctx.fill();
+  // Grid: outer circle, neutral disc, sector borders from the disc out.
   ctx.strokeStyle = COLORS.grid;
   ctx.lineWidth = 1;
   ctx.beginPath();
   ctx.arc(cx, cy, r, 0, 2 * Math.PI);
-  for (let i = 0; i < 4; i++) {
+  ctx.moveTo(cx + rn, cy);
+  ctx.arc(cx, cy, rn, 0, 2 * Math.PI);
+  for (let i = 0; i < 8; i++) {
     const ang = (i * Math.PI) / 4;
-    ctx.moveTo(cx - Math.cos(ang) * r, cy + Math.sin(ang) * r);
+    ctx.moveTo(cx + Math.cos(ang) * rn, cy - Math.sin(ang) * rn);
     ctx.lineTo(cx + Math.cos(ang) * r, cy - Math.sin(ang) * r);
   }
   ctx.stroke();
@@ -296,6 +303,7 @@ function drawCircumplex(card) {
     const ang = ((i + 0.5) * Math.PI) / 4;
     ctx.fillText(name.toLowerCase(), cx + Math.cos(ang) * r * 0.68, cy - Math.sin(ang) * r * 0.68);
   });
+  ctx.fillText("neutral", cx, cy);
   // Trail: older points fade out, the newest is a solid dot.
   const pts = card.points.filter((p) => p.v !== null && p.v !== undefined).slice(-TRAIL);
   for (let i = 1; i < pts.length; i++) {
