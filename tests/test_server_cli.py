@@ -11,6 +11,7 @@ import threading
 import urllib.request
 
 import numpy as np
+import pytest
 import soundfile as sf
 from conftest import load_clip, ravdess_clip
 from websockets.sync.client import connect
@@ -131,51 +132,26 @@ def test_serve_refuses_a_missing_file(tmp_path):
     assert "nope.wav" in proc.stderr
 
 
-def test_serve_refuses_a_taken_port(tiny_checkpoints):
+@pytest.mark.parametrize("listener", ["the dashboard and websockets", "the audiosocket listener"])
+def test_serve_names_the_busy_port(tiny_checkpoints, listener):
     import socket
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
+        ports = ["--port", str(port)]
+        if "audiosocket" in listener:
+            ports = ["--port", "0", "--audiosocket-port", str(port)]
         proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "emotion_monitor.streamer.cli",
-                "serve",
-                "--port",
-                str(port),
-                "--model",
-                str(tiny_checkpoints["classifier"]),
-            ],
+            [sys.executable, "-m", "emotion_monitor.streamer.cli", "serve", *ports, "--model"]
+            + [str(tiny_checkpoints["classifier"])],
             capture_output=True,
             text=True,
             timeout=TIMEOUT,
         )
     assert proc.returncode == 1
-    assert "cannot serve" in proc.stderr
-
-
-def test_serve_names_the_busy_audiosocket_port(tiny_checkpoints):
-    import socket
-
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        proc = subprocess.run(
-            [
-                sys.executable, "-m", "emotion_monitor.streamer.cli", "serve", "--port", "0",
-                "--audiosocket-port", str(port), "--model", str(tiny_checkpoints["classifier"]),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-        )  # fmt: skip
-    assert proc.returncode == 1
-    assert f"cannot serve the audiosocket listener on 127.0.0.1:{port}: " in proc.stderr
-    assert ":0:" not in proc.stderr and "8765" not in proc.stderr  # not the websocket port
+    assert f"cannot serve {listener} on 127.0.0.1:{port}: " in proc.stderr
 
 
 def test_serve_refuses_bad_settings_and_stray_stdin_flags(tmp_path):
