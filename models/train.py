@@ -534,6 +534,7 @@ def train_heads(
                 held_out[name].append(xte @ w + b)
                 pred = held_out[name][-1].argmax(1)
                 ua[name].append(unweighted_accuracy(y[te], pred, w.shape[1]))
+            # w: the last candidate's weights, one column per class
             points_held.append(class_mean_targets(y[~te], va[~te], w.shape[1]))
             for a, (w, b) in zip(alphas, fit_ridge_alphas(xtr, va[~te], alphas), strict=True):
                 err[a].append(float(np.mean((np.clip(xte @ w + b, -1, 1) - va[te]) ** 2)))
@@ -573,9 +574,8 @@ def train_heads(
     }
 
 
-def class_mean_targets(y: np.ndarray, va: np.ndarray, n_classes: int | None = None) -> np.ndarray:
+def class_mean_targets(y: np.ndarray, va: np.ndarray, n_classes: int) -> np.ndarray:
     """(n_classes, 2): each class's mean valence/arousal target (0 for a class with no rows)."""
-    n_classes = int(y.max()) + 1 if n_classes is None else n_classes
     points = np.zeros((n_classes, va.shape[1]), np.float64)
     for c in range(n_classes):
         if np.any(y == c):
