@@ -14,10 +14,14 @@ cross-language check available.
 --voices mbrola: MBROLA diphone voices, built from recordings of real speakers, 35 voices in 22
     languages, and 11 of the same voices reading the English sentence. A voice that is called
     angry in its own language but not in English points at the language; one called angry in
-    both points at the voice. Needs Debian's contrib and non-free components:
-    `apt-get install mbrola mbrola-us1 mbrola-pl1 ...` (voices not installed are skipped).
-    Rows say how many diphones a voice's set lacked (MBROLA reads them as silence, and such voices
+    both points at the voice. Needs Debian's contrib and non-free components (add
+    "contrib non-free" to the Components of /etc/apt/sources.list.d/debian.sources, then
+    `apt-get update`), then `apt-get install mbrola` and one package per voice (voice mb-us1 or
+    mb-de1-en: package mbrola-us1 or mbrola-de1). Voices not installed are skipped. Rows say
+    how many diphones a voice's set lacked (MBROLA reads them as silence, and such voices
     render slightly differently from run to run, so their rows can move by a window or two).
+
+The espeak-ng voices all come with Debian's espeak-ng package, so a missing one stops the probe.
 """
 
 from __future__ import annotations
@@ -87,7 +91,10 @@ WINDOW, HOP = 32_000, 8_000  # the engine's defaults at 16 kHz
 
 def _voice_problem(voice: str, text: str) -> str | None:
     """Why this voice cannot be probed (not installed, reads part of the text as English)."""
-    done = subprocess.run(["espeak-ng", "-v", voice, "-q", "-x", text], capture_output=True)
+    try:
+        done = subprocess.run(["espeak-ng", "-v", voice, "-q", "-x", text], capture_output=True)
+    except FileNotFoundError:
+        raise SystemExit("espeak-ng is not installed: apt-get install espeak-ng") from None
     if done.returncode:
         return "not installed"
     phonemes = done.stdout.decode()
@@ -147,14 +154,20 @@ def main() -> None:
     if not angry_share:
         raise SystemExit("no voice could be probed: install espeak-ng (and mbrola voices)")
     total = sum(overall.values())
-    print("all    " + ", ".join(f"{k} {n / total:.0%}" for k, n in overall.most_common()))
+    print("all    " + ", ".join(f"{k} {n / total:.1%}" for k, n in overall.most_common()))
     # voices yield different numbers of windows: the mean over voices weighs each the same
     print(f"angry, mean over voices: {np.mean(list(angry_share.values())):.0%}")
     if args.voices == "mbrola":
-        english = [s for v, s in angry_share.items() if MBROLA_VOICES[v] == "en-us"]
-        native = [s for v, s in angry_share.items() if MBROLA_VOICES[v] != "en-us"]
-        print(f"angry, mean over voices reading their own language: {np.mean(native):.0%}")
-        print(f"angry, mean over voices reading English: {np.mean(english):.0%}")
+        reading = {
+            "their own (non-English) language": [
+                s for v, s in angry_share.items() if MBROLA_VOICES[v] != "en-us"
+            ],
+            "English": [s for v, s in angry_share.items() if MBROLA_VOICES[v] == "en-us"],
+        }
+        for what, shares in reading.items():
+            if shares:  # a partial install may lack one group
+                mean = np.mean(shares)
+                print(f"angry, mean over {len(shares)} voices reading {what}: {mean:.0%}")
 
 
 if __name__ == "__main__":

@@ -32,9 +32,18 @@ def read_config(folder: Path) -> dict:
         config = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path}: cannot read model config ({exc})") from exc
+    if not isinstance(config, dict):
+        raise ModelError(f"{path}: expected a JSON object")
     for key in ("encoder", "layers", "labels", "feature_dim", "heads"):
         if key not in config:
             raise ModelError(f"{path}: missing key {key!r}")
+    labels, dim = config["labels"], config["feature_dim"]
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise ModelError(f"{path}: labels must be a non-empty list of strings, got {labels!r}")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ModelError(f"{path}: feature_dim must be a positive integer, got {dim!r}")
+    if not isinstance(config["encoder"], str) or not isinstance(config["heads"], str):
+        raise ModelError(f"{path}: encoder and heads must be strings")
     return config
 
 
@@ -119,7 +128,9 @@ class DefaultModel(EmotionModel):
         self.encoder = encoder
         self.heads = heads_session
         self.labels = tuple(config["labels"])
-        self.name = config.get("name", f"default ({config['encoder']} + heads)")
+        # a folder written by `train` is named by its path: logs must tell it from the default
+        kind = "default" if Path(folder).resolve() == DEFAULT_DIR else f"heads:{folder}"
+        self.name = config.get("name", f"{kind} ({config['encoder']} + heads)")
         self.device = encoder.provider
         self.heads_provider = heads_provider
         self.input_norm = config.get("input_norm", "none")
@@ -211,9 +222,6 @@ def load_model_dir(
     heads_path = folder / config["heads"]
     if not heads_path.is_file():
         raise ModelError(f"{folder / 'config.json'}: names heads file {heads_path}: missing")
-    heads, heads_provider = create_session(heads_path, "cpu", threads=1)
-    check_input_size(heads, int(config["feature_dim"]), heads_path)
-    _check_heads_outputs(heads, len(config["labels"]), heads_path)
     # one short window through the encoder: a config whose layers do not match the encoder
     # fails here, naming the files, instead of on the first window of a stream
     produced = encoder(np.zeros((1, 16000), np.float32)).shape[1]
@@ -222,6 +230,9 @@ def load_model_dir(
             f"{folder / 'config.json'}: feature_dim is {config['feature_dim']} but encoder "
             f"{config['encoder']} with layers {config['layers']} produces {produced} features"
         )
+    heads, heads_provider = create_session(heads_path, "cpu", threads=1)
+    check_input_size(heads, produced, heads_path)
+    _check_heads_outputs(heads, len(config["labels"]), heads_path)
     return DefaultModel(folder, encoder, heads, heads_provider, config)
 
 

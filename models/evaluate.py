@@ -48,7 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
@@ -353,6 +356,9 @@ def main(args: argparse.Namespace) -> int:
     labels = (
         [v.strip().lower() for v in args.labels.split(",") if v.strip()] if args.labels else None
     )
+    if labels == []:
+        print(f"error: --labels {args.labels!r} names no label", file=sys.stderr)
+        return 2
     try:
         model = load_model(args.model, device=args.device)
         result, true, va = evaluate(
@@ -394,10 +400,12 @@ def main(args: argparse.Namespace) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if result["n"] == 0:  # a run that scored nothing must not pass for a result
+        hint = ""
+        if result["skipped_unreadable"]:
+            hint = "; relative paths are taken from the manifest's folder unless --root is given"
         print(
             f"error: no clip was scored ({result['skipped_unreadable']} unreadable, "
-            f"{result['skipped_other_labels']} with other labels); relative paths are taken "
-            "from the manifest's folder unless --root is given",
+            f"{result['skipped_other_labels']} with other labels){hint}",
             file=sys.stderr,
         )
         return 1

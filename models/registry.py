@@ -57,6 +57,10 @@ def parse_spec(spec: str | None) -> tuple[str, str | None]:
     if spec is None or spec == "default":
         return "default", None
     kind, sep, rest = spec.partition(":")
+    if kind == "default" and sep:
+        raise ModelError(
+            f"'default' takes no location (got {spec!r}); load a trained folder with heads:DIR"
+        )
     if sep and kind in KINDS:
         return kind, rest
     path = Path(spec)
@@ -65,8 +69,12 @@ def parse_spec(spec: str | None) -> tuple[str, str | None]:
     if sep and "/" not in kind:  # hub ids hold no ':', so this was meant as a prefix
         raise ModelError(
             f"unknown model prefix {kind + ':'!r} in {spec!r}; use one of "
-            f"{', '.join(k + ':' for k in KINDS)}, a model directory or a Hugging Face id"
+            f"{', '.join(k + ':' for k in KINDS[1:])}, a model directory or a Hugging Face id"
         )
+    if path.exists():
+        raise ModelError(f"{spec}: a file, not a model directory")
+    if spec.startswith(("/", "./", "../", "~")):  # written as a path, not a hub id ("org/name")
+        raise ModelError(f"{spec}: no such model directory")
     # Anything else is taken as a Hugging Face hub id; loading it offline fails with a clear error.
     return "hf", spec
 

@@ -570,6 +570,7 @@ def train_heads(
         "classifier": best,
         "temperature": temperature,
         "va_head": "classes" if va_head == "classes" else f"ridge alpha={best_a:g}",
+        "folds": len(folds),
         "cv": cv,
     }
 
@@ -705,6 +706,11 @@ def main(args: argparse.Namespace) -> int:
     if args.folds < 2:
         raise ModelError(f"--folds must be at least 2, got {args.folds}")
     augs = [a.strip() for a in args.augment.split(",") if a.strip()]
+    unknown_augs = [a for a in augs if a not in AUGMENTATIONS]
+    if unknown_augs:  # before any embedding runs
+        raise ModelError(
+            f"unknown augmentation(s) {', '.join(unknown_augs)}; use {', '.join(AUGMENTATIONS)}"
+        )
     if "clean" not in augs:
         augs.insert(0, "clean")
     cache = None if args.no_cache else Path(args.cache)
@@ -715,6 +721,11 @@ def main(args: argparse.Namespace) -> int:
     for p in problems:
         print(f"unreadable: {p}")
     ok = ~np.isnan(feats["clean"]).any(1)
+    if not ok.any():
+        raise ModelError(
+            f"none of the {len(train)} training clips could be read; relative paths are taken "
+            "from the manifest's folder unless --root is given"
+        )
     x = np.concatenate([feats[a][ok] for a in augs])
     y = np.tile(np.array([CLASSES.index(r.emotion) for r in train])[ok], len(augs))
     va = np.tile(
@@ -727,6 +738,11 @@ def main(args: argparse.Namespace) -> int:
         f"chose {args.classifier} {heads['classifier']} (temperature {heads['temperature']:.3g}) "
         f"valence/arousal from {heads['va_head']}  cv={json.dumps(heads['cv'])}"
     )
+    if not heads["folds"]:
+        print(
+            "warning: one speaker only, so nothing could be held out: the first candidates "
+            "were taken untested and the probabilities are not calibrated (temperature 1)"
+        )
     out = Path(args.out)
     export_heads(
         out / "heads.onnx",
@@ -758,7 +774,7 @@ def main(args: argparse.Namespace) -> int:
             "valence_arousal_head": heads["va_head"],
             "class_weight": args.class_weight,
             "seed": args.seed,
-            "folds": args.folds,
+            "folds": heads["folds"],
             "cv": heads["cv"],
         },
     }

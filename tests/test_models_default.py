@@ -100,6 +100,12 @@ def test_model_folder_is_checked_when_it_loads(tmp_path):
     (no_heads / "heads.onnx").unlink()
     with pytest.raises(ModelError, match="heads file .*heads.onnx: missing"):
         load_model(str(no_heads), device="cpu")
+    stringly = _copy_of_default(tmp_path / "stringly", labels="angry")
+    with pytest.raises(ModelError, match="labels must be a non-empty list of strings"):
+        load_model(str(stringly), device="cpu")
+    wrong_dim = _copy_of_default(tmp_path / "wrong_dim", feature_dim=999)
+    with pytest.raises(ModelError, match="feature_dim is 999 but encoder .* produces 5376"):
+        load_model(str(wrong_dim), device="cpu")
     # layers that do not give the config's feature size fail at load, not on the first window
     fewer = _copy_of_default(tmp_path / "fewer", layers=[[2, 3], [1, 2, 3]])
     with pytest.raises(ModelError, match="feature_dim is 5376 but .* produces 4352"):
@@ -115,3 +121,11 @@ def test_model_spec_mistakes_are_explained(tmp_path):
     exported = _copy_of_default(tmp_path / "exported")
     with pytest.raises(ModelError, match="no 'onnx:' prefix"):
         load_model(f"onnx:{exported}", device="cpu")
+    # a trained folder loads by path or heads:, named by its path (not "default")
+    assert load_model(f"heads:{exported}", device="cpu").name.startswith(f"heads:{exported} (")
+    with pytest.raises(ModelError, match="'default' takes no location"):
+        load_model(f"default:{exported}", device="cpu")
+    with pytest.raises(ModelError, match="no such model directory"):
+        load_model(str(tmp_path / "not-there"), device="cpu")
+    with pytest.raises(ModelError, match="a file, not a model directory"):
+        load_model(str(exported / "config.json"), device="cpu")

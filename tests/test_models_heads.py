@@ -140,7 +140,7 @@ def test_train_heads_folds_choice_and_temperature(n_speakers):
     assert np.allclose(heads["b_cls"] * t, b, rtol=1e-5, atol=1e-5)
     if n_speakers == 1:
         # nothing to hold out: no CV, the first candidates, probabilities left as scored
-        assert heads["cv"] == {} and t == 1.0
+        assert heads["cv"] == {} and t == 1.0 and heads["folds"] == 0
         assert heads["classifier"] == "shrinkage=0.2" and heads["va_head"] == "ridge alpha=1"
     else:
         assert set(heads["cv"]) == {
@@ -154,7 +154,7 @@ def test_train_heads_folds_choice_and_temperature(n_speakers):
         assert heads["cv"]["va_mse_classes"] < min(
             heads["cv"]["va_mse_alpha=1"], heads["cv"]["va_mse_alpha=100"]
         )
-        assert heads["va_head"] == "classes"
+        assert heads["va_head"] == "classes" and heads["folds"] == min(3, n_speakers)
         assert np.allclose(heads["va_points"], [[0.5, 0.5], [0.5, -0.5], [-0.5, 0.5], [-0.5, -0.5]])
         # the temperature is the one that best fits the held-out folds' scores
         speakers = sorted(set(groups))

@@ -88,6 +88,7 @@ def test_train_writes_heads_and_is_reproducible(trained, capsys):
     # the default class head: shrinkage LDA, one of the two candidates, chosen on held-out folds
     # (two speakers: one per fold); test_models_heads.py checks the calibration itself
     assert config["train"]["classifier"] in ("lda shrinkage=0.3", "lda shrinkage=0.7")
+    assert config["train"]["folds"] == 2  # the folds that ran (two speakers), not --folds 9
     assert set(config["train"]["cv"]) >= {"ua_shrinkage=0.3", "ua_shrinkage=0.7"}
     first = (out / "heads.onnx").read_bytes()
     model = load_model_dir(out, device="cpu")
@@ -415,9 +416,26 @@ def test_evaluate_fails_when_nothing_is_scored(tmp_path, capsys):
     assert "no clip was scored (2 unreadable, 0 with other labels)" in err
     missing = str(tmp_path / rows[0]["path"])
     assert err.count(missing) == 1  # the file is named once per line, not twice
-    with pytest.raises(SystemExit):
-        cli(["evaluate", "--manifest", str(manifest), "--batch", "0"])
-    assert "must be at least 1" in capsys.readouterr().err
+    for batch, complaint in (("0", "must be at least 1"), ("abc", "must be a whole number")):
+        with pytest.raises(SystemExit):
+            cli(["evaluate", "--manifest", str(manifest), "--batch", batch])
+        assert complaint in capsys.readouterr().err
+    assert cli(["evaluate", "--manifest", str(manifest), "--labels", ","]) == 2
+    assert "names no label" in capsys.readouterr().err
+
+
+def test_train_refuses_bad_input_before_the_work(tmp_path, capsys):
+    rows = [{"path": f"Actor_01/missing-{i}.flac", "emotion": "sad"} for i in range(3)]
+    manifest = tmp_path / "m.csv"
+    _write_manifest(manifest, rows)
+    base = ["train", "--manifest", str(manifest), "--out", str(tmp_path / "out")]
+    base += ["--encoder", "whisper-tiny", "--backend", "torch", "--cache", str(tmp_path / "c")]
+    assert cli([*base, "--augment", "clean,nois"]) == 2
+    assert "unknown augmentation(s) nois; use clean," in capsys.readouterr().err
+    # every path relative to the wrong folder: say so, not "LDA covariance is singular"
+    assert cli(base) == 2
+    assert "none of the 3 training clips could be read; relative paths" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_concordance_against_the_derived_targets():
