@@ -36,7 +36,7 @@ from emotion_monitor.streamer.audio import (
     to_mono,
 )
 from emotion_monitor.streamer.events import NEUTRAL_RADIUS, SECTORS, Event, SpeechTime, quadrant
-from emotion_monitor.streamer.settings import Settings
+from emotion_monitor.streamer.settings import DEVICES, Settings
 
 #: Upload limits of POST /predict (the server may pass its own).
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
@@ -275,12 +275,15 @@ def plot_timeline(timeline: list[dict], summary: dict, out: str | Path, title: s
             ax.plot(mid, smooth, color=colour, label=f"{key} (smoothed)")
         ax.set_ylim(-1.05, 1.05)
         ax.set_ylabel("value")
-        # Circumplex: unit circle, neutral disc, axes, sector names, points coloured by time.
+        # Circumplex as the dashboard draws it (app.js drawCircumplex): unit circle, NEUTRAL
+        # disc, the eight 45-degree sector borders from the disc out, sector names. The points
+        # are the smoothed valence/arousal, the values `quadrant` and time per quadrant use, so
+        # a point lies in the region it was counted in (raw values can sit elsewhere).
         t = np.linspace(0, 2 * np.pi, 200)
         side.plot(np.cos(t), np.sin(t), color="0.7", lw=1)
         side.plot(NEUTRAL_RADIUS * np.cos(t), NEUTRAL_RADIUS * np.sin(t), color="0.7", lw=0.8)
-        side.text(0, 0, "neutral", ha="center", va="center", fontsize=7, color="0.4")
-        for x, y in ((1, 0), (0, 1), (-1, 0), (0, -1)):  # axes, from the disc out
+        for a in np.radians(np.arange(0, 360, 45)):  # sector borders, from the disc out
+            x, y = np.cos(a), np.sin(a)
             side.plot([NEUTRAL_RADIUS * x, x], [NEUTRAL_RADIUS * y, y], color="0.7", lw=0.8)
         for i, name in enumerate(SECTORS):
             a = np.radians(22.5 + 45 * i)
@@ -293,12 +296,25 @@ def plot_timeline(timeline: list[dict], summary: dict, out: str | Path, title: s
                 fontsize=7,
                 color="0.4",
             )
+        smooth_va = [e for e in speech if e["valence_smooth"] is not None]
         pts = side.scatter(
-            [e["valence"] for e in speech],
-            [e["arousal"] for e in speech],
-            c=mid,
+            [e["valence_smooth"] for e in smooth_va],
+            [e["arousal_smooth"] for e in smooth_va],
+            c=[(e["t0"] + e["t1"]) / 2 for e in smooth_va],
             cmap="viridis",
             s=14,
+        )
+        # after the points, on a pale box, so that points near the origin do not hide it
+        side.text(
+            0,
+            0,
+            "neutral",
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="0.4",
+            zorder=3,
+            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75},
         )
         fig.colorbar(pts, ax=side, label="time (s)")
         side.set_xlim(-1.1, 1.1)
@@ -306,7 +322,7 @@ def plot_timeline(timeline: list[dict], summary: dict, out: str | Path, title: s
         side.set_aspect("equal")
         side.set_xlabel("valence")
         side.set_ylabel("arousal")
-        side.set_title("circumplex")
+        side.set_title("circumplex\n(smoothed valence/arousal)", fontsize=10)
     else:
         labels = list(summary.get("mean_class_probabilities") or {})
         for lab in labels:
@@ -336,10 +352,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=None,
-        help="model spec (default, hf:..., vit-va:..., "
-        "pooled:..., onnx:... or a directory); see docs/published-models.md",
+        help="model spec (default, hf:..., vit-va:..., pooled:..., onnx:..., heads:DIR from "
+        "`emotion-monitor train`, or a directory); see docs/published-models.md",
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    # default None: a --config file's `device` holds unless the flag is given
+    parser.add_argument(
+        "--device", choices=DEVICES, default=None, help="auto (default), cpu or cuda"
+    )
     parser.add_argument(
         "--json", metavar="OUT", help="write summary and timeline as JSON ('-': stdout)"
     )
@@ -361,7 +380,8 @@ def _print_summary(path: str, model_name: str, s: dict, damage: list[str]) -> No
     if s["quadrant_s"]:
         print(
             "  time per quadrant: "
-            + ", ".join(f"{q.lower()} {t:.1f} s" for q, t in s["quadrant_s"].items())
+            # upper case, as the protocol's quadrant values and `report` print them
+            + ", ".join(f"{q} {t:.1f} s" for q, t in s["quadrant_s"].items())
         )
     if s["label_distribution"]:
         print(

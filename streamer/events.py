@@ -17,8 +17,11 @@ SECTORS = ("HAPPY", "EXCITED", "TENSE", "ANGRY", "SAD", "BORED", "CALM", "CONTEN
 QUADRANTS = (*SECTORS, "NEUTRAL")
 #: Points closer than this to the origin are NEUTRAL rather than a sector: near the origin the
 #: angle, and so the sector, flips with noise. On the default model the smoothed values of neutral
-#: RAVDESS speech mostly lie within 0.2 of the origin and calm speech mostly at 0.3-0.45, so 0.25
-#: separates the two. web_dashboard/static/app.js mirrors it (NEUTRAL_RADIUS) to draw the disc.
+#: RAVDESS speech mostly lie within 0.2 of the origin. Calm speech of the 6 test actors (calm clips
+#: only): for 4 of them the mean smoothed radius is 0.30-0.46, outside the disc, but the other two
+#: read close to neutral (mean radius 0.14 and 0.16) and land inside it; 0.25 keeps most neutral
+#: speech in and most calm speech out, not all of it. web_dashboard/static/app.js mirrors it
+#: (NEUTRAL_RADIUS) to draw the disc.
 NEUTRAL_RADIUS = 0.25
 
 

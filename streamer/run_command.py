@@ -24,7 +24,7 @@ from typing import TextIO
 
 from emotion_monitor.streamer.audio import SAMPLE_FORMATS, SAMPLE_RATE, AudioError
 from emotion_monitor.streamer.events import Event, SourceError
-from emotion_monitor.streamer.protocol import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from emotion_monitor.streamer.protocol import MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from emotion_monitor.streamer.sources import Source
 
 _END = object()
@@ -89,7 +89,7 @@ def add_stdin_arguments(p: argparse.ArgumentParser) -> None:
         "--channels",
         type=int,
         metavar="N",
-        help="stdin interleaved channels (default 1); --source stdin only",
+        help=f"stdin interleaved channels, 1..{MAX_CHANNELS} (default 1); --source stdin only",
     )
     p.add_argument(
         "--format",
@@ -164,11 +164,12 @@ def make_source(args: argparse.Namespace, workdir: Path) -> Source:
     raise AudioError(f"unknown source {spec!r}; use mic, file:PATH, stdin or demo")
 
 
-def load_emotion_model(spec: str | None):
-    """Load ``--model`` through the model registry (``None``: the shipped default)."""
+def load_emotion_model(spec: str | None, device: str = "auto"):
+    """Load ``--model`` through the model registry (``None``: the shipped default) on
+    ``device`` ("auto", "cpu" or "cuda")."""
     from emotion_monitor.models import load_model
 
-    return load_model(spec)
+    return load_model(spec, device=device)
 
 
 def format_event(ev: Event | SourceError) -> str:
@@ -315,9 +316,9 @@ def main(args: argparse.Namespace) -> int:
     """Run the monitor; exit codes: 0 done, 1 model or runtime error, 2 bad source or flags."""
     from emotion_monitor.streamer.settings import Settings
 
-    if args.duration is not None and not 0 < args.duration < math.inf:
+    if args.duration is not None and not 0 < args.duration < math.inf:  # refuses nan and inf
         print(
-            f"error: --duration must be a positive number of seconds, got {args.duration:g}",
+            f"error: --duration must be a positive finite number of seconds, got {args.duration:g}",
             file=sys.stderr,
         )
         return 2

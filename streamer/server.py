@@ -1040,7 +1040,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         try:
-            model = load_emotion_model(settings.model)
+            model = load_emotion_model(settings.model, settings.device)
         except Exception as exc:
             print(
                 f"error: cannot load model {settings.model or 'default'!r}: {exc}", file=sys.stderr

@@ -113,10 +113,16 @@ class AlertRule:
         )
 
 
+#: Inference devices the model loaders accept (``models.load_model(device=...)``).
+DEVICES = ("auto", "cpu", "cuda")
+
 #: Allowed values of the numeric and URL fields of :class:`Settings`: field -> (the allowed
 #: range in words, test of a value already of the field's type; it also sees the settings).
 _RANGES: dict[str, tuple[str, Callable[[Any, Settings], bool]]] = {
     "window": ("in 0.1..30 s", lambda v, s: 0.1 <= v <= 30),
+    # what the model loaders and `analyze --device` accept; without this entry a TOML typo
+    # (device = "gpuu") passed here and only failed, or was silently overridden, much later
+    "device": ("(auto, cpu or cuda)", lambda v, s: v in DEVICES),
     "hop": ("> 0 s and at most window", lambda v, s: 0 < v <= s.window),
     "smoothing_tau": (">= 0 s", lambda v, s: v >= 0),
     # 1 or more would make every window non-speech, 0 every window with any sound speech
@@ -205,8 +211,24 @@ class Settings:
                 )
 
     def replace(self, **changes) -> Settings:
-        """A copy with some fields changed (ignores ``None`` values, handy for CLI flags)."""
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        """A copy with some fields changed (ignores ``None`` values, handy for CLI flags).
+
+        A new window shorter than the unchanged hop is refused naming that hop and where it
+        came from: ``--window 0.3`` alone reads "hop (default 0.5 s) must be at most window
+        (0.3 s)", not a complaint about a 0.5 nobody typed.
+        """
+        changes = {k: v for k, v in changes.items() if v is not None}
+        try:
+            return dataclasses.replace(self, **changes)
+        except ValueError as exc:
+            window = changes.get("window")
+            if "hop" in changes or not str(exc).startswith("hop ") or not _is_number(window):
+                raise
+            was = "default " if self.hop == Settings.hop else ""
+            raise ValueError(
+                f"hop ({was}{self.hop:g} s) must be at most window ({window:g} s); "
+                "pass a hop too (--hop)"
+            ) from None
 
     def to_dict(self) -> dict:
         """JSON-able view, shown read-only by the server."""
@@ -243,16 +265,26 @@ class Settings:
 def parse_alert_rules(tables: Any) -> tuple[AlertRule, ...]:
     """Rules from parsed ``[[alerts]]`` TOML tables (:meth:`AlertRule.from_dict` each).
 
-    Raises ``ValueError`` naming the table (``alerts[1]``) and the problem.
+    Raises ``ValueError`` naming the table (``alerts[1]``) and the problem, a name used by an
+    earlier table included.
     """
     if not isinstance(tables, list) or not all(isinstance(t, Mapping) for t in tables):
         raise ValueError("alerts must be [[alerts]] tables")
-    rules = []
+    rules: list[AlertRule] = []
     for i, table in enumerate(tables):
         try:
-            rules.append(AlertRule.from_dict(table))
+            rule = AlertRule.from_dict(table)
         except ValueError as exc:
             raise ValueError(f"alerts[{i}] is malformed: {exc}") from None
+        # The alert tracker keys its state (since when a rule holds, whether it fired) by name,
+        # and alerts are told apart by name: two rules with one name would share that state.
+        first = next((j for j, r in enumerate(rules) if r.name == rule.name), None)
+        if first is not None:
+            raise ValueError(
+                f"alerts[{i}] is malformed: duplicate name {rule.name!r} (also alerts[{first}]); "
+                "give each [[alerts]] table its own name"
+            )
+        rules.append(rule)
     return tuple(rules)
 
 

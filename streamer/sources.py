@@ -46,7 +46,7 @@ from emotion_monitor.streamer.audio import (
     to_mono,
 )
 from emotion_monitor.streamer.events import SourceError
-from emotion_monitor.streamer.protocol import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from emotion_monitor.streamer.protocol import MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from emotion_monitor.streamer.ringbuffer import RingBuffer
 
 log = logging.getLogger(__name__)
@@ -218,14 +218,14 @@ class StdinSource(Source):
         rate: sample rate of the incoming PCM, in the range ``/ingest`` accepts
             (:data:`~.protocol.MIN_SAMPLE_RATE`..:data:`~.protocol.MAX_SAMPLE_RATE`, resampled
             to 16 kHz).
-        channels: interleaved channels (averaged to mono).
+        channels: interleaved channels (averaged to mono), 1..:data:`~.protocol.MAX_CHANNELS`
+            like ``/ingest``.
         sample_format: ``"s16le"`` or ``"f32le"``.
         block_seconds: largest chunk handed on at once.
 
     Raises:
-        AudioError: an unknown format, a rate out of range, a non-positive channel count (at
-        construction), or a stream that ends in the middle of a frame (at the end of the
-        iteration).
+        AudioError: an unknown format, a rate or channel count out of range (at construction),
+        or a stream that ends in the middle of a frame (at the end of the iteration).
     """
 
     def __init__(
@@ -247,8 +247,9 @@ class StdinSource(Source):
             raise AudioError(
                 f"stdin: sample rate {rate} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz"
             )
-        if channels <= 0:
-            raise AudioError(f"stdin: channels must be positive, got {channels}")
+        if not 1 <= channels <= MAX_CHANNELS:
+            # the limit /ingest has: more is almost surely a wrong flag (a rate, a byte count)
+            raise AudioError(f"stdin: channel count {channels} is outside 1..{MAX_CHANNELS}")
         self.fp = fp
         self.rate, self.channels, self.sample_format = rate, channels, sample_format
         self.frame_bytes = (2 if sample_format == "s16le" else 4) * channels

@@ -92,6 +92,23 @@ def test_rules_from_toml(tmp_path):
         load_alert_rules(path)
 
 
+def test_rules_from_toml_refuse_duplicate_names(tmp_path):
+    """The tracker keys its state by rule name: two rules with one name would share it."""
+    table = '[[alerts]]\nname = "{}"\nconditions = {{ arousal_smooth = [">", 0.4] }}\n'
+    path = tmp_path / "alerts.toml"
+    path.write_text(table.format("loud") + table.format("quiet") + table.format("loud"))
+    with pytest.raises(ValueError) as err:
+        load_alert_rules(path)
+    assert str(err.value) == (
+        f"{path}: alerts[2] is malformed: duplicate name 'loud' (also alerts[0]); "
+        "give each [[alerts]] table its own name"
+    )
+    settings = tmp_path / "settings.toml"  # the same check for [[alerts]] in a settings file
+    settings.write_text(path.read_text())
+    with pytest.raises(ValueError, match=r"settings\.toml: alerts\[2\] .*duplicate name 'loud'"):
+        Settings.from_toml(settings)
+
+
 @pytest.mark.parametrize(
     "table,problem",
     [

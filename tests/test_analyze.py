@@ -43,7 +43,7 @@ def _m4a_bytes(x: np.ndarray, tmp_path) -> bytes:
 
 
 @pytest.mark.parametrize("kind", ["wav2vec2", "hubert", "ast", "vit-va", "pooled"])
-def test_analyze_cli(kind, published, tmp_path):
+def test_analyze_cli(kind, published, tmp_path, capsys):
     out, png = tmp_path / "out.json", tmp_path / "out.png"
     rc = cli.main(
         [
@@ -77,6 +77,11 @@ def test_analyze_cli(kind, published, tmp_path):
         assert sum(summary["quadrant_s"].values()) == pytest.approx(summary["speech_s"])
         assert set(summary["quadrant_s"]) <= set(QUADRANTS)
         assert all(e["classes"] is None and e["quadrant"] for e in speech_events)
+        # the text names quadrants as the protocol and `report` do: upper case (was "neutral")
+        line = next(ln for ln in capsys.readouterr().out.splitlines() if "per quadrant" in ln)
+        assert line == "  time per quadrant: " + ", ".join(
+            f"{q} {t:.1f} s" for q, t in summary["quadrant_s"].items()
+        )
     else:
         assert summary["mean_valence"] is None and summary["quadrant_s"] == {}
         assert set(summary["label_distribution"]) <= set(EXPECTED_LABELS[kind])
@@ -190,11 +195,21 @@ def test_analyze_errors(tmp_path, capsys, published):
         ("window =\n", "not valid TOML: Invalid value"),
         ("max_batch = 0\n", "max_batch must be an integer >= 1, got 0"),  # analyze hung
         ('window = "abc"\n', "window must be a number in 0.1..30 s, got 'abc'"),
+        # refused like `--device gpuu`; analyze used to run on "auto"
+        ('device = "gpuu"\n', "device must be a string (auto, cpu or cuda), got 'gpuu'"),
     ):
         config.write_text(text)
         assert cli.main(["analyze", str(SPEECH_CLIP), "--config", str(config)]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: {config}: {error}") and err.count("\n") == 1
+    with pytest.raises(SystemExit):  # the flag: argparse's choices
+        cli.main(["analyze", str(SPEECH_CLIP), "--device", "gpuu"])
+    assert "invalid choice: 'gpuu'" in capsys.readouterr().err
+    # A window shorter than the default hop names that hop as the default.
+    assert cli.main(["analyze", str(SPEECH_CLIP), "--window", "0.3"]) == 2
+    assert capsys.readouterr().err == (
+        "error: hop (default 0.5 s) must be at most window (0.3 s); pass a hop too (--hop)\n"
+    )
 
 
 def test_streamed_file_is_chunk_invariant(tmp_path, published, speech):

@@ -154,6 +154,21 @@ def test_settings_reject_impossible_windows():
         Settings(window=0)
 
 
+def test_a_window_shorter_than_the_unchanged_hop_names_that_hop():
+    """`--window 0.3` alone: the 0.5 s complained about is the default hop, and says so."""
+    with pytest.raises(ValueError) as err:
+        Settings().replace(window=0.3, hop=None)
+    assert str(err.value) == (
+        "hop (default 0.5 s) must be at most window (0.3 s); pass a hop too (--hop)"
+    )
+    with pytest.raises(ValueError) as err:  # a hop from a settings file is not "default"
+        Settings(hop=1.0).replace(window=0.5)
+    assert str(err.value).startswith("hop (1 s) must be at most window (0.5 s)")
+    with pytest.raises(ValueError, match=r"^hop must be a number > 0 s and at most window"):
+        Settings().replace(window=0.3, hop=0.4)  # both given: the plain message
+    assert Settings().replace(window=0.3, hop=0.3).hop == 0.3
+
+
 @pytest.mark.parametrize(
     "field,value,allowed",
     [
@@ -172,6 +187,7 @@ def test_settings_reject_impossible_windows():
         ("host", 127001, "a string"),
         ("webhook_url", "ftp://x", "a string starting with http:// or https://"),
         ("alerts", ({"name": "x"},), "alert rules"),
+        ("device", "gpuu", "a string (auto, cpu or cuda)"),  # what --device and the loaders take
     ],
 )
 def test_settings_refuse_every_bad_value_naming_field_value_and_range(field, value, allowed):

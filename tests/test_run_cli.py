@@ -249,10 +249,15 @@ def test_flags_that_cannot_work_are_refused_before_any_audio(tmp_path):
             f"error: stdin: sample rate {rate} Hz is outside 8000..192000 Hz"
         )
 
-    for duration in ("0", "-2", "nan"):
+    # 9 channels is over the protocol's MAX_CHANNELS (8), as /ingest refuses it
+    proc = run("run", "--source", "stdin", "--channels", "9", "--model", MODEL, input=pcm)
+    assert proc.returncode == 2 and proc.stdout == b""
+    assert proc.stderr.decode().strip() == "error: stdin: channel count 9 is outside 1..8"
+
+    for duration in ("0", "-2", "nan", "inf"):
         proc = run("run", "--source", "stdin", "--duration", duration, "--model", MODEL, input=pcm)
         assert proc.returncode == 2 and proc.stdout == b""
-        assert b"--duration must be a positive number of seconds" in proc.stderr
+        assert b"--duration must be a positive finite number of seconds" in proc.stderr
 
     path = write_wav(tmp_path / "talk.wav", ravdess_16k("calm"))
     proc = run("run", "--source", f"file:{path}", "--rate", "8000", "--model", MODEL)

@@ -167,3 +167,22 @@ def test_serve_refuses_bad_settings_and_stray_stdin_flags(tmp_path):
         proc = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=TIMEOUT)
         assert proc.returncode == 2 and proc.stderr.startswith(error), proc.stderr
         assert proc.stderr.count("\n") == 1
+
+
+def test_serve_loads_the_model_on_the_configured_device(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    config = tmp_path / "serve.toml"
+    config.write_text('device = "cuda"\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "emotion_monitor.streamer.cli", "serve", "--config", str(config)]
+        + ["--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    # the setting reaches the model loader (it used to be checked, then ignored)
+    assert proc.returncode == 1
+    assert "cannot load model" in proc.stderr and "cuda" in proc.stderr.lower()

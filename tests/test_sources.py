@@ -279,8 +279,11 @@ def test_clipping_is_flagged():
 def test_bad_stdin_formats():
     with pytest.raises(AudioError, match="unknown sample format"):
         StdinSource(io.BytesIO(b""), sample_format="s24le")
-    with pytest.raises(AudioError, match="positive"):
-        StdinSource(io.BytesIO(b""), channels=0)
+    # The channel range /ingest accepts (protocol.MAX_CHANNELS = 8).
+    for channels in (0, -1, 9):
+        with pytest.raises(AudioError, match=f"channel count {channels} is outside 1..8"):
+            StdinSource(io.BytesIO(b""), channels=channels)
+    assert len(collect(StdinSource(io.BytesIO(bytes(2 * 8 * SR)), channels=8))) == SR
     # The range /ingest accepts: 1 Hz would turn 64 kB of PCM into hours of audio to analyse.
     for rate in (1, 100, 7_999, 192_001, 200_000):
         with pytest.raises(AudioError, match=f"sample rate {rate} Hz is outside 8000..192000 Hz"):
