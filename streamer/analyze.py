@@ -398,10 +398,11 @@ def main(args: argparse.Namespace) -> int:
     from emotion_monitor.streamer.sources import FileSource
 
     try:
-        base = Settings.from_toml(args.config) if args.config else Settings()
-        settings = base.replace(
-            window=args.window, hop=args.hop, model=args.model, device=args.device
-        )
+        flags = dict(window=args.window, hop=args.hop, model=args.model, device=args.device)
+        if args.config:
+            settings = Settings.from_toml(args.config, **flags)
+        else:
+            settings = Settings().replace(**flags)
         if args.no_vad:
             settings = settings.replace(vad=False)
         # The file source replaces NaN/Inf samples before resampling (and counts them), as `run`

@@ -1010,8 +1010,7 @@ def main(args: argparse.Namespace) -> int:
     )
 
     try:
-        base = Settings.from_toml(args.config) if args.config else Settings()
-        settings = base.replace(
+        flags = dict(
             host=args.host,
             port=args.port,
             window=args.window,
@@ -1019,6 +1018,10 @@ def main(args: argparse.Namespace) -> int:
             model=args.model,
             vad=args.vad,
         )
+        if args.config:
+            settings = Settings.from_toml(args.config, **flags)
+        else:
+            settings = Settings().replace(**flags)
         api = _integrations()
         if api is not None:
             settings = api.settings_from_args(settings, args)

@@ -235,8 +235,9 @@ class Settings:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> Settings:
-        """Load settings from a TOML file.
+    def from_toml(cls, path: str | Path, **flags) -> Settings:
+        """Load settings from a TOML file; ``flags`` (command-line values, ``None`` ignored)
+        replace the file's values before anything is checked, so a flag wins over the file.
 
         Raises ``ValueError`` starting with the file name for an unreadable file, a TOML syntax
         error, an unknown key (naming it), a bad value (see the class) or a bad ``[[alerts]]``
@@ -254,12 +255,14 @@ class Settings:
             raise ValueError(
                 f"{path}: unknown settings {', '.join(unknown)}; valid: {', '.join(names)}"
             )
+        flags = {k: v for k, v in flags.items() if v is not None}
         try:
             if "alerts" in data:
                 data["alerts"] = parse_alert_rules(data["alerts"])
-            return cls(**data)
+            return cls(**{**data, **flags})
         except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
+            where = f"{path} with the flags given" if flags else str(path)
+            raise ValueError(f"{where}: {exc}") from None
 
 
 def parse_alert_rules(tables: Any) -> tuple[AlertRule, ...]:

@@ -223,6 +223,17 @@ def test_settings_from_toml_name_the_file(tmp_path):
     assert [(r.name, r.conditions) for r in s.alerts] == [("loud", (("arousal_smooth", ">", 0.5),))]
 
 
+def test_flags_win_over_the_settings_file(tmp_path):
+    path = tmp_path / "monitor.toml"
+    path.write_text("window = 2.0\nhop = 5.0\n")  # a bad hop, overridden on the command line
+    with pytest.raises(ValueError, match=r"monitor\.toml: hop .* at most window"):
+        Settings.from_toml(path)
+    s = Settings.from_toml(path, hop=0.5, window=None)  # None: flag not given, the file's value
+    assert (s.window, s.hop) == (2.0, 0.5)
+    with pytest.raises(ValueError, match=r"monitor\.toml with the flags given: hop .* window"):
+        Settings.from_toml(path, window=0.3, hop=0.5)
+
+
 def test_quadrant_names_are_listed_in_sector_order():
     """SECTORS[i] is the sector from 45*i to 45*(i+1) degrees, as the dashboard draws them
     around a neutral disc of the same radius; QUADRANTS is every name quadrant() returns."""
