@@ -32,7 +32,12 @@ from typing import Any
 
 import tomllib
 from emotion_monitor.streamer.events import PROTOCOL_VERSION
-from emotion_monitor.streamer.settings import OPERATORS, AlertRule, parse_alert_rules
+from emotion_monitor.streamer.settings import (
+    OPERATORS,
+    AlertRule,
+    condition_value,
+    parse_alert_rules,
+)
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +146,7 @@ class AlertEvaluator:
                     name=rule.name,
                     t=float(ev["t1"]),
                     since=since,
-                    values={name: ev.get(name) for name, _, _ in rule.conditions},
+                    values={name: condition_value(ev, name) for name, _, _ in rule.conditions},
                     time=time.time(),
                 )
                 out.append(alert.to_dict())
@@ -150,7 +155,7 @@ class AlertEvaluator:
 
 def _holds(rule: AlertRule, ev: dict) -> bool:
     for name, op, threshold in rule.conditions:
-        value = ev.get(name)
+        value = condition_value(ev, name)
         if not isinstance(value, (int, float)) or not OPERATORS[op](value, threshold):
             return False
     return True

@@ -32,6 +32,28 @@ OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
 CONDITION_FIELDS = tuple(
     f.name for f in dataclasses.fields(Event) if f.type in ("int", "float", "float | None", "bool")
 )
+#: Per-class probabilities can be compared too, as "classes_smooth.angry" or "classes.angry".
+CLASS_GROUPS = ("classes_smooth", "classes")
+
+
+def is_condition_field(name: Any) -> bool:
+    """A numeric event field, or ``GROUP.LABEL`` with a class probability group and a label of
+    :data:`~emotion_monitor.models.base.EMOTIONS` (checked so a misspelled label is refused
+    instead of never holding)."""
+    from emotion_monitor.models.base import EMOTIONS
+
+    if not isinstance(name, str):
+        return False
+    group, dot, label = name.partition(".")
+    return name in CONDITION_FIELDS or (dot == "." and group in CLASS_GROUPS and label in EMOTIONS)
+
+
+def condition_value(event: Mapping[str, Any], name: str) -> Any:
+    """The value a condition field names in an event (``None`` when absent)."""
+    group, dot, label = name.partition(".")
+    if dot:
+        return (event.get(group) or {}).get(label)
+    return event.get(name)
 
 
 def _is_number(value: Any) -> bool:
@@ -43,8 +65,9 @@ def _is_number(value: Any) -> bool:
 class AlertRule:
     """Fire ``name`` when every condition holds on a track for at least ``min_duration`` seconds.
 
-    Conditions compare numeric event fields (:data:`CONDITION_FIELDS`) with :data:`OPERATORS`,
-    e.g. ``(("arousal_smooth", ">", 0.5),)``. ``track`` restricts the rule to one track (e.g.
+    Conditions compare numeric event fields (:data:`CONDITION_FIELDS`) or class probabilities
+    (``"classes_smooth.angry"``, see :func:`is_condition_field`) with :data:`OPERATORS`, e.g.
+    ``(("arousal_smooth", ">", 0.5),)``. ``track`` restricts the rule to one track (e.g.
     "customer"); ``None`` means any track. Raises ``ValueError`` for an unknown field or operator
     (a misspelled field would otherwise never hold, so the alert would silently never fire).
     """
@@ -61,10 +84,11 @@ class AlertRule:
         if not self.conditions:
             raise ValueError(f"{where}: no conditions")
         for name, op, threshold in self.conditions:
-            if name not in CONDITION_FIELDS:
+            if not is_condition_field(name):
                 raise ValueError(
                     f"{where}: unknown field {name!r}; conditions can compare "
                     + ", ".join(CONDITION_FIELDS)
+                    + ", or a class probability as classes_smooth.LABEL / classes.LABEL"
                 )
             if op not in OPERATORS:
                 raise ValueError(
@@ -101,7 +125,7 @@ class AlertRule:
                 f"got {conditions!r}"
             )
         parsed = []
-        for name, spec in conditions.items():
+        for name, spec in _flatten_groups(conditions).items():
             if not isinstance(spec, (list, tuple)) or len(spec) != 2:
                 raise ValueError(f"condition {name} must be [operator, number], got {spec!r}")
             parsed.append((name, *spec))
@@ -111,6 +135,17 @@ class AlertRule:
             min_duration=table.get("min_duration", 5.0),
             track=table.get("track"),
         )
+
+
+def _flatten_groups(conditions: Mapping[str, Any]) -> dict[str, Any]:
+    """TOML reads the bare key ``classes_smooth.angry`` as a nested table: flatten it back."""
+    flat: dict[str, Any] = {}
+    for name, spec in conditions.items():
+        if name in CLASS_GROUPS and isinstance(spec, Mapping):
+            flat.update({f"{name}.{label}": v for label, v in spec.items()})
+        else:
+            flat[name] = spec
+    return flat
 
 
 #: Inference devices the model loaders accept (``models.load_model(device=...)``).

@@ -117,7 +117,11 @@ def test_rules_from_toml_refuse_duplicate_names(tmp_path):
             'name = "x"\nconditions = { arousl_smooth = [">", 0.4] }',
             "unknown field 'arousl_smooth'; conditions can compare seq, t0, t1, speech, "
             "speech_prob, valence, arousal, confidence, valence_smooth, arousal_smooth, "
-            "latency_ms, clipped",
+            "latency_ms, clipped, or a class probability as classes_smooth.LABEL / classes.LABEL",
+        ),
+        (
+            'name = "x"\nconditions = { classes_smooth.angyr = [">", 0.4] }',
+            "unknown field 'classes_smooth.angyr'",
         ),
         (
             'name = "x"\nmin_duraton = 3\nconditions = { arousal_smooth = [">", 0.4] }',
@@ -259,3 +263,31 @@ async def test_frustrated_customer_alert_with_the_default_model(real_model):  # 
     alerts = col.of_type("alert")
     assert [(a["track"], a["name"]) for a in alerts] == [("customer", "customer_frustration")]
     assert alerts[0]["t"] - alerts[0]["since"] >= 5.0
+
+
+def test_rules_on_class_probabilities(tmp_path):
+    # TOML reads the bare dotted key as a nested table; quoted, it is one key: both work
+    path = tmp_path / "alerts.toml"
+    path.write_text(
+        '[[alerts]]\nname = "anger"\nmin_duration = 1.0\n'
+        'conditions = { classes_smooth.angry = [">", 0.4] }\n'
+        '[[alerts]]\nname = "anger_now"\nmin_duration = 0.0\n'
+        'conditions = { "classes.angry" = [">", 0.9] }\n'
+    )
+    rules = load_alert_rules(path)
+    assert [r.conditions for r in rules] == [
+        (("classes_smooth.angry", ">", 0.4),),
+        (("classes.angry", ">", 0.9),),
+    ]
+    ev = AlertEvaluator(rules)
+    fired = []
+    for i, p_angry in enumerate([0.2, 0.5, 0.6, 0.95, 0.7]):
+        e = event(2 + i / 2)
+        e["classes_smooth"] = e["classes"] = {"angry": p_angry, "calm": 1 - p_angry}
+        fired += ev.process([e])
+    assert [(a["name"], a["t"], a["values"]) for a in fired] == [
+        ("anger", 3.5, {"classes_smooth.angry": 0.95}),  # held above 0.4 since t = 2.5
+        ("anger_now", 3.5, {"classes.angry": 0.95}),
+    ]
+    # a window without classes (no speech) does not hold
+    assert ev.process([{**event(9.0), "classes_smooth": None}]) == []
