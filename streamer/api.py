@@ -29,7 +29,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from emotion_monitor.streamer.audio import SAMPLE_RATE, AudioError, StreamResampler, to_mono
+from emotion_monitor.streamer.audio import (
+    SAMPLE_RATE,
+    AudioError,
+    StreamResampler,
+    silence_nonfinite,
+    to_mono,
+)
 from emotion_monitor.streamer.events import Event
 from emotion_monitor.streamer.protocol import MAX_CHANNELS
 
@@ -374,9 +380,8 @@ def _mono_float(audio: Any, name: str) -> np.ndarray:
         info = np.iinfo(a.dtype)
         half = (int(info.max) - int(info.min) + 1) / 2
         a = (a.astype(np.float64) - (int(info.min) + half)) / half
-    mono = to_mono(a)
-    # As /ingest does: before resampling, one NaN would smear over the filter taps.
-    return np.where(np.isfinite(mono), mono, np.float32(0))
+    # as /ingest does, before resampling
+    return silence_nonfinite(to_mono(a))[0]
 
 
 # -- server wiring --------------------------------------------------------------------------

@@ -83,6 +83,18 @@ def resample(samples: np.ndarray, rate_in: int, rate_out: int = SAMPLE_RATE) -> 
     return resample_poly(samples, rate_out // g, rate_in // g, axis=0).astype(np.float32)
 
 
+def silence_nonfinite(samples: np.ndarray) -> tuple[np.ndarray, int]:
+    """``samples`` with NaN/Inf replaced by silence, and how many were replaced.
+
+    Callers do this before resampling: one NaN fed to a resampling filter would smear over its
+    taps and turn dozens of good samples into NaN.
+    """
+    finite = np.isfinite(samples)
+    if finite.all():
+        return samples, 0
+    return np.where(finite, samples, np.float32(0)), int((~finite).sum())
+
+
 def to_mono(frames: np.ndarray) -> np.ndarray:
     """(frames, channels) or (frames,) -> (frames,) by averaging channels."""
     frames = np.asarray(frames, dtype=np.float32)

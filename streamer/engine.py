@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from emotion_monitor.models.base import EmotionModel, Prediction
+from emotion_monitor.streamer.audio import silence_nonfinite
 from emotion_monitor.streamer.events import Event, quadrant
 from emotion_monitor.streamer.settings import Settings
 from emotion_monitor.streamer.vad import FRAME, SileroVAD
@@ -125,11 +126,8 @@ class Engine:
             state = self._tracks[key] = _Track(buf=np.zeros(0, np.float32))
             if self.vad is not None:
                 state.vad_state, state.vad_context = self.vad.initial_state()
-        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
-        finite = np.isfinite(samples)
-        if not finite.all():
-            self.stats["nonfinite_samples"] += int((~finite).sum())
-            samples = np.where(finite, samples, np.float32(0))
+        samples, nonfinite = silence_nonfinite(np.asarray(samples, np.float32).reshape(-1))
+        self.stats["nonfinite_samples"] += nonfinite
         state.buf = np.concatenate([state.buf, samples]) if len(state.buf) else samples.copy()
         state.total += len(samples)
         state.feeds.append((state.total, self.clock()))

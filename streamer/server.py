@@ -53,9 +53,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import numpy as np
 from emotion_monitor.streamer import protocol
-from emotion_monitor.streamer.audio import AudioError, StreamResampler, pcm_to_float, to_mono
+from emotion_monitor.streamer.audio import (
+    AudioError,
+    StreamResampler,
+    pcm_to_float,
+    silence_nonfinite,
+    to_mono,
+)
 from emotion_monitor.streamer.engine import StreamLimitError
 from emotion_monitor.streamer.events import PROTOCOL_VERSION
 from emotion_monitor.streamer.service import MonitorService
@@ -847,11 +852,8 @@ class _Ingest:
                 close_code=1003,
             )
         frames = pcm_to_float(data, self.fmt.format, self.fmt.channels)
-        finite = np.isfinite(frames)
-        if not finite.all():
-            # Before resampling: one NaN would smear over the filter taps into good samples.
-            self.stats["nonfinite_samples"] += int((~finite).sum())
-            frames = np.where(finite, frames, np.float32(0))
+        frames, nonfinite = silence_nonfinite(frames)  # before resampling
+        self.stats["nonfinite_samples"] += nonfinite
         samples = self.resampler.process(to_mono(frames))
         if not len(samples):
             return

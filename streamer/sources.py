@@ -43,6 +43,7 @@ from emotion_monitor.streamer.audio import (
     check_audio_path,
     iter_file_blocks,
     pcm_to_float,
+    silence_nonfinite,
     to_mono,
 )
 from emotion_monitor.streamer.events import SourceError
@@ -89,15 +90,9 @@ class Source:
         return self._stop.is_set()
 
     def _mono(self, frames: np.ndarray) -> np.ndarray:
-        """Down-mix to mono, replacing NaN/Inf by silence and counting them first.
-
-        Done before resampling: one NaN fed to the resampling filter would smear over its taps
-        and turn dozens of good samples into NaN.
-        """
-        finite = np.isfinite(frames)
-        if not finite.all():
-            self.stats["nonfinite_samples"] += int((~finite).sum())
-            frames = np.where(finite, frames, np.float32(0))
+        """Down-mix to mono, replacing NaN/Inf by silence (before resampling) and counting them."""
+        frames, nonfinite = silence_nonfinite(frames)
+        self.stats["nonfinite_samples"] += nonfinite
         return to_mono(frames)
 
 
