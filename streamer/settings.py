@@ -253,17 +253,15 @@ class Settings:
         (0.3 s)", not a complaint about a 0.5 nobody typed.
         """
         changes = {k: v for k, v in changes.items() if v is not None}
-        try:
-            return dataclasses.replace(self, **changes)
-        except ValueError as exc:
-            window = changes.get("window")
-            if "hop" in changes or not str(exc).startswith("hop ") or not _is_number(window):
-                raise
+        window = changes.get("window")
+        window_ok = _is_number(window) and _RANGES["window"][1](window, self)
+        if "hop" not in changes and window_ok and self.hop > window:
             was = "default " if self.hop == Settings.hop else ""
             raise ValueError(
                 f"hop ({was}{self.hop:g} s) must be at most window ({window:g} s); "
                 "pass a hop too (--hop)"
-            ) from None
+            )
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         """JSON-able view, shown read-only by the server."""
