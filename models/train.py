@@ -519,7 +519,7 @@ def train_heads(
         return (x[tr] - m) / s, (x[te] - m) / s
 
     cv: dict[str, float] = {}
-    best, best_a, temperature, va_head = candidates.names[0], alphas[0], 1.0, "ridge"
+    best, best_a, temperature, va_from_classes = candidates.names[0], alphas[0], 1.0, False
     if folds:
         ua = {name: [] for name in candidates.names}
         held_out = {name: [] for name in candidates.names}
@@ -551,12 +551,11 @@ def train_heads(
                 ]
             )
         )
-        if cv["va_mse_classes"] < np.mean(err[best_a]):
-            va_head = "classes"
+        va_from_classes = cv["va_mse_classes"] < np.mean(err[best_a])
     mean, std = x.mean(0), x.std(0) + 1e-6
     xs = (x - mean) / std
     w_cls, b_cls = candidates.fit(xs, y, [best])[best]
-    if va_head == "classes":
+    if va_from_classes:
         va_fit = {"va_points": class_mean_targets(y, va, w_cls.shape[1])}
     else:
         w_va, b_va = fit_ridge(xs, va, best_a)
@@ -569,7 +568,7 @@ def train_heads(
         **va_fit,
         "classifier": best,
         "temperature": temperature,
-        "va_head": "classes" if va_head == "classes" else f"ridge alpha={best_a:g}",
+        "va_head": "classes" if va_from_classes else f"ridge alpha={best_a:g}",
         "folds": len(folds),
         "cv": cv,
     }

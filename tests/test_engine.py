@@ -197,23 +197,30 @@ def test_settings_refuse_every_bad_value_naming_field_value_and_range(field, val
     assert str(err.value).endswith(f", got {value!r}")
 
 
-def test_settings_from_toml_name_the_file(tmp_path):
+@pytest.mark.parametrize(
+    "text,problem",
+    [
+        ("window = \n", r"^.*monitor\.toml: not valid TOML: Invalid value"),
+        ("max_batch = 0\n", r"monitor\.toml: max_batch must be an integer >= 1"),
+        ("windw = 1.0\n", r"monitor\.toml: unknown settings windw; valid: window,"),
+        (
+            "[[alerts]]\nname = 'x'\nconditions = { arousl_smooth = ['>', 0.4] }\n",
+            r"monitor\.toml: alerts\[0\] .*'arousl_smooth'",
+        ),
+    ],
+)
+def test_settings_from_toml_name_the_file(tmp_path, text, problem):
     path = tmp_path / "monitor.toml"
-    path.write_text("window = \n")
-    with pytest.raises(ValueError, match=r"^.*monitor\.toml: not valid TOML: Invalid value"):
+    path.write_text(text)
+    with pytest.raises(ValueError, match=problem):
         Settings.from_toml(path)
-    path.write_text("max_batch = 0\n")
-    with pytest.raises(ValueError, match=r"monitor\.toml: max_batch must be an integer >= 1"):
-        Settings.from_toml(path)
-    path.write_text("windw = 1.0\n")
-    with pytest.raises(ValueError, match=r"monitor\.toml: unknown settings windw; valid: window,"):
-        Settings.from_toml(path)
-    path.write_text("[[alerts]]\nname = 'x'\nconditions = { arousl_smooth = ['>', 0.4] }\n")
-    with pytest.raises(ValueError, match=r"monitor\.toml: alerts\[0\] .*'arousl_smooth'"):
-        Settings.from_toml(path)
+
+
+def test_settings_from_toml_good_values_and_a_missing_file(tmp_path):
     with pytest.raises(ValueError, match="missing.toml: cannot read settings"):
         Settings.from_toml(tmp_path / "missing.toml")
     # Good values, integers where seconds are expected included, are taken as written.
+    path = tmp_path / "monitor.toml"
     path.write_text(
         "window = 1\nhop = 0.25\nport = 0\nvad_threshold = 0.3\n[[alerts]]\nname = 'loud'\n"
         "conditions = { arousal_smooth = ['>', 0.5] }\n"
