@@ -17,12 +17,13 @@ and exponential backoff, so a slow or failing receiver never delays inference.
 
 from __future__ import annotations
 
-import asyncio
+import http.client
 import json
 import logging
 import queue
 import threading
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
@@ -30,7 +31,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
 from emotion_monitor.streamer.events import PROTOCOL_VERSION
 from emotion_monitor.streamer.settings import (
     OPERATORS,
@@ -116,16 +116,25 @@ class AlertEvaluator:
 
     def process(self, messages: Iterable[dict]) -> list[dict]:
         """Alert messages triggered by these messages (events and ``stream_ended``)."""
-        alerts = []
+        return [alert for msg in messages for alert in self._take(msg)]
+
+    def insert(self, messages: Iterable[dict]) -> list[dict]:
+        """The messages with each alert right after the event that triggered it."""
+        out = []
         for msg in messages:
-            kind = msg.get("type")
-            if kind == "event":
-                alerts += self._event(msg)
-            elif kind == "stream_ended":
-                stream = msg.get("stream")
-                self._since = {k: v for k, v in self._since.items() if k[0] != stream}
-                self._fired = {k for k in self._fired if k[0] != stream}
-        return alerts
+            out.append(msg)
+            out += self._take(msg)
+        return out
+
+    def _take(self, msg: dict) -> list[dict]:
+        kind = msg.get("type")
+        if kind == "event":
+            return self._event(msg)
+        if kind == "stream_ended":
+            stream = msg.get("stream")
+            self._since = {k: v for k, v in self._since.items() if k[0] != stream}
+            self._fired = {k for k in self._fired if k[0] != stream}
+        return []
 
     def _event(self, ev: dict) -> list[dict]:
         out = []
@@ -237,7 +246,9 @@ class WebhookSender:
                     response.read()
                 self.stats["sent"] += 1
                 return
-            except (urllib.error.URLError, OSError, ValueError) as exc:
+            # HTTPException: an answer that is not HTTP (a bad status line, a short body); left
+            # uncaught it would end the sender thread and no alert would be POSTed again.
+            except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
                 reason = exc
             if attempt < self.retries:
                 log.warning(
@@ -259,10 +270,11 @@ class WebhookSender:
 
 
 class AlertMonitor:
-    """Evaluates rules on a service's messages and publishes the alerts to its listeners.
+    """Evaluates rules on a service's batches and adds the alerts to them.
 
-    It listens on an asyncio loop (cheap, and publishing from there keeps every alert after the
-    events that caused it for all listeners) and hands alerts to the webhook thread.
+    It runs on the service's worker as a processor, so every listener gets an alert right after
+    the event that completed its rule, and before that stream's ``stream_ended``; alerts are
+    handed to the webhook thread, which never delays the worker.
     """
 
     def __init__(self, rules: Iterable[AlertRule], webhook_url: str | None = None, **webhook: Any):
@@ -271,17 +283,17 @@ class AlertMonitor:
         self._service = None
         self.fired = 0
 
-    def attach(self, service: Any, loop: asyncio.AbstractEventLoop | None) -> None:
-        """Listen to ``service`` on ``loop`` (``None``: on the worker thread)."""
+    def attach(self, service: Any) -> None:
+        """Process every batch of ``service`` (a :class:`MonitorService`)."""
         self._service = service
-        service.add_listener(self._on_messages, loop)
+        service.add_processor(self._process)
 
-    def _on_messages(self, messages: list[dict]) -> None:
-        alerts = self.evaluator.process(messages)
-        if not alerts:
-            return
-        self.fired += len(alerts)
-        for alert in alerts:
+    def _process(self, messages: list[dict]) -> list[dict]:
+        out = self.evaluator.insert(messages)
+        if len(out) == len(messages):
+            return messages
+        for alert in (m for m in out if m.get("type") == "alert"):
+            self.fired += 1
             log.info(
                 "alert %s on %s/%s at t=%.1f s",
                 alert["name"],
@@ -291,14 +303,11 @@ class AlertMonitor:
             )
             if self.webhook is not None:
                 self.webhook.send(alert)
-        # MonitorService has no public "publish" yet; its broadcaster is the one fan-out
-        # every listener (server, recorder, API) already hangs on.
-        publish = self._service.publish
-        publish(alerts)
+        return out
 
     def close(self) -> None:
         """Stop listening and flush the webhook queue."""
         if self._service is not None:
-            self._service.remove_listener(self._on_messages)
+            self._service.remove_processor(self._process)
         if self.webhook is not None:
             self.webhook.close()

@@ -223,7 +223,7 @@ class Monitor:
         self.service.add_listener(self._deliver, loop)
         if self.settings.alerts:
             self._alerts = AlertMonitor(self.settings.alerts, webhook_url=self.settings.webhook_url)
-            self._alerts.attach(self.service, loop)
+            self._alerts.attach(self.service)
         self.service.start()
 
     async def stop(self) -> None:
@@ -276,12 +276,44 @@ class Monitor:
             self._subscribers.remove(entry)
             raise
         self._unfinished[stream] += 1
+        got: list[dict] = []
         try:
-            for track, a in audio.items():
-                call.push(track, a, int(rate))
+            await self._feed_paced(call, audio, int(rate), entry[0], got)
         finally:
             call.close()
-        return [item async for item in self._iterate(entry, alerts=False)]
+        return [Event.from_dict(m) for m in got if m.get("type") == "event"] + [
+            item async for item in self._iterate(entry, alerts=False)
+        ]
+
+    async def _feed_paced(
+        self, call: CallStream, audio: dict[str, np.ndarray], rate: int, queue, got: list
+    ) -> None:
+        """Push ``audio`` block by block, each once the events of the one before are in.
+
+        The engine keeps at most ``max_pending_windows`` windows waiting (it drops the oldest
+        beyond that), so an utterance pushed at once would lose all but its last windows.
+        Messages taken from ``queue`` meanwhile are appended to ``got``.
+        """
+        settings = self._require().engine.settings
+        window, hop = round(settings.window * SAMPLE_RATE), round(settings.hop * SAMPLE_RATE)
+        # a block completes at most windows + 1 windows per track: half the queue at most
+        windows = max(1, settings.max_pending_windows // (2 * len(audio)))
+        step = max(1, windows * hop * rate // SAMPLE_RATE)
+        stats = self._require().engine.stats
+        events = 0
+        for start in range(0, max(len(a) for a in audio.values()), step):
+            dropped = stats["windows_dropped"]
+            for track, a in audio.items():
+                call.push(track, a[start : start + step], rate)
+            # every window that ends in what was handed over has to come back as an event
+            due = sum(max(0, (n - window) // hop + 1) for n in call._pushed.values())
+            while events < due and not call.closed:
+                try:
+                    got.append(await asyncio.wait_for(queue.get(), 0.5))
+                    events += got[-1].get("type") == "event"
+                except TimeoutError:
+                    if stats["windows_dropped"] != dropped:  # lost under load: stop waiting
+                        break
 
     # -- listening -----------------------------------------------------------------------
 
@@ -525,7 +557,7 @@ async def attach(
         service.add_listener(out.recorder.listener)  # worker thread; it only enqueues
     if settings.alerts:
         out.alerts = AlertMonitor(settings.alerts, webhook_url=settings.webhook_url)
-        out.alerts.attach(service, asyncio.get_running_loop())
+        out.alerts.attach(service)
     twilio_check = (
         TwilioSignatureCheck(twilio_auth_token, public_url) if twilio_auth_token else None
     )

@@ -6,7 +6,9 @@ mode, so ``report`` can read while a server writes). Inference and the event loo
 the disk. When the queue is full the oldest message is dropped and counted.
 
 Tables: ``streams`` (one row per stream start, with its metadata and end time), ``events`` (every
-event, the main fields as columns plus the full JSON) and ``alerts``.
+event, the main fields as columns plus the full JSON) and ``alerts``; an event's or alert's
+``call`` is the ``streams`` row it belongs to, so calls that reuse a stream id (an AudioHook
+conversation after a transfer, a second Twilio ``<Stream>``) are reported apart.
 
 ``emotion-monitor report FILE.sqlite [--stream ID] [--plot OUT.png]`` prints, per call: its
 length, per track the speech time, time per quadrant, mean and peak valence/arousal, the
@@ -38,12 +40,14 @@ CREATE TABLE IF NOT EXISTS streams (
 CREATE TABLE IF NOT EXISTS events (
     stream TEXT NOT NULL, track TEXT NOT NULL, seq INTEGER, t0 REAL, t1 REAL, speech INTEGER,
     valence REAL, arousal REAL, valence_smooth REAL, arousal_smooth REAL,
-    label TEXT, label_smooth TEXT, quadrant TEXT, latency_ms REAL, data TEXT
+    label TEXT, label_smooth TEXT, quadrant TEXT, latency_ms REAL, data TEXT, call INTEGER
 );
 CREATE INDEX IF NOT EXISTS events_by_stream ON events (stream, track, seq);
 CREATE TABLE IF NOT EXISTS alerts (
-    stream TEXT NOT NULL, track TEXT, name TEXT, t REAL, since REAL, time REAL, data TEXT
+    stream TEXT NOT NULL, track TEXT, name TEXT, t REAL, since REAL, time REAL, data TEXT,
+    call INTEGER
 );
+CREATE INDEX IF NOT EXISTS streams_by_id ON streams (stream, id);
 """
 EVENT_COLUMNS = (
     "stream",
@@ -142,7 +146,8 @@ class Recorder:
                 kind = msg.get("type")
                 if kind == "event":
                     events.append(
-                        tuple(_column(msg.get(c)) for c in EVENT_COLUMNS) + (json.dumps(msg),)
+                        tuple(_column(msg.get(c)) for c in EVENT_COLUMNS)
+                        + (json.dumps(msg), self._call(msg.get("stream")))
                     )
                 elif kind == "alert":
                     alerts.append(
@@ -154,6 +159,7 @@ class Recorder:
                             msg.get("since"),
                             msg.get("time"),
                             json.dumps(msg),
+                            self._call(msg.get("stream")),
                         )
                     )
                 elif kind == "stream_started":
@@ -167,11 +173,22 @@ class Recorder:
                         "WHERE stream = ?)",
                         (msg.get("time"), msg.get("stream")),
                     )
-            marks = ",".join("?" * (len(EVENT_COLUMNS) + 1))
-            self._db.executemany(f"INSERT INTO events VALUES ({marks})", events)
-            self._db.executemany("INSERT INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?)", alerts)
+            names = ", ".join((*EVENT_COLUMNS, "data", "call"))
+            marks = ",".join("?" * (len(EVENT_COLUMNS) + 2))
+            self._db.executemany(f"INSERT INTO events ({names}) VALUES ({marks})", events)
+            self._db.executemany(
+                "INSERT INTO alerts (stream, track, name, t, since, time, data, call) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                alerts,
+            )
         self.stats["written"] += len(batch)
         self.stats["batches"] += 1
+
+    def _call(self, stream: str | None) -> int | None:
+        """The ``streams`` row of the latest start of ``stream`` (an alert may come after
+        its stream ended; the same id cannot start again before it has ended)."""
+        row = self._db.execute("SELECT MAX(id) FROM streams WHERE stream = ?", (stream,))
+        return row.fetchone()[0]
 
 
 def _column(value: Any) -> Any:
@@ -183,6 +200,9 @@ def _connect(path: Path, **kwargs: Any) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, fast
     db.executescript(SCHEMA)
+    for table in ("events", "alerts"):  # recordings made before the column existed
+        if "call" not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN call INTEGER")
     return db
 
 
@@ -194,33 +214,56 @@ def summarize(path: str | Path, stream: str | None = None) -> list[dict]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such recording")
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db = _open_recording(path)
     db.row_factory = sqlite3.Row
     try:
-        streams = [
-            r[0]
-            for r in db.execute("SELECT stream FROM events GROUP BY stream ORDER BY MIN(rowid)")
-        ]
-        if stream is not None:
-            streams = [s for s in streams if s == stream]
         out = []
-        for s in streams:
+        for s, call in _calls(db, stream):
             meta_row = db.execute(
-                "SELECT started, ended, meta FROM streams WHERE stream = ? ORDER BY id DESC", (s,)
+                "SELECT started, ended, meta FROM streams WHERE stream = ?1 "
+                "AND (id = ?2 OR ?2 IS NULL) ORDER BY id DESC",
+                (s, call),
             ).fetchone()
             events = db.execute(
-                "SELECT * FROM events WHERE stream = ? ORDER BY track, seq", (s,)
+                f"SELECT * FROM events WHERE {_OF_CALL} ORDER BY track, seq", (s, call)
             ).fetchall()
             alerts = [
                 dict(r)
                 for r in db.execute(
-                    "SELECT track, name, t, since FROM alerts WHERE stream = ? ORDER BY t", (s,)
+                    f"SELECT track, name, t, since FROM alerts WHERE {_OF_CALL} ORDER BY t",
+                    (s, call),
                 )
             ]
             out.append(_summarize_stream(s, meta_row, events, alerts))
         return out
     finally:
         db.close()
+
+
+#: The rows of one call: its ``call`` id, or (recordings made before the column) its stream id.
+_OF_CALL = "stream = ? AND call IS ?"
+
+
+def _open_recording(path: Path) -> sqlite3.Connection:
+    """Read-only; a recording made before the ``call`` column reads as if it were all NULL."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        for table in ("events", "alerts"):
+            if "call" not in {row[1] for row in db.execute(f"PRAGMA main.table_info({table})")}:
+                # temp objects shadow main ones; the temp schema is writable in read-only mode
+                db.execute(f"CREATE TEMP VIEW {table} AS SELECT *, NULL AS call FROM main.{table}")
+    except sqlite3.Error:
+        db.close()
+        raise
+    return db
+
+
+def _calls(db: sqlite3.Connection, stream: str | None) -> list[tuple[str, int | None]]:
+    """(stream id, ``streams`` row) of every recorded call with events, in order."""
+    rows = db.execute(
+        "SELECT stream, call FROM events GROUP BY stream, call ORDER BY MIN(rowid)"
+    ).fetchall()
+    return [(r[0], r[1]) for r in rows if stream is None or r[0] == stream]
 
 
 def _summarize_stream(stream: str, meta_row, events, alerts) -> dict:
@@ -305,37 +348,34 @@ def plot(path: str | Path, out: str | Path, stream: str | None = None, max_calls
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
+    db = _open_recording(Path(path))
     try:
-        streams = [
-            r[0]
-            for r in db.execute("SELECT stream FROM events GROUP BY stream ORDER BY MIN(rowid)")
-        ]
-        streams = [s for s in streams if stream is None or s == stream][:max_calls]
+        streams = _calls(db, stream)[:max_calls]
         if not streams:
             return 0
         fig, axes = plt.subplots(
             len(streams), 2, figsize=(12, 2.6 * len(streams)), squeeze=False, sharex="row"
         )
-        for row, s in zip(axes, streams, strict=True):
+        for row, (s, call) in zip(axes, streams, strict=True):
             tracks = [
                 r[0]
                 for r in db.execute(
-                    "SELECT DISTINCT track FROM events WHERE stream = ? ORDER BY track", (s,)
+                    f"SELECT DISTINCT track FROM events WHERE {_OF_CALL} ORDER BY track",
+                    (s, call),
                 )
             ]
             for track in tracks:
                 pts = db.execute(
-                    "SELECT t1, valence_smooth, arousal_smooth FROM events WHERE stream = ? "
+                    f"SELECT t1, valence_smooth, arousal_smooth FROM events WHERE {_OF_CALL} "
                     "AND track = ? AND valence_smooth IS NOT NULL ORDER BY seq",
-                    (s, track),
+                    (s, call, track),
                 ).fetchall()
                 if not pts:
                     continue
                 t, v, a = zip(*pts, strict=True)
                 row[0].plot(t, v, label=track)
                 row[1].plot(t, a, label=track)
-            for (t_alert,) in db.execute("SELECT t FROM alerts WHERE stream = ?", (s,)):
+            for (t_alert,) in db.execute(f"SELECT t FROM alerts WHERE {_OF_CALL}", (s, call)):
                 for ax in row:
                     ax.axvline(t_alert, color="red", linestyle="--", linewidth=1)
             for ax, name in zip(row, ("valence", "arousal"), strict=True):

@@ -22,6 +22,9 @@ from emotion_monitor.streamer.events import PROTOCOL_VERSION
 log = logging.getLogger(__name__)
 
 Listener = Callable[[list[dict]], None]
+#: Runs on the worker before listeners see a batch and returns the batch to publish, so what it
+#: adds (alerts) sits next to the events that caused it, before a ``stream_ended``.
+Processor = Callable[[list[dict]], list[dict]]
 
 
 class MonitorService:
@@ -39,6 +42,7 @@ class MonitorService:
         self._inbox_size = inbox_size
         self._cond = threading.Condition()
         self._listeners: list[tuple[Listener, asyncio.AbstractEventLoop | None]] = []
+        self._processors: list[Processor] = []
         self._streams: dict[str, dict] = {}  # stream id -> metadata, for open streams
         self._thread: threading.Thread | None = None
         self._running = False
@@ -73,6 +77,14 @@ class MonitorService:
 
     def remove_listener(self, fn: Listener) -> None:
         self._listeners = [(f, lp) for f, lp in self._listeners if f is not fn]
+
+    def add_processor(self, fn: Processor) -> None:
+        """Pass every batch through ``fn(messages) -> messages`` on the worker, in the order
+        added, before any listener sees it."""
+        self._processors.append(fn)
+
+    def remove_processor(self, fn: Processor) -> None:
+        self._processors = [f for f in self._processors if f is not fn]
 
     # -- streams ----------------------------------------------------------------------------
 
@@ -134,9 +146,16 @@ class MonitorService:
                 items = list(self._inbox)
                 self._inbox.clear()
             try:
-                self.publish(self._handle(items))
+                messages = self._handle(items)
             except Exception:  # keep serving every other stream; the traceback goes to the log
                 log.exception("inference worker failed on a batch")
+                continue
+            for process in list(self._processors):
+                try:
+                    messages = process(messages)
+                except Exception:  # the batch's own events still go out
+                    log.exception("message processor %r failed on a batch", process)
+            self.publish(messages)
 
     def _handle(self, items: list) -> list[dict]:
         messages: list[dict] = []
@@ -153,7 +172,7 @@ class MonitorService:
         return messages
 
     def publish(self, messages: list[dict]) -> None:
-        """Hand messages to every listener (the worker's events, and extras such as alerts)."""
+        """Hand messages to every listener, on its loop or on the calling thread."""
         if not messages:
             return
         for fn, loop in list(self._listeners):

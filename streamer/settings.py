@@ -10,12 +10,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
 from emotion_monitor.streamer.events import Event
 
 #: Comparison operators an alert condition may use.

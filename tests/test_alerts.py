@@ -13,12 +13,16 @@ from conftest import load_clip, ravdess_clip
 from emotion_monitor.streamer.alerts import (
     Alert,
     AlertEvaluator,
+    AlertMonitor,
     WebhookSender,
     load_alert_rules,
 )
+from emotion_monitor.streamer.engine import Engine
+from emotion_monitor.streamer.service import MonitorService
 from emotion_monitor.streamer.settings import CUSTOMER_FRUSTRATION, AlertRule, Settings
 from test_calls import (
     TIMEOUT,
+    LoudnessModel,
     real_model,  # noqa: F401  (fixture)
     running,
     test_settings,
@@ -241,6 +245,38 @@ async def test_alerts_reach_listeners_and_webhook_end_to_end():
     assert rx.bodies[0]["name"] == "loud_customer"
 
 
+def test_an_alert_raised_by_a_streams_last_events_comes_before_its_stream_ended():
+    # The whole call is queued before the worker starts, so its events, the alert they raise
+    # and stream_ended come out of one batch: a client that stops reading at stream_ended
+    # (subscribe(until_ended=True), Monitor.events(streams=...)) must still get the alert.
+    rule = AlertRule("loud", (("arousal_smooth", ">", 0.0),), min_duration=1.0)
+    service = MonitorService(Engine(LoudnessModel(), test_settings()))
+    alerts = AlertMonitor((rule,))
+    alerts.attach(service)
+    got, ended = [], threading.Event()
+
+    def listen(messages):
+        got.extend(messages)
+        if any(m["type"] == "stream_ended" for m in messages):
+            ended.set()
+
+    service.add_listener(listen)
+    loud = (np.random.default_rng(0).standard_normal(16000 * 4) * 0.3).astype(np.float32)
+    service.open_stream("s1")
+    service.push("s1", loud)
+    service.end_stream("s1")
+    service.start()
+    try:
+        assert ended.wait(TIMEOUT)
+    finally:
+        service.stop()
+    kinds = [m["type"] for m in got]
+    assert kinds.count("alert") == 1 and alerts.fired == 1
+    assert kinds.index("alert") < kinds.index("stream_ended")
+    alert = got[kinds.index("alert")]
+    assert got[kinds.index("alert") - 1]["t1"] == alert["t"]  # right after its event
+
+
 async def test_frustrated_customer_alert_with_the_default_model(real_model):  # noqa: F811
     # strong angry utterances in a row (~12 s) from the customer, a sad agent
     def run_of(emotion: str) -> np.ndarray:
@@ -291,3 +327,29 @@ def test_rules_on_class_probabilities(tmp_path):
     ]
     # a window without classes (no speech) does not hold
     assert ev.process([{**event(9.0), "classes_smooth": None}]) == []
+
+
+def test_webhook_survives_a_receiver_that_does_not_answer_http():
+    """A receiver answering garbage counts as a failed try; the sender thread lives on."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    answers = [b"garbage\r\n\r\n", b"HTTP/1.1 204 No Content\r\n\r\n"]
+
+    def serve():
+        for answer in answers:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+        sender = WebhookSender(url, retries=1, backoff=0.01)
+        sender.send({"type": "alert", "name": "x"})
+        sender.close(timeout=TIMEOUT)
+    finally:
+        listener.close()
+    assert sender.stats == {"sent": 1, "failed": 0, "dropped": 0, "attempts": 2}

@@ -179,3 +179,18 @@ async def test_monitor_analyze_converts_and_checks_the_audio():
         # nothing was opened or left subscribed: the one stream allowed is still free
         assert m.service.streams == {} and m._subscribers == []
         assert await arousal(angry) == mono
+
+
+async def test_analyze_returns_every_window_of_a_turn_longer_than_the_pending_queue():
+    """The engine holds at most max_pending_windows windows; analyze must not lose the rest."""
+    rng = np.random.default_rng(0)
+    customer = (0.1 * rng.standard_normal(16000 * 30)).astype(np.float32)
+    agent = customer[: 16000 * 12]
+    settings = test_settings(max_pending_windows=8)  # a 30 s turn has 57 windows
+    async with Monitor(model=LoudnessModel(), settings=settings) as m:
+        async with asyncio.timeout(TIMEOUT):
+            events = await m.analyze("long", {"customer": customer, "agent": agent})
+        assert m.service.engine.stats["windows_dropped"] == 0
+    for track, seconds in (("customer", 30), ("agent", 12)):
+        ends = [e.t1 for e in events if e.track == track]
+        assert ends == [2.0 + 0.5 * k for k in range(int((seconds - 2) / 0.5) + 1)]

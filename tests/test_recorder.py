@@ -186,3 +186,49 @@ def test_serve_flags_are_validated(tmp_path):
             settings_from_args(Settings(), parser.parse_args(bad))
     s = settings_from_args(Settings(), parser.parse_args(["--webhook", "https://x/hook"]))
     assert s.webhook_url == "https://x/hook"
+
+
+async def test_calls_that_reuse_a_stream_id_are_reported_apart(tmp_path, capsys):
+    """A second <Stream> of a Twilio call (or an AudioHook conversation after a transfer)
+    comes back with the same stream id: report must not merge it into the first call."""
+    db = tmp_path / "calls.sqlite"
+    angry, sad = clips()
+    rule = AlertRule("talking", (("t1", ">=", 0.0),), 0.3, "customer")
+    async with running(settings=test_settings(record=str(db), alerts=(rule,))) as (server, col):
+        await twilio_call(server, "CA1", angry, None)
+        await col.ended(["CA1"])
+        first_life = len(col.of_type("event"))
+        await twilio_call(server, "CA1", np.tile(sad, 3), None)
+        await col.wait_for(lambda: len(col.of_type("stream_ended")) == 2)
+    first, second = recorder.summarize(db, "CA1")
+    assert first["tracks"]["customer"]["events"] == first_life
+    assert second["tracks"]["customer"]["events"] == len(col.of_type("event")) - first_life
+    assert first["duration"] == pytest.approx(len(angry) / 16000, abs=0.01)
+    assert second["duration"] == pytest.approx(3 * len(sad) / 16000, abs=0.01)
+    assert len(first["alerts"]) == len(second["alerts"]) == 1
+    assert cli_main(["report", str(db), "--plot", str(tmp_path / "t.png")]) == 0
+    assert capsys.readouterr().out.count("call CA1") == 2
+
+
+def test_report_reads_recordings_made_before_calls_were_told_apart(tmp_path):
+    """Files written without the events.call column still report, one summary per id."""
+    db = tmp_path / "old.sqlite"
+    con = sqlite3.connect(db)
+    con.executescript(
+        "CREATE TABLE streams (id INTEGER PRIMARY KEY, stream TEXT NOT NULL, started REAL, "
+        "ended REAL, meta TEXT);"
+        "CREATE TABLE events (stream TEXT NOT NULL, track TEXT NOT NULL, seq INTEGER, t0 REAL, "
+        "t1 REAL, speech INTEGER, valence REAL, arousal REAL, valence_smooth REAL, "
+        "arousal_smooth REAL, label TEXT, label_smooth TEXT, quadrant TEXT, latency_ms REAL, "
+        "data TEXT);"
+        "CREATE TABLE alerts (stream TEXT NOT NULL, track TEXT, name TEXT, t REAL, since REAL, "
+        "time REAL, data TEXT);"
+        "INSERT INTO streams VALUES (1, 'CA1', 1.0, 2.0, '{}');"
+        "INSERT INTO events VALUES ('CA1', 'customer', 0, 0.0, 2.0, 1, 0.1, 0.2, 0.1, 0.2, "
+        "'calm', 'calm', 'CALM', 5.0, '{}');"
+        "INSERT INTO alerts VALUES ('CA1', 'customer', 'x', 2.0, 1.0, 2.0, '{}');"
+    )
+    con.commit()
+    con.close()
+    [call] = recorder.summarize(db)
+    assert call["tracks"]["customer"]["events"] == 1 and len(call["alerts"]) == 1
