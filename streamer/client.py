@@ -77,8 +77,9 @@ async def subscribe(
                 await ws.send(
                     json.dumps({"type": "subscribe", "v": PROTOCOL_VERSION, "streams": wanted})
                 )
-                backoff = 0.5
                 async for raw in ws:
+                    # reset only once the server talks: one that is full accepts, then closes
+                    backoff = 0.5
                     msg = json.loads(raw)
                     kind = msg.get("type")
                     stream = msg.get("stream")

@@ -31,15 +31,19 @@ class MonitorService:
     """Runs an :class:`Engine` on a worker thread and broadcasts its messages.
 
     Messages are protocol-v1 dicts: ``event`` (see :class:`Event`), ``stream_started`` and
-    ``stream_ended``. The inbox is bounded: when it is full the oldest audio chunk is dropped
-    and counted in ``stats["chunks_dropped"]`` (the engine's own pending-window queue is
-    bounded the same way), so a slow model never makes memory grow.
+    ``stream_ended``. The inbox is bounded twice, by chunks (``inbox_size``) and by audio
+    (``inbox_seconds`` of 16 kHz samples over all streams): beyond either, the oldest audio chunk
+    is dropped and counted in ``stats["chunks_dropped"]`` (a stream's start and end are never
+    dropped; the engine's own pending-window queue is bounded the same way), so a slow model
+    never makes memory grow, however large the chunks.
     """
 
-    def __init__(self, engine: Engine, inbox_size: int = 8192):
+    def __init__(self, engine: Engine, inbox_size: int = 8192, inbox_seconds: float = 600.0):
         self.engine = engine
         self._inbox: deque = deque()
         self._inbox_size = inbox_size
+        self._inbox_max_samples = int(inbox_seconds * 16000)
+        self._inbox_samples = 0  # audio samples waiting in the inbox
         self._cond = threading.Condition()
         self._listeners: list[tuple[Listener, asyncio.AbstractEventLoop | None]] = []
         self._processors: list[Processor] = []
@@ -119,11 +123,23 @@ class MonitorService:
         with self._cond:
             if stream not in self._streams:
                 raise KeyError(f"stream {stream!r} is not open; call open_stream first")
-            if len(self._inbox) >= self._inbox_size:
-                self._inbox.popleft()
-                self.stats["chunks_dropped"] += 1
-            self._inbox.append(("audio", stream, track, np.asarray(samples, np.float32)))
+            samples = np.asarray(samples, np.float32)
+            self._inbox.append(("audio", stream, track, samples))
+            self._inbox_samples += len(samples)
+            while (
+                len(self._inbox) > self._inbox_size or self._inbox_samples > self._inbox_max_samples
+            ) and self._drop_oldest_audio():
+                pass
             self._cond.notify()
+
+    def _drop_oldest_audio(self) -> bool:
+        for i, item in enumerate(self._inbox):
+            if item[0] == "audio":
+                del self._inbox[i]
+                self._inbox_samples -= len(item[3])
+                self.stats["chunks_dropped"] += 1
+                return True
+        return False
 
     def end_stream(self, stream: str) -> None:
         """Analyse the rest of a stream, announce its end and free its state."""
@@ -145,6 +161,7 @@ class MonitorService:
                     return
                 items = list(self._inbox)
                 self._inbox.clear()
+                self._inbox_samples = 0
             try:
                 messages = self._handle(items)
             except Exception:  # keep serving every other stream; the traceback goes to the log

@@ -310,3 +310,24 @@ def test_callstream_coalesces_packets_but_never_holds_back_a_window_end():
     call.push("customer", np.zeros(100, np.float32), 16000)
     call.close()
     assert pushes[-1] == ("end", 0) and sum(n for _, n in pushes) == 48100
+
+
+def test_service_inbox_is_bounded_by_audio_and_keeps_stream_start_and_end():
+    # A worker that fell behind (here: not started yet) while a client sends large chunks: the
+    # inbox keeps at most inbox_seconds of audio, dropping the oldest chunks, and never a
+    # stream's start or end, so the stream still opens and ends once the worker runs.
+    service = MonitorService(Engine(LoudnessModel(), test_settings()), inbox_seconds=10.0)
+    got = []
+    service.add_listener(got.extend)
+    service.open_stream("big")
+    chunk = np.full(16000 * 4, 0.1, np.float32)  # 4 s per chunk
+    for _ in range(10):
+        service.push("big", chunk)
+    service.end_stream("big")
+    assert service.stats["chunks_dropped"] == 8  # 40 s sent, 8 s (two chunks) kept
+    service.start()
+    service.stop()
+    kinds = [m["type"] for m in got]
+    assert kinds[0] == "stream_started" and kinds[-1] == "stream_ended"
+    events = [m for m in got if m["type"] == "event"]
+    assert events and events[-1]["t1"] <= 8.0  # only the kept 8 s were analysed

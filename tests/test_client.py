@@ -61,6 +61,32 @@ async def test_subscribe_reconnects_after_server_restart():
     assert [e.seq for e in events] == list(range(len(events))) and events
 
 
+async def test_subscribe_backs_off_from_a_server_that_accepts_then_closes(caplog):
+    # A full server accepts the connection, then closes it (1013, try again later): the client
+    # must wait longer each time, not reconnect every 0.5 s.
+    import websockets
+
+    accepted = asyncio.Event()
+    count = 0
+
+    async def full(ws):
+        nonlocal count
+        count += 1
+        if count == 3:
+            accepted.set()
+        await ws.recv()  # the client's subscribe: the connection was fully open
+        await ws.close(1013, "server full")
+
+    async with websockets.serve(full, "127.0.0.1", 0) as srv:
+        url = f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}/ws"
+        task = asyncio.create_task(collect(url, ["X"]))
+        with caplog.at_level("WARNING", logger="emotion_monitor.streamer.client"):
+            await asyncio.wait_for(accepted.wait(), TIMEOUT)
+            task.cancel()
+    delays = [r.args[-1] for r in caplog.records if "reconnecting" in r.getMessage()]
+    assert delays[:2] == [0.5, 1.0]
+
+
 async def test_subscribe_without_reconnect_raises():
     with pytest.raises(OSError):
         async for _ in subscribe("ws://127.0.0.1:9/ws", reconnect=False, open_timeout=2):
