@@ -132,6 +132,64 @@ def read_json(path: Path) -> dict:
     return data
 
 
+#: Parameters a checkpoint may lack without changing inference: wav2vec2's mask embedding is used
+#: only for training-time masking, and older checkpoints were saved without it.
+UNUSED_AT_INFERENCE = ("masked_spec_embed",)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (library errors can run to pages)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def weight_files(path: str | Path) -> str:
+    """``DIR (its weight files)`` for error messages; just the name for a hub id."""
+    if not Path(path).is_dir():
+        return str(path)
+    files = sorted(p.name for p in Path(path).iterdir() if p.suffix in (".safetensors", ".bin"))
+    return f"{path} ({', '.join(files) or 'no weights file'})"
+
+
+def from_pretrained_checked(cls, location: str | Path, what: str):
+    """``cls.from_pretrained(location)`` offline, refusing weights that do not fit the config.
+
+    transformers initialises missing or wrongly shaped parameters at random and only logs it,
+    which would serve a model that outputs noise; here any such tensor is a ModelError naming the
+    files. Corrupt or truncated files are a ModelError too (safetensors raises its own type).
+    """
+    where = weight_files(location)
+    config = Path(location) / "config.json"
+    if Path(location).is_dir() and not config.is_file():  # transformers would use defaults
+        raise ModelError(f"{config}: missing (the {what} checkpoint's architecture)")
+    try:
+        model, info = cls.from_pretrained(
+            str(location),
+            local_files_only=True,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,  # reported below, with the shapes
+        )
+    except Exception as exc:  # OSError, ValueError, SafetensorError, torch's unpickling errors
+        raise ModelError(f"{where}: cannot load the {what} weights ({first_line(exc)})") from exc
+    mismatched = sorted(info.get("mismatched_keys") or [], key=lambda m: m[0])
+    if mismatched:
+        shapes = "; ".join(f"{k}: file {list(a)}, config {list(b)}" for k, a, b in mismatched[:4])
+        raise ModelError(
+            f"{where}: the {what} weights do not fit {config} ({shapes}); does that config "
+            "(its sizes, its id2label / num_labels) belong to these weights?"
+        )
+    missing = sorted(
+        k for k in info.get("missing_keys") or [] if not k.endswith(UNUSED_AT_INFERENCE)
+    )
+    if missing:
+        raise ModelError(
+            f"{where}: the {what} weights lack {len(missing)} parameters of the model its "
+            f"config.json describes (e.g. {', '.join(missing[:4])}); the file is incomplete or "
+            "from another model"
+        )
+    return model
+
+
 @dataclass
 class ExportPlan:
     """What :mod:`adapter_export` needs to write an adapter to ONNX.

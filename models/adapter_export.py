@@ -29,8 +29,9 @@ def export_adapter(spec: str, out_dir: str | Path) -> Path:
     model = load_model(spec, device="cpu")
     if not hasattr(model, "export_plan"):
         raise ModelError(
-            f"{spec}: {type(model).__name__} has no adapter export; "
-            "the default model is exported by `emotion-monitor export` itself"
+            f"{spec}: {model.name} is not a torch adapter, so there is nothing to export here "
+            "(an onnx: directory is already exported, a heads folder already holds ONNX heads; "
+            "the default model is exported by `emotion-monitor export` without --model)"
         )
     plan = model.export_plan()
     out = Path(out_dir)

@@ -15,6 +15,7 @@ from emotion_monitor.models.adapter_common import (
     ExportPlan,
     GroupedAdapter,
     class_predictions,
+    from_pretrained_checked,
     normalise_labels,
     resolve_torch_device,
 )
@@ -121,9 +122,11 @@ def load_hf_classifier(location: str, device: str = "auto") -> HFAudioClassifier
     from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClassification
 
     local = Path(location).is_dir()
+    if not local and location.startswith(("/", "./", "../", "~")):  # a path, not a hub id
+        raise ModelError(f"{location}: no such model directory")
     try:
         config = AutoConfig.from_pretrained(location, local_files_only=True)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a config.json without model_type
         if local:
             raise ModelError(
                 f"{location}: not a Hugging Face checkpoint directory ({exc})"
@@ -151,8 +154,8 @@ def load_hf_classifier(location: str, device: str = "auto") -> HFAudioClassifier
             f"only {SAMPLE_RATE} Hz checkpoints are supported"
         )
     dev = resolve_torch_device(device)
+    model = from_pretrained_checked(AutoModelForAudioClassification, location, "model")
     try:
-        model = AutoModelForAudioClassification.from_pretrained(location, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{location}: cannot load the model weights ({exc})") from exc
-    return HFAudioClassifier(model.to(dev).eval(), extractor, str(location), dev)
+        return HFAudioClassifier(model.to(dev).eval(), extractor, str(location), dev)
+    except ModelError as exc:  # labels from id2label
+        raise ModelError(f"{Path(location) / 'config.json'}: {exc}") from exc

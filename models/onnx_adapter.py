@@ -106,4 +106,25 @@ def load_onnx_model(location: str, device: str = "auto") -> OnnxAdapterModel:
             raise ModelError(f"{root}: missing the saved feature extractor ({exc})") from exc
     # Explicit providers, checked after creation (ORT falls back to the CPU silently).
     session, provider = create_session(root / meta.get("file", "model.onnx"), device)
+    _check_signature(session, meta, root / "onnx_model.json")
     return OnnxAdapterModel(session, meta, str(root), provider, extractor)
+
+
+def _check_signature(session, meta: dict, meta_path: Path) -> None:
+    """Refuse at load, not at the first window, an onnx_model.json that does not fit the graph."""
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    name = meta.get("input", next(iter(inputs)))
+    if name not in inputs:
+        raise ModelError(f"{meta_path}: input {name!r} is not in the graph (it has {list(inputs)})")
+    out = session.get_outputs()[0].shape
+    width = 2 if meta["outputs"] == "valence_arousal" else len(meta.get("labels", ()))
+    if out and isinstance(out[-1], int) and out[-1] != width:
+        wanted = "2 (valence, arousal)" if meta["outputs"] == "valence_arousal" else width
+        raise ModelError(
+            f"{meta_path}: the graph outputs {out[-1]} values per window; its outputs/labels "
+            f"need {wanted}"
+        )
+    size = meta["preprocess"].get("image_size")
+    shape = inputs[name]
+    if meta["preprocess"]["kind"] == "vit_mel" and len(shape) == 4 and shape[2:] != [size, size]:
+        raise ModelError(f"{meta_path}: image_size {size} but the graph takes {shape[2:]} images")

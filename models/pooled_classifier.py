@@ -35,6 +35,7 @@ from emotion_monitor.models.adapter_common import (
     ExportPlan,
     GroupedAdapter,
     class_predictions,
+    from_pretrained_checked,
     read_json,
     resolve_torch_device,
     zero_mean_unit_var,
@@ -65,8 +66,11 @@ def load_scaler(path: Path) -> tuple[np.ndarray, np.ndarray]:
         data = read_json(path)
     if "mean" not in data or "scale" not in data:
         raise ModelError(f"{path}: a scaler needs 'mean' and 'scale'")
-    mean = np.asarray(data["mean"], dtype=np.float32).reshape(-1)
-    scale = np.asarray(data["scale"], dtype=np.float32).reshape(-1)
+    try:
+        mean = np.asarray(data["mean"], dtype=np.float32).reshape(-1)
+        scale = np.asarray(data["scale"], dtype=np.float32).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"{path}: 'mean' and 'scale' must be lists of numbers ({exc})") from exc
     if mean.shape != scale.shape or np.any(scale == 0):
         raise ModelError(f"{path}: mean and scale must have the same length and no zero scale")
     return mean, scale
@@ -215,10 +219,11 @@ def load_pooled_classifier(location: str, device: str = "auto") -> PooledClassif
     mean, scale = load_scaler(root / cfg["scaler"])
 
     w2v_dir = root / cfg["wav2vec2"]
-    try:
-        encoder = Wav2Vec2Model.from_pretrained(str(w2v_dir), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{w2v_dir}: cannot load the wav2vec2 checkpoint ({exc})") from exc
+    if not w2v_dir.is_dir():  # else transformers would take the name for a hub id
+        raise ModelError(
+            f"{root / 'pooled_config.json'}: its wav2vec2 checkpoint directory {w2v_dir} is missing"
+        )
+    encoder = from_pretrained_checked(Wav2Vec2Model, w2v_dir, "wav2vec2")
     layers = [int(i) for i in cfg["layers"]]
     n_states = encoder.config.num_hidden_layers + 1
     if not layers or any(not -n_states <= i < n_states for i in layers):

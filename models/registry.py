@@ -62,6 +62,8 @@ def parse_spec(spec: str | None) -> tuple[str, str | None]:
             f"'default' takes no location (got {spec!r}); load a trained folder with heads:DIR"
         )
     if sep and kind in KINDS:
+        if not rest.strip():
+            raise ModelError(f"{spec!r}: give the model directory after {kind + ':'!r}")
         return kind, rest
     path = Path(spec)
     if path.is_dir():

@@ -34,6 +34,7 @@ import numpy as np
 from emotion_monitor.models.adapter_common import (
     ExportPlan,
     GroupedAdapter,
+    first_line,
     resolve_torch_device,
     va_predictions,
 )
@@ -202,6 +203,8 @@ def load_vit_va(location: str, device: str = "auto") -> ViTValenceArousalModel:
     weights = sorted(path.glob("*.pth"))
     if len(weights) != 1:
         raise ModelError(f"{location}: expected exactly one .pth state dict, found {len(weights)}")
+    if not (path / "config.json").is_file():  # ViTConfig would fall back to ViT-base defaults
+        raise ModelError(f"{path / 'config.json'}: missing (the ViT config of the .pth)")
     try:
         config = ViTConfig.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
@@ -209,11 +212,18 @@ def load_vit_va(location: str, device: str = "auto") -> ViTValenceArousalModel:
     try:
         state = torch.load(weights[0], map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for bad files
-        raise ModelError(f"{weights[0]}: not a plain tensor state dict ({exc})") from exc
+        raise ModelError(
+            f"{weights[0]}: cannot be read as a plain tensor state dict; truncated, corrupt or "
+            f"holding pickled code? ({first_line(exc)})"
+        ) from exc
     if not isinstance(state, dict):
         raise ModelError(f"{weights[0]}: expected a state dict, found {type(state).__name__}")
     module = build_module(config)
-    result = module.load_state_dict(_clean_state_dict(state), strict=False)
+    try:
+        result = module.load_state_dict(_clean_state_dict(state), strict=False)
+    except RuntimeError as exc:  # shapes that do not fit the config (strict=False still checks)
+        detail = "; ".join(str(exc).splitlines()[1:4]).strip()
+        raise ModelError(f"{weights[0]}: does not fit {path / 'config.json'} ({detail})") from exc
     if result.missing_keys or result.unexpected_keys:
         raise ModelError(
             f"{weights[0]}: does not match ViT + head (missing {result.missing_keys[:5]}, "

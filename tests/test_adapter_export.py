@@ -80,3 +80,32 @@ def test_bad_onnx_dir(tmp_path):
     (tmp_path / "onnx_model.json").write_text(json.dumps({"format": 99}))
     with pytest.raises(ModelError, match="unsupported format 99"):
         load_model(str(tmp_path), device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("kind", "edit", "message"),
+    [
+        ("wav2vec2", {"labels": ["angry", "happy", "neutral"]}, "outputs 4 values.*need 3"),
+        ("wav2vec2", {"input": "pixel_values"}, "input 'pixel_values' is not in the graph"),
+        ("vit-va", {"image_size": 96}, r"image_size 96 but the graph takes \[224, 224\]"),
+    ],
+    ids=["label-count", "input-name", "image-size"],
+)
+def test_onnx_meta_must_fit_graph(tmp_path, exported, kind, edit, message):
+    """A hand-edited onnx_model.json is refused at load, not by ORT at the first window."""
+    import shutil
+
+    root = shutil.copytree(exported(kind), tmp_path / "m")
+    meta = json.loads((root / "onnx_model.json").read_text())
+    if "image_size" in edit:
+        meta["preprocess"].update(edit)
+    else:
+        meta.update(edit)
+    (root / "onnx_model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match=message):
+        load_model("onnx:" + str(root), device="cpu")
+
+
+def test_export_of_an_export_says_so(exported, tmp_path):
+    with pytest.raises(ModelError, match="already exported"):
+        export_adapter(str(exported("wav2vec2")), tmp_path / "again")

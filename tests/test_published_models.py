@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -154,3 +155,99 @@ def test_mel_image(speech):
     assert grey.min() < 0.05 and grey.max() > 0.9  # min-max scaling spans the range
     # Speech has more energy in low than in the top mel bands (row 0 = lowest band).
     assert grey[0, :40].mean() > grey[0, -40:].mean()
+
+
+def _truncate(path, keep: int = 5000) -> None:
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+def _drop_tensors(path, prefix: str) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(path))
+    save_file({k: v for k, v in state.items() if prefix not in k}, str(path), {"format": "pt"})
+
+
+def _set_labels(root, labels) -> None:
+    cfg = json.loads((root / "config.json").read_text())
+    cfg["id2label"] = {str(i): lab for i, lab in enumerate(labels)}
+    cfg["label2id"] = {lab: i for i, lab in enumerate(labels)}
+    (root / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: _truncate(d / "model.safetensors"), r"model\.safetensors.*cannot load"),
+        # transformers would initialise the missing head at random and serve noise
+        (lambda d: _drop_tensors(d / "model.safetensors", "classifier."), "lack 2 param"),
+        (
+            lambda d: _set_labels(d, ["ang", "hap", "neu", "sad", "fru"]),
+            r"classifier.*\[4\].*\[5\]",
+        ),
+        (lambda d: _set_labels(d, ["Happy", "happy", "neu", "sad"]), r"config\.json: duplicate"),
+    ],
+    ids=["truncated", "missing-head", "five-labels", "duplicate-labels"],
+)
+def test_hf_refuses_damaged_checkpoint(tmp_path, published, damage, message):
+    root = shutil.copytree(published("wav2vec2"), tmp_path / "m")
+    damage(root)
+    with pytest.raises(ModelError, match=message):
+        load_model("hf:" + str(root), device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (
+            lambda d: shutil.rmtree(d / "w2v"),
+            r"checkpoint directory .*w2v is missing",
+        ),
+        (lambda d: (d / "w2v" / "config.json").unlink(), r"w2v/config\.json: missing"),
+        (lambda d: _truncate(d / "w2v" / "model.safetensors"), r"w2v.*cannot load the wav2vec2"),
+        (
+            lambda d: _drop_tensors(d / "w2v" / "model.safetensors", "encoder.layers.1."),
+            "lack 16 param",
+        ),
+        (
+            lambda d: (d / "scaler.json").write_text('{"mean": [1, 2], "scale": "x"}'),
+            r"scaler\.json: 'mean' and 'scale' must be lists of numbers",
+        ),
+    ],
+    ids=["no-wav2vec2", "no-wav2vec2-config", "truncated-wav2vec2", "partial-wav2vec2", "scaler"],
+)
+def test_pooled_refuses_damaged_checkpoint(tmp_path, damage, message):
+    root = make_pooled(tmp_path / "m")
+    damage(root)
+    with pytest.raises(ModelError, match=message):
+        load_model(str(root), device="cpu")
+
+
+def test_vit_refuses_config_that_does_not_fit(tmp_path):
+    root = make_vit_va(tmp_path / "m")
+    _truncate(root / "vit_va.pth")
+    with pytest.raises(ModelError, match=r"vit_va\.pth: cannot be read .*truncated"):
+        load_model(str(root), device="cpu")
+
+    root = make_vit_va(tmp_path / "n")
+    cfg = json.loads((root / "config.json").read_text())
+    (root / "config.json").write_text(json.dumps({**cfg, "hidden_size": 64}))
+    with pytest.raises(
+        ModelError, match=r"vit_va\.pth: does not fit .*config\.json.*size mismatch"
+    ):
+        load_model(str(root), device="cpu")
+    # Without its config, ViTConfig would silently describe ViT-base.
+    (root / "config.json").unlink()
+    with pytest.raises(ModelError, match=r"config\.json: missing"):
+        load_model("vit-va:" + str(root), device="cpu")
+
+
+def test_spec_errors_name_the_problem(tmp_path, published):
+    with pytest.raises(ModelError, match="give the model directory after 'vit-va:'"):
+        load_model("vit-va:", device="cpu")
+    # Written as a path: not offered as a hub id to download elsewhere.
+    with pytest.raises(ModelError, match="no such model directory"):
+        load_model("hf:" + str(tmp_path / "absent"), device="cpu")
+    # A directory that is not an HF checkpoint (pooled_config.json, no model_type).
+    with pytest.raises(ModelError, match="not a Hugging Face checkpoint directory"):
+        load_model("hf:" + str(published("pooled")), device="cpu")
