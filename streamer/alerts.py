@@ -8,7 +8,7 @@ Alert messages are protocol-v1 dicts::
 
     {"type": "alert", "v": 1, "stream": "CA12", "track": "customer",
      "name": "customer_frustration", "t": 12.5, "since": 7.5,
-     "values": {"arousal_smooth": 0.62, "valence_smooth": -0.41}, "time": 1700000000.0}
+     "values": {"classes_smooth.angry": 0.83}, "time": 1700000000.0}
 
 They reach the same listeners as events (``/ws`` clients, the recorder, the in-process API)
 and, when a webhook URL is set, are POSTed as JSON by a background thread with bounded retries
@@ -33,6 +33,8 @@ from typing import Any
 
 from emotion_monitor.streamer.events import PROTOCOL_VERSION
 from emotion_monitor.streamer.settings import (
+    CUSTOMER_FRUSTRATION,
+    CUSTOMER_FRUSTRATION_VA,
     OPERATORS,
     AlertRule,
     condition_value,
@@ -75,7 +77,7 @@ def load_alert_rules(path: str | Path) -> tuple[AlertRule, ...]:
         name = "customer_frustration"
         track = "customer"
         min_duration = 5.0
-        conditions = { arousal_smooth = [">", 0.4], valence_smooth = ["<", -0.3] }
+        conditions = { "classes_smooth.angry" = [">", 0.4] }
 
     A table's keys are ``name``, ``conditions``, ``min_duration`` and ``track``; a condition
     compares one of :data:`~emotion_monitor.streamer.settings.CONDITION_FIELDS`. Anything else
@@ -96,6 +98,50 @@ def load_alert_rules(path: str | Path) -> tuple[AlertRule, ...]:
     if not rules:
         raise ValueError(f"{path}: no [[alerts]] tables found")
     return rules
+
+
+#: Condition fields only a model with valence/arousal outputs fills.
+VALENCE_AROUSAL_FIELDS = ("valence", "arousal", "valence_smooth", "arousal_smooth")
+
+
+def fit_rules_to_model(rules: Iterable[AlertRule], model: Any) -> tuple[AlertRule, ...]:
+    """The rules, checked against what ``model`` (an ``EmotionModel``) outputs.
+
+    A rule comparing an output the model lacks would never fire, so it raises ``ValueError``
+    naming the rule, the field and the model's outputs. The default rule is the exception: on a
+    model without an angry class it becomes :data:`CUSTOMER_FRUSTRATION_VA`, and it is left out
+    (with a warning) when the model has neither.
+    """
+
+    def lacks(rule: AlertRule) -> str | None:
+        for name, _, _ in rule.conditions:
+            group, dot, label = name.partition(".")
+            if (dot and label not in model.labels) or (
+                name in VALENCE_AROUSAL_FIELDS and not model.has_valence_arousal
+            ):
+                return name
+        return None
+
+    out = []
+    for rule in rules:
+        if rule == CUSTOMER_FRUSTRATION and lacks(rule):
+            rule = CUSTOMER_FRUSTRATION_VA
+            if lacks(rule):
+                log.warning(
+                    "model %s has no angry class nor valence/arousal: no default alert", model.name
+                )
+                continue
+        missing = lacks(rule)
+        if missing:
+            outputs = [f"classes.{label}" for label in model.labels]
+            if model.has_valence_arousal:
+                outputs += VALENCE_AROUSAL_FIELDS
+            raise ValueError(
+                f"alert rule {rule.name!r} compares {missing}, which model {model.name} does not "
+                f"output (it outputs: {', '.join(outputs) or 'no classes, no valence/arousal'})"
+            )
+        out.append(rule)
+    return tuple(out)
 
 
 class AlertEvaluator:
@@ -284,7 +330,11 @@ class AlertMonitor:
         self.fired = 0
 
     def attach(self, service: Any) -> None:
-        """Process every batch of ``service`` (a :class:`MonitorService`)."""
+        """Process every batch of ``service`` (a :class:`MonitorService`), with the rules fitted
+        to its model (:func:`fit_rules_to_model`, whose ``ValueError`` this raises)."""
+        self.evaluator = AlertEvaluator(
+            fit_rules_to_model(self.evaluator.rules, service.engine.model)
+        )
         self._service = service
         service.add_processor(self._process)
 

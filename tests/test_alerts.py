@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,11 +14,17 @@ from emotion_monitor.streamer.alerts import (
     AlertEvaluator,
     AlertMonitor,
     WebhookSender,
+    fit_rules_to_model,
     load_alert_rules,
 )
 from emotion_monitor.streamer.engine import Engine
 from emotion_monitor.streamer.service import MonitorService
-from emotion_monitor.streamer.settings import CUSTOMER_FRUSTRATION, AlertRule, Settings
+from emotion_monitor.streamer.settings import (
+    CUSTOMER_FRUSTRATION,
+    CUSTOMER_FRUSTRATION_VA,
+    AlertRule,
+    Settings,
+)
 from test_calls import (
     TIMEOUT,
     LoudnessModel,
@@ -44,7 +49,7 @@ def event(t1: float, track: str = "customer", stream: str = "c1", v=-0.5, a=0.7)
 
 
 def test_fires_once_after_min_duration_per_track_and_rearms():
-    ev = AlertEvaluator([CUSTOMER_FRUSTRATION])
+    ev = AlertEvaluator([CUSTOMER_FRUSTRATION_VA])
     fired = []
     for i in range(4, 30):  # t1 = 2.0 .. 14.5 in 0.5 s hops, frustrated the whole time
         t1 = i / 2
@@ -64,7 +69,7 @@ def test_fires_once_after_min_duration_per_track_and_rearms():
 
 
 def test_missing_values_and_other_streams_do_not_mix():
-    ev = AlertEvaluator([CUSTOMER_FRUSTRATION])
+    ev = AlertEvaluator([CUSTOMER_FRUSTRATION_VA])
     msgs = []
     for i in range(0, 30):
         t1 = 2 + i / 2
@@ -286,13 +291,7 @@ async def test_frustrated_customer_alert_with_the_default_model(real_model):  # 
         )
 
     angry, sad = run_of("angry"), run_of("sad")
-    # The default model (heads v2) puts strong acted anger at smoothed arousal 0.45-0.7, right
-    # at the default rule's 0.5; the test uses 0.35 so it checks the pipeline, not calibration.
-    rule = dataclasses.replace(
-        CUSTOMER_FRUSTRATION,
-        conditions=(("arousal_smooth", ">", 0.35), ("valence_smooth", "<", -0.3)),
-    )
-    settings = Settings(host="127.0.0.1", port=0, alerts=(rule,))
+    settings = Settings(host="127.0.0.1", port=0, alerts=(CUSTOMER_FRUSTRATION,))
     async with running(real_model, settings) as (server, col):
         await twilio_call(server, "CA-angry", angry, sad)
         await col.ended(["CA-angry"])
@@ -327,6 +326,26 @@ def test_rules_on_class_probabilities(tmp_path):
     ]
     # a window without classes (no speech) does not hold
     assert ev.process([{**event(9.0), "classes_smooth": None}]) == []
+
+
+def test_rules_are_fitted_to_what_the_model_outputs(real_model):  # noqa: F811
+    # the shipped model has an angry class: the default rule stays as it is
+    assert fit_rules_to_model([CUSTOMER_FRUSTRATION], real_model) == (CUSTOMER_FRUSTRATION,)
+    # valence/arousal only: the default rule falls back to its valence/arousal form
+    va_only = LoudnessModel()
+    assert fit_rules_to_model([CUSTOMER_FRUSTRATION], va_only) == (CUSTOMER_FRUSTRATION_VA,)
+    # a rule of the user's that could never fire is refused, naming what the model gives
+    anger = AlertRule("anger", (("classes.angry", ">", 0.5),))
+    with pytest.raises(ValueError) as err:
+        fit_rules_to_model([anger], va_only)
+    assert str(err.value) == (
+        "alert rule 'anger' compares classes.angry, which model loudness does not output "
+        "(it outputs: valence, arousal, valence_smooth, arousal_smooth)"
+    )
+    # a model with neither output keeps no default rule (it would never fire)
+    nothing = LoudnessModel()
+    nothing.has_valence_arousal = False
+    assert fit_rules_to_model([CUSTOMER_FRUSTRATION], nothing) == ()
 
 
 def test_webhook_survives_a_receiver_that_does_not_answer_http():
