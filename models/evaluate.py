@@ -285,7 +285,8 @@ def evaluate(
                 f"{manifest}: no rows with split {split!r} (the split column holds: "
                 f"{', '.join(present)})"
             )
-    skipped_labels = Counter(r.emotion for r in rows if r.emotion not in use)
+    # a model without classes (valence/arousal only) scores every row: nothing is skipped
+    skipped_labels = Counter(r.emotion for r in rows if r.emotion not in use) if use else Counter()
     rows = [r for r in rows if r.emotion in use] if use else rows
     problems: list[str] = []
     true: list[str] = []

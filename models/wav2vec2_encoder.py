@@ -19,8 +19,10 @@ def load_wav2vec2(spec: str, device: str = "cpu"):
 
     For ``*ForSequenceClassification`` / ``*ForCTC`` checkpoints the base encoder inside is used.
     ``normalise_input`` says whether the checkpoint expects zero-mean unit-variance input (read
-    from its feature-extractor config; wav2vec2-base does not, XLS-R does).
+    from its feature-extractor config; wav2vec2-base does not, XLS-R does). Weights that lack
+    tensors of the encoder or hold tensors of other shapes are a ModelError naming the files.
     """
+    from emotion_monitor.models.adapter_common import from_pretrained_checked
     from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
     try:
@@ -30,10 +32,9 @@ def load_wav2vec2(spec: str, device: str = "cpu"):
         raise ModelError(
             f"{spec}: cannot load a transformers config from this {where}: {exc}"
         ) from exc
-    try:
-        model = AutoModel.from_pretrained(spec, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{spec}: cannot load the model weights ({exc})") from exc
+    # transformers fills missing or mis-shaped tensors with random values and only logs it: the
+    # encoder would then embed noise, and heads trained or served on it would be silently wrong
+    model = from_pretrained_checked(AutoModel, spec, "wav2vec2 encoder")
     try:
         fe = AutoFeatureExtractor.from_pretrained(spec, local_files_only=True)
         normalise = bool(getattr(fe, "do_normalize", True))

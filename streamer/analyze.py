@@ -24,13 +24,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 from emotion_monitor.streamer.audio import (
     SAMPLE_RATE,
     AudioError,
+    check_file_rate,
     ffmpeg_decode_cmd,
     resample,
     to_mono,
@@ -80,6 +81,10 @@ def decode_upload(
         f = None
     if f is not None:
         with f:
+            try:
+                check_file_rate(filename, f.samplerate)
+            except AudioError as exc:
+                raise UploadError(str(exc)) from None
             if f.frames / f.samplerate > max_seconds:
                 raise UploadError(too_long)
             samples = resample(to_mono(f.read(dtype="float32", always_2d=True)), f.samplerate)
@@ -109,6 +114,24 @@ def _ffmpeg_decode_bytes(data: bytes, filename: str, max_seconds: float) -> np.n
         reason = lines[-1].replace(tmp.name, filename) if lines else "ffmpeg failed"
         raise UploadError(f"{filename}: cannot decode this audio ({reason})")
     return np.frombuffer(proc.stdout[: len(proc.stdout) // 4 * 4], dtype="<f4").copy()
+
+
+def min_samples(settings: Settings) -> int:
+    """Fewest 16 kHz samples that give at least one window: a whole window, or the shortest
+    tail the engine analyses (128 ms; below that no model sees enough audio)."""
+    from emotion_monitor.streamer.engine import MIN_TAIL
+
+    return min(int(round(settings.window * SAMPLE_RATE)), MIN_TAIL)
+
+
+def too_short_message(name: str, n_samples: int, settings: Settings) -> str:
+    """Why audio of ``n_samples`` (16 kHz) gave no window: how long it is versus the minimum."""
+    if not n_samples:
+        return f"{name}: contains no audio samples"
+    return (
+        f"{name}: too short to analyse: {n_samples / SAMPLE_RATE:.3f} s of audio, "
+        f"at least {min_samples(settings) / SAMPLE_RATE:.3f} s is needed"
+    )
 
 
 # -- timeline and summary ---------------------------------------------------------------------
@@ -214,8 +237,10 @@ def run_blocks(
     return timeline, summary.result(), dict(engine.stats)
 
 
-def predict_response(samples_16k: np.ndarray, model, settings: Settings) -> dict:
-    """The JSON answer of ``POST /predict`` for one decoded upload.
+def predict_response(
+    samples_16k: np.ndarray, model, settings: Settings, name: str = "upload"
+) -> dict:
+    """The JSON answer of ``POST /predict`` for one decoded upload (``name``: for messages).
 
     ``results`` lists ``{"label", "score"}`` by descending score: for a model with classes, the
     class probabilities averaged over the speech windows; for a valence/arousal-only model (ViT),
@@ -224,9 +249,12 @@ def predict_response(samples_16k: np.ndarray, model, settings: Settings) -> dict
     means over speech windows (``None`` when the model has no such output). Without any speech,
     ``results`` is empty and ``dominant``, ``valence``, ``arousal`` are ``None``: no emotion is
     invented for silence. ``timeline`` has one entry per window (see :func:`timeline_entry`).
+    Raises :class:`UploadError` when the audio is too short for a single window.
     """
     samples = np.asarray(samples_16k, dtype=np.float32).reshape(-1)
     timeline, summary, _ = run_blocks([samples], model, settings, stream="predict")
+    if not timeline:  # an empty answer would read as "no speech"; the audio was too short
+        raise UploadError(too_short_message(name, len(samples), settings))
     if summary["mean_class_probabilities"]:
         scores = summary["mean_class_probabilities"]
     else:  # valence/arousal only: share of speech windows per quadrant of the window's own point
@@ -409,12 +437,20 @@ def main(args: argparse.Namespace) -> int:
         # does: resampled, one NaN would smear over the filter's taps.
         source = FileSource(args.file, realtime=False, block_seconds=BLOCK_SECONDS)
         model = load_model(settings.model, device=settings.device)
-        timeline, summary, stats = run_blocks(source, model, settings)
+        decoded = 0
+
+        def counted(blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+            nonlocal decoded
+            for block in blocks:
+                decoded += len(block)
+                yield block
+
+        timeline, summary, stats = run_blocks(counted(source), model, settings)
     except (AudioError, ModelError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if not timeline:
-        print(f"error: {args.file}: no audio", file=sys.stderr)
+    if not timeline:  # say why: "no audio" hid a file shorter than the shortest window
+        print(f"error: {too_short_message(args.file, decoded, settings)}", file=sys.stderr)
         return 2
     report = {
         "file": str(args.file),

@@ -16,6 +16,10 @@ import numpy as np
 
 SAMPLE_RATE = 16_000
 SAMPLE_FORMATS = ("s16le", "f32le")
+#: Sample rates a recording's header may claim. Wider than live streams accept (8..192 kHz):
+#: files come at 5.5 kHz (old formats) up to 768 kHz (studio hardware). A rate outside is a
+#: broken or hostile header: 2 GHz turns a whole file into microseconds, 1 Hz into hours.
+MIN_FILE_RATE, MAX_FILE_RATE = 4_000, 768_000
 
 
 class AudioError(ValueError):
@@ -167,6 +171,17 @@ class StreamResampler:
         return out
 
 
+def check_file_rate(name: str | Path, rate: int) -> int:
+    """``rate`` when a file may claim it (:data:`MIN_FILE_RATE`..:data:`MAX_FILE_RATE`), else
+    AudioError naming ``name`` and the rate."""
+    if not MIN_FILE_RATE <= rate <= MAX_FILE_RATE:
+        raise AudioError(
+            f"{name}: the header claims a sample rate of {rate} Hz, outside the "
+            f"{MIN_FILE_RATE}..{MAX_FILE_RATE} Hz a recording can have"
+        )
+    return rate
+
+
 def ffmpeg_decode_cmd(source: str, max_seconds: float | None = None) -> list[str]:
     """ffmpeg arguments decoding ``source`` to 16 kHz mono f32le on stdout."""
     cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", source]
@@ -235,7 +250,8 @@ def iter_file_blocks(
     soundfile reads wav/flac/ogg/mp3 block by block; ``prepare`` maps each (frames, channels)
     block to mono before the chunk-invariant :class:`StreamResampler` (a source uses it to count
     and silence NaN/Inf first). Anything soundfile cannot open is decoded by an ffmpeg pipe.
-    Memory stays constant whatever the file's length.
+    Memory stays constant whatever the file's length. AudioError when the file cannot be
+    decoded or its header claims an impossible sample rate (:func:`check_file_rate`).
     """
     import soundfile as sf
 
@@ -247,7 +263,7 @@ def iter_file_blocks(
             yield prepare(block)
         return
     with f:
-        resampler = StreamResampler(f.samplerate)
+        resampler = StreamResampler(check_file_rate(path, f.samplerate))
         frames = max(1, int(block_seconds * f.samplerate))
         try:
             for data in f.blocks(blocksize=frames, dtype="float32", always_2d=True):
@@ -263,7 +279,8 @@ def load_audio(path: str | Path) -> np.ndarray:
     """Decode a whole file (wav/flac/ogg/mp3/m4a...) to 16 kHz mono float32.
 
     soundfile handles wav/flac/ogg/mp3; anything else goes through ffmpeg. A missing or
-    undecodable file raises AudioError naming the file and the reason.
+    undecodable file, or one whose header claims an impossible sample rate
+    (:func:`check_file_rate`), raises AudioError naming the file and the reason.
     """
     path = check_audio_path(path)
     import soundfile as sf
@@ -272,4 +289,4 @@ def load_audio(path: str | Path) -> np.ndarray:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception:  # soundfile raises several types; ffmpeg gets a second try
         return _ffmpeg_decode(path)
-    return resample(to_mono(data), rate, SAMPLE_RATE)
+    return resample(to_mono(data), check_file_rate(path, rate), SAMPLE_RATE)

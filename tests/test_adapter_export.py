@@ -13,7 +13,7 @@ from emotion_monitor.models import ModelError, load_model
 from emotion_monitor.models.adapter_export import export_adapter
 from emotion_monitor.models.onnx_adapter import OnnxAdapterModel
 from emotion_monitor.streamer import cli
-from published_fixtures import EXPECTED_LABELS, SPEECH_CLIP
+from published_fixtures import EXPECTED_LABELS, SPEECH_CLIP, make_wav2vec2_classifier
 
 #: The session fixtures ``published`` and ``speech`` live in published_fixtures.py.
 pytest_plugins = ["published_fixtures"]
@@ -109,3 +109,42 @@ def test_onnx_meta_must_fit_graph(tmp_path, exported, kind, edit, message):
 def test_export_of_an_export_says_so(exported, tmp_path):
     with pytest.raises(ModelError, match="already exported"):
         export_adapter(str(exported("wav2vec2")), tmp_path / "again")
+
+
+def test_export_cli_says_what_it_wrote(published, tmp_path, capsys):
+    out = tmp_path / "ast-onnx"
+    # --no-int8 changes nothing here: a published model is exported in fp32 only
+    assert cli.main(["export", "--model", str(published("ast")), "--out", str(out)]) == 0
+    diff = json.loads((out / "onnx_model.json").read_text())["export_max_abs_diff"]
+    printed = capsys.readouterr().out.splitlines()
+    names = ["model.onnx", "onnx_model.json", "preprocessor_config.json"]
+    assert [line.split(" (")[0] for line in printed[:3]] == [f"wrote {out / n}" for n in names]
+    assert printed[1].endswith(f"({(out / 'onnx_model.json').stat().st_size / 1e3:.1f} kB)")
+    assert printed[3:] == [
+        f"{out / 'model.onnx'}: fp32, max |ORT - torch| = {diff:.2e} on the model's outputs "
+        "(tolerance 0.0001)"
+    ]
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)  # no int8 variant
+    assert load_model(str(out), device="cpu").labels == EXPECTED_LABELS["ast"]
+
+
+def test_export_cli_fails_beyond_the_tolerance(tmp_path, capsys):
+    """Parity was recorded in onnx_model.json but never enforced: a bad export passed."""
+    import torch
+    from transformers import Wav2Vec2ForSequenceClassification
+
+    source = make_wav2vec2_classifier(tmp_path / "w2v")
+    model = Wav2Vec2ForSequenceClassification.from_pretrained(source)
+    with torch.no_grad():
+        model.classifier.weight.mul_(1e6)
+    model.save_pretrained(source)
+    capsys.readouterr()  # transformers' progress bars
+    # logits of this size: float32 rounding alone makes torch and ORT differ by far more than 1e-4
+    out = tmp_path / "onnx"
+    assert cli.main(["export", "--model", str(source), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.splitlines()[-1]  # after the loader's progress bar
+    assert err.startswith(f"error: {out / 'model.onnx'}: max |ORT - torch| = ")
+    assert "exceeds the tolerance 0.0001; the export is not usable" in err
+    assert not (out / "onnx_model.json").exists()
+    with pytest.raises(ModelError, match="onnx_model.json"):
+        load_model("onnx:" + str(out), device="cpu")

@@ -212,6 +212,52 @@ def test_analyze_errors(tmp_path, capsys, published):
     )
 
 
+def _wav_with_rate(x: np.ndarray, rate: int) -> bytes:
+    """A 16-bit mono WAV of ``x`` whose header claims ``rate`` (soundfile refuses to write
+    absurd rates, so the fmt chunk's rate and byte-rate fields are rewritten)."""
+    buf = io.BytesIO()
+    sf.write(buf, x, 16000, format="WAV", subtype="PCM_16")
+    data = bytearray(buf.getvalue())
+    assert data[12:16] == b"fmt " and int.from_bytes(data[24:28], "little") == 16000
+    data[24:28] = rate.to_bytes(4, "little")
+    data[28:32] = (rate * 2).to_bytes(4, "little")
+    return bytes(data)
+
+
+def test_analyze_says_a_file_is_too_short_or_its_rate_impossible(tmp_path, capsys, published):
+    model = str(published("vit-va"))
+    t = np.arange(1600) / 16000  # 100 ms: less than the engine's shortest window (128 ms)
+    short = tmp_path / "short.wav"
+    sf.write(str(short), (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
+    assert cli.main(["analyze", str(short), "--model", model, "--no-vad"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {short}: too short to analyse: 0.100 s of audio, at least 0.128 s is needed\n"
+    )
+    # with a 0.1 s window the same file is long enough
+    argv = ["analyze", str(short), "--model", model, "--no-vad", "--window", "0.1", "--hop", "0.1"]
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    huge = tmp_path / "huge.wav"
+    huge.write_bytes(_wav_with_rate(np.zeros(32000, np.float32), 2_000_000_000))
+    assert cli.main(["analyze", str(huge), "--model", model]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {huge}: the header claims a sample rate of 2000000000 Hz")
+
+
+def test_predict_refuses_short_audio_and_impossible_rates(published, speech):
+    model = load_model(str(published("vit-va")), device="cpu")
+    with pytest.raises(UploadError, match=r"^a.wav: too short to analyse: 0.050 s of audio"):
+        predict_response(speech[:800], model, Settings(), "a.wav")
+    with pytest.raises(
+        UploadError, match=r"^upload: the header claims a sample rate of 2000000000"
+    ):
+        decode_upload(_wav_with_rate(speech, 2_000_000_000))
+    with pytest.raises(UploadError, match=r"sample rate of 1 Hz, outside the 4000..768000 Hz"):
+        decode_upload(_wav_with_rate(speech[:100], 1), "a.wav")
+    # a plausible rate is taken at its word: the audio plays twice as fast
+    assert abs(len(decode_upload(_wav_with_rate(speech, 32000), "a.wav")) - len(speech) / 2) <= 1
+
+
 def test_streamed_file_is_chunk_invariant(tmp_path, published, speech):
     """A long 44.1 kHz stereo file gives the same timeline whatever the block size."""
     from emotion_monitor.streamer.audio import resample

@@ -317,6 +317,31 @@ def test_evaluate_counts_bad_rows_and_other_labels(synthetic):
     assert result["arousal_binary_accuracy"] is not None
 
 
+class ValenceArousalModel(EmotionModel):
+    """Deterministic stand-in without classes: loud windows are aroused, quiet ones not."""
+
+    name = "va-only"
+    labels = ()
+    has_valence_arousal = True
+
+    def predict(self, windows):
+        out = []
+        for w in windows:
+            loud = float(np.sqrt(np.mean(w**2))) > 0.1
+            out.append(Prediction(valence=-0.5 if loud else -0.2, arousal=0.7 if loud else -0.6))
+        return out
+
+
+def test_evaluate_valence_arousal_model_skips_no_label(synthetic):
+    # a model without classes scores every readable clip, whatever its label
+    result, true, va = evaluate(ValenceArousalModel(), synthetic, progress=False)
+    assert result["n"] == 6 and len(true) == 6 and len(va) == 6
+    assert result["skipped_unreadable"] == 2
+    assert result["skipped_other_labels"] == 0 and result["other_labels"] == {}
+    assert result["n"] + result["skipped_unreadable"] + result["skipped_other_labels"] == 8
+    assert result["valence_arousal_source"] == "model"
+
+
 def test_evaluate_label_subset(synthetic):
     result, _, _ = evaluate(LoudnessModel(), synthetic, labels=["angry", "sad"], progress=False)
     # happy clips are not scored and happy can no longer be predicted

@@ -83,6 +83,33 @@ def test_errors_name_the_problem(checkpoint, tmp_path):
         Wav2Vec2Embedder(str(empty))
 
 
+@pytest.mark.parametrize("classifier", [False, True], ids=["encoder", "classifier"])
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("drop", r"weights lack 1 parameters .*encoder\.layers\.1\.attention\.k_proj\.weight"),
+        ("reshape", r"k_proj\.weight: file \[32, 16\], config \[32, 32\]"),
+    ],
+)
+def test_damaged_checkpoint_is_refused(tmp_path, classifier, damage, message):
+    """transformers used to fill a missing tensor with random values and only log it (and raise
+    a bare RuntimeError on a wrongly shaped one): the encoder would embed noise."""
+    from safetensors.torch import load_file, save_file
+
+    path = make_checkpoint(tmp_path / "w2v", classifier=classifier)
+    weights = tmp_path / "w2v" / "model.safetensors"
+    tensors = load_file(weights)
+    key = next(k for k in tensors if k.endswith("encoder.layers.1.attention.k_proj.weight"))
+    if damage == "drop":
+        del tensors[key]
+    else:
+        tensors[key] = tensors[key][:, :16].contiguous()
+    save_file(tensors, weights, metadata={"format": "pt"})
+    with pytest.raises(ModelError, match=message) as info:
+        Wav2Vec2Embedder(path)
+    assert str(info.value).startswith(f"{path} (model.safetensors): the wav2vec2 encoder weights")
+
+
 def test_train_on_a_wav2vec2_checkpoint_and_serve(checkpoint, tmp_path):
     import csv
 

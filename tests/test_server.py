@@ -551,6 +551,22 @@ async def test_predict(tiny_model):
             status, ctype, body = await http(server, "/predict?filename=x.wav", data)
             err = json.loads(body)
             assert status == want and err["type"] == "error" and err["message"], body
+        # without ?filename= the message names the body as "upload", not ""
+        status, _, body = await http(server, "/predict", b"not audio at all")
+        message = json.loads(body)["message"]
+        assert status == 400 and message.startswith("upload: cannot decode"), body
+        # a header claiming 2 GHz made a 0 s file and a 200; too short gave an empty 200
+        huge = bytearray(wav_bytes(audio[:32000]))
+        huge[24:28] = (2_000_000_000).to_bytes(4, "little")
+        huge[28:32] = (4_000_000_000).to_bytes(4, "little")
+        for data, want in [
+            (bytes(huge), "h.wav: the header claims a sample rate of 2000000000 Hz"),
+            (wav_bytes(audio[:800]), "h.wav: too short to analyse: 0.050 s of audio"),
+        ]:
+            status, _, body = await http(server, "/predict?filename=h.wav", data)
+            err = json.loads(body)
+            assert status == 400 and err["code"] == "bad_audio", body
+            assert err["message"].startswith(want), body
         status, _, body = await http(server, "/nothing", b"x")
         assert status == 404 and json.loads(body)["code"] == "not_found"
         status, _, _ = await http(server, "/predict")  # GET
