@@ -133,12 +133,10 @@ def fit_rules_to_model(rules: Iterable[AlertRule], model: Any) -> tuple[AlertRul
                 continue
         missing = lacks(rule)
         if missing:
-            outputs = [f"classes.{label}" for label in model.labels]
-            if model.has_valence_arousal:
-                outputs += VALENCE_AROUSAL_FIELDS
             raise ValueError(
                 f"alert rule {rule.name!r} compares {missing}, which model {model.name} does not "
-                f"output (it outputs: {', '.join(outputs) or 'no classes, no valence/arousal'})"
+                f"output (its classes: {', '.join(model.labels) or 'none'}; valence/arousal: "
+                f"{'yes' if model.has_valence_arousal else 'no'})"
             )
         out.append(rule)
     return tuple(out)

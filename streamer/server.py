@@ -724,6 +724,8 @@ class Server:
         data, filename = request.body, request.query.get("filename", "")
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             data, filename = _multipart_file(request)
+        # messages start with the name: a nameless body must not read ": cannot decode..."
+        filename = filename or "upload"
         if not data:
             return HttpResponse.error(400, "empty_upload", "send an audio file as the body")
         # One upload at a time per CPU budget: inference shares the cores with the live streams.
@@ -733,7 +735,7 @@ class Server:
         model = self.service.engine.model
 
         def work() -> dict:
-            return predict_response(decode_upload(data, filename), model, self.settings)
+            return predict_response(decode_upload(data, filename), model, self.settings, filename)
 
         try:
             return HttpResponse.json(await asyncio.to_thread(work))
@@ -1051,6 +1053,14 @@ def main(args: argparse.Namespace) -> int:
                 f"error: cannot load model {settings.model or 'default'!r}: {exc}", file=sys.stderr
             )
             return 1
+        if settings.alerts:  # checked here so hello shows the rules that run, and errors are short
+            from emotion_monitor.streamer.alerts import fit_rules_to_model
+
+            try:
+                settings = settings.replace(alerts=fit_rules_to_model(settings.alerts, model))
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
         try:
             asyncio.run(_serve(model, settings, args, api, source))
         except ListenError as exc:  # a port is taken: the message names which listener and port

@@ -37,15 +37,16 @@ CLASS_GROUPS = ("classes_smooth", "classes")
 
 
 def is_condition_field(name: Any) -> bool:
-    """A numeric event field, or ``GROUP.LABEL`` with a class probability group and a label of
-    :data:`~emotion_monitor.models.base.EMOTIONS` (checked so a misspelled label is refused
-    instead of never holding)."""
-    from emotion_monitor.models.base import EMOTIONS
+    """A numeric event field, or ``GROUP.LABEL`` with a class probability group and a label.
 
+    Which labels exist depends on the model (a published one may have ``positive``), so a label
+    is checked when the rules meet a model (``alerts.fit_rules_to_model``): one the model lacks,
+    a misspelling included, is refused there instead of never holding.
+    """
     if not isinstance(name, str):
         return False
     group, dot, label = name.partition(".")
-    return name in CONDITION_FIELDS or (dot == "." and group in CLASS_GROUPS and label in EMOTIONS)
+    return name in CONDITION_FIELDS or (dot == "." and group in CLASS_GROUPS and bool(label))
 
 
 def condition_value(event: Mapping[str, Any], name: str) -> Any:

@@ -129,8 +129,8 @@ def test_rules_from_toml_refuse_duplicate_names(tmp_path):
             "latency_ms, clipped, or a class probability as classes_smooth.LABEL / classes.LABEL",
         ),
         (
-            'name = "x"\nconditions = { classes_smooth.angyr = [">", 0.4] }',
-            "unknown field 'classes_smooth.angyr'",
+            'name = "x"\nconditions = { classes_smooth = [">", 0.4] }',
+            "unknown field 'classes_smooth'",
         ),
         (
             'name = "x"\nmin_duraton = 3\nconditions = { arousal_smooth = [">", 0.4] }',
@@ -328,7 +328,7 @@ def test_rules_on_class_probabilities(tmp_path):
     assert ev.process([{**event(9.0), "classes_smooth": None}]) == []
 
 
-def test_rules_are_fitted_to_what_the_model_outputs(real_model):  # noqa: F811
+def test_rules_are_fitted_to_what_the_model_outputs(real_model, tmp_path):  # noqa: F811
     # the shipped model has an angry class: the default rule stays as it is
     assert fit_rules_to_model([CUSTOMER_FRUSTRATION], real_model) == (CUSTOMER_FRUSTRATION,)
     # valence/arousal only: the default rule falls back to its valence/arousal form
@@ -340,8 +340,18 @@ def test_rules_are_fitted_to_what_the_model_outputs(real_model):  # noqa: F811
         fit_rules_to_model([anger], va_only)
     assert str(err.value) == (
         "alert rule 'anger' compares classes.angry, which model loudness does not output "
-        "(it outputs: valence, arousal, valence_smooth, arousal_smooth)"
+        "(its classes: none; valence/arousal: yes)"
     )
+    # a misspelled label is caught the same way, against the labels the model really has
+    typo = AlertRule("typo", (("classes_smooth.angyr", ">", 0.5),))
+    with pytest.raises(ValueError, match=r"compares classes_smooth.angyr, .* angry, calm, "):
+        fit_rules_to_model([typo], real_model)
+    # a published model's own labels can be compared
+    path = tmp_path / "alerts.toml"
+    path.write_text(
+        '[[alerts]]\nname = "neg"\nconditions = { classes_smooth.negative = [">", 0.7] }\n'
+    )
+    assert load_alert_rules(path) == (AlertRule("neg", (("classes_smooth.negative", ">", 0.7),)),)
     # a model with neither output keeps no default rule (it would never fire)
     nothing = LoudnessModel()
     nothing.has_valence_arousal = False

@@ -169,6 +169,24 @@ def test_serve_refuses_bad_settings_and_stray_stdin_flags(tmp_path):
         assert proc.stderr.count("\n") == 1
 
 
+def test_serve_refuses_an_alert_rule_the_model_cannot_evaluate(tiny_checkpoints, tmp_path):
+    """A rule on the angry probability with a valence/arousal-only model would never fire."""
+    rules = tmp_path / "alerts.toml"
+    rules.write_text(
+        '[[alerts]]\nname = "anger"\nconditions = { classes_smooth.angry = [">", 0.4] }\n'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "emotion_monitor.streamer.cli", "serve", "--port", "0"]
+        + ["--model", str(tiny_checkpoints["regressor"]), "--alerts-config", str(rules)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "error: alert rule 'anger' compares classes_smooth.angry, which model " in proc.stderr
+    assert "(its classes: none; valence/arousal: yes)" in proc.stderr
+
+
 def test_serve_loads_the_model_on_the_configured_device(tmp_path):
     import torch
 
