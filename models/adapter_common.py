@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -176,7 +176,7 @@ def from_pretrained_checked(cls, location: str | Path, what: str):
         shapes = "; ".join(f"{k}: file {list(a)}, config {list(b)}" for k, a, b in mismatched[:4])
         raise ModelError(
             f"{where}: the {what} weights do not fit {config} ({shapes}); does that config "
-            "(its sizes, its id2label / num_labels) belong to these weights?"
+            "(its layer sizes, and for a classifier its id2label) belong to these weights?"
         )
     missing = sorted(
         k for k in info.get("missing_keys") or [] if not k.endswith(UNUSED_AT_INFERENCE)
@@ -195,8 +195,7 @@ class ExportPlan:
     """What :mod:`adapter_export` needs to write an adapter to ONNX.
 
     ``module`` maps one float32 tensor (named ``input_name``) to one output tensor; ``example`` is a
-    batch for tracing; ``meta`` goes into ``onnx_model.json`` (preprocessing, labels, outputs);
-    ``extra_files`` are (source, name) pairs copied next to the ONNX file.
+    batch for tracing; ``meta`` goes into ``onnx_model.json`` (preprocessing, labels, outputs).
     """
 
     module: object
@@ -204,7 +203,6 @@ class ExportPlan:
     input_name: str
     dynamic_axes: dict[str, dict[int, str]]
     meta: dict
-    extra_files: list[tuple[Path, str]] = field(default_factory=list)
     save_extractor: object | None = None
 
     @classmethod
