@@ -107,6 +107,12 @@ class CallStream:
             log.info("stream %s was ended by the service; dropping its audio", self.stream)
             self.closed = True
 
+    def windows_pushed(self) -> int:
+        """Complete windows in the audio handed to the service so far, over all tracks."""
+        if not self._hop:
+            return 0
+        return sum(max(0, (n - self._window) // self._hop + 1) for n in self._pushed.values())
+
     def _completes_window(self, start: int, end: int) -> bool:
         """Whether a window of the engine ends in (start, end] (windows end at W + k*H)."""
         if not self._hop or end < self._window:
@@ -295,7 +301,7 @@ class Monitor:
         Messages taken from ``queue`` meanwhile are appended to ``got``.
         """
         settings = self._require().engine.settings
-        window, hop = round(settings.window * SAMPLE_RATE), round(settings.hop * SAMPLE_RATE)
+        hop = round(settings.hop * SAMPLE_RATE)
         # a block completes at most windows + 1 windows per track: half the queue at most
         windows = max(1, settings.max_pending_windows // (2 * len(audio)))
         step = max(1, windows * hop * rate // SAMPLE_RATE)
@@ -306,8 +312,7 @@ class Monitor:
             for track, a in audio.items():
                 call.push(track, a[start : start + step], rate)
             # every window that ends in what was handed over has to come back as an event
-            due = sum(max(0, (n - window) // hop + 1) for n in call._pushed.values())
-            while events < due and not call.closed:
+            while events < call.windows_pushed() and not call.closed:
                 try:
                     got.append(await asyncio.wait_for(queue.get(), 0.5))
                     events += got[-1].get("type") == "event"
