@@ -11,10 +11,13 @@ class's mean target, or ridge regression, whichever cross-validates better) -> o
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
+import os
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from emotion_monitor.models.augment import AUGMENTATIONS, RANDOM_AUGMENTATIONS, augment
 from emotion_monitor.models.base import EMOTIONS, ModelError
-from emotion_monitor.models.embedding import layer_columns
+from emotion_monitor.models.embedding import MIN_SAMPLES, layer_columns
 from emotion_monitor.models.manifest import Row, read_manifest
 from emotion_monitor.streamer.audio import load_audio
 
@@ -31,6 +34,8 @@ DEFAULT_CACHE = Path(__file__).resolve().parents[1] / "cache"
 DEFAULT_ENCODER = "whisper-base+whisper-tiny"
 DEFAULT_LAYERS = "2,3,4+1,2,3"
 CLASSES: tuple[str, ...] = EMOTIONS[:8]
+#: the labels a manifest may use: heads are trained on those of them its training rows hold
+VOCABULARY: tuple[str, ...] = EMOTIONS
 
 
 # --------------------------------------------------------------------------- encoders
@@ -50,6 +55,11 @@ def make_embedder(
         from emotion_monitor.models.embedding import WhisperTorchEmbedder
 
         return WhisperTorchEmbedder(encoder, layers=layers, device=device, input_norm=input_norm)
+    if encoder.startswith("whisper"):  # else it would be looked up as a hub id, in vain
+        raise ModelError(f"unknown Whisper encoder {encoder!r}; use whisper-base or whisper-tiny")
+    if encoder.startswith(("/", ".", "~")) and not Path(encoder).expanduser().is_dir():
+        # a path, not a hub id: say so rather than "not in the local HF cache"
+        raise ModelError(f"--encoder {encoder}: no such checkpoint folder")
     from emotion_monitor.models.wav2vec2_encoder import Wav2Vec2Embedder
 
     return Wav2Vec2Embedder(encoder, layers=layers, device=device, input_norm=input_norm)
@@ -107,10 +117,62 @@ def _cache_file(cache: Path, embedder, digest: str, aug: str, seed: int) -> Path
     key = f"v3|{digest}"
     if aug in RANDOM_AUGMENTATIONS:
         key += f"|seed={seed}"
+    fingerprint = checkpoint_fingerprint(embedder.name)
+    if fingerprint:  # a local checkpoint folder: other weights saved there give other features
+        key += f"|weights={fingerprint}"
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in embedder.name)[-60:]
     layer_tag = "-".join(map(str, embedder.layers))
     folder = cache / "embeddings" / f"{slug}_{embedder.input_norm}_L{layer_tag}" / aug
     return folder / (hashlib.sha1(key.encode()).hexdigest() + ".npy")
+
+
+def checkpoint_fingerprint(encoder: str) -> str:
+    """SHA-1 of the files of a local checkpoint folder (names and contents), "" when ``encoder``
+    is not a folder (a Whisper name, a hub id).
+
+    The embedding cache is keyed by encoder name; for a folder the name says nothing about the
+    weights in it (a fine-tuned model saved over the old one), so the contents go in the key."""
+    folder = Path(encoder)
+    if not folder.is_dir():
+        return ""
+    files = sorted(f for f in folder.iterdir() if f.is_file())
+    # hashed again only when a file's size or time changes (this runs once per cached clip)
+    stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _hash_files(str(folder.resolve()), stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _hash_files(folder: str, stamp: tuple) -> str:
+    digest = hashlib.sha1()
+    for name, _, _ in stamp:
+        digest.update(name.encode() + b"\0")
+        with open(Path(folder) / name, "rb") as fh:
+            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def row_problem(row: Row, reason: object) -> str:
+    """``"line N: PATH: reason"`` for a clip that cannot be used; ``reason`` may be an exception
+    (its own copies of the path are dropped: the message names the file once)."""
+    if isinstance(reason, OSError) and reason.strerror:
+        text = reason.strerror
+    else:
+        text = str(reason).replace(f"{row.path}: ", "")
+    where = f"line {row.line}: " if row.line else ""
+    return f"{where}{row.path}: {text}"
+
+
+def audio_problem(x: np.ndarray) -> str | None:
+    """Why decoded audio cannot be a training clip (no samples, shorter than the encoders'
+    minimum window, digital silence), or None."""
+    if x.size == 0:
+        return "no audio samples"
+    if x.size < MIN_SAMPLES:
+        return f"only {1000 * x.size / 16000:.0f} ms of audio (at least {MIN_SAMPLES // 16} ms)"
+    if not np.any(np.nan_to_num(x)):
+        return "silent (every sample is 0)"
+    return None
 
 
 def content_digests(rows: Sequence[Row]) -> tuple[list[str | None], list[str]]:
@@ -123,7 +185,7 @@ def content_digests(rows: Sequence[Row]) -> tuple[list[str | None], list[str]]:
             digests.append(hashlib.sha1(row.path.read_bytes()).hexdigest())
         except OSError as exc:
             digests.append(None)
-            problems.append(f"{row.path}: {exc}")
+            problems.append(row_problem(row, exc))
     return digests, problems
 
 
@@ -138,9 +200,10 @@ def embed_rows(
     digests: Sequence[str | None] | None = None,
 ) -> tuple[dict[str, np.ndarray], list[str]]:
     """Features (n_rows, feature_dim) per augmentation, cached on disk; rows whose audio cannot
-    be read get NaN features and a message in the returned problem list. ``seed`` picks the
-    random augmentations' draws; ``digests`` are the rows' :func:`content_digests` when the
-    caller already has them (their unreadable rows are then the caller's to report)."""
+    be read or hold no usable audio (:func:`audio_problem`) get NaN features and a message in
+    the returned problem list. ``seed`` picks the random augmentations' draws; ``digests`` are
+    the rows' :func:`content_digests` when the caller already has them (their unreadable rows
+    are then the caller's to report)."""
     from tqdm import tqdm
 
     feats = {a: np.full((len(rows), embedder.feature_dim), np.nan, np.float32) for a in augs}
@@ -172,9 +235,13 @@ def embed_rows(
                 audio_cache.clear()  # todo is ordered by row, so one row's audio is enough
                 try:
                     audio_cache[i] = load_audio(rows[i].path)
+                    # an empty or silent file would train the heads on padding labelled as speech
+                    bad = audio_problem(audio_cache[i])
                 except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, not fatal
+                    bad = exc
+                if bad is not None:
                     audio_cache[i] = None
-                    problems.append(f"{rows[i].path}: {exc}")
+                    problems.append(row_problem(rows[i], bad))
             x = audio_cache[i]
             if x is not None:
                 windows.append(augment(x, a, seed))
@@ -296,6 +363,11 @@ def fit_lda_shrinkages(
     # covariance = a.T @ a, shrunk toward (its mean variance) x identity
     a = resid * np.sqrt(row_weight)[:, None]
     mean_variance = np.einsum("ij,ij->", a, a) / a.shape[1]
+    if mean_variance <= 0:
+        # No variation within any class (one clip per class, as in a cross-validation fold
+        # that trains on one small speaker): shrink toward the unit variance of standardised
+        # features instead, which makes the head a nearest-class-mean rule rather than a crash.
+        mean_variance = 1.0
     # the scatter's rank is at most rows - classes: with more features, no shrinkage, no inverse
     if mean_variance * min(shrinkages) <= 0 and a.shape[1] > a.shape[0] - present.sum():
         raise ModelError(
@@ -525,7 +597,10 @@ def train_heads(
         held_out = {name: [] for name in candidates.names}
         y_held, va_held, points_held = [], [], []
         err = {a: [] for a in alphas}
-        for fold in folds:
+        from tqdm import tqdm
+
+        # the CV is most of a warm-cache run (minutes for the default recipe): show it moving
+        for fold in tqdm(folds, desc="cross-validation", unit="fold"):
             te = np.array([g in fold for g in groups])
             y_held.append(y[te])
             va_held.append(va[te])
@@ -672,22 +747,116 @@ def _numbers(flag: str, text: str) -> list[float]:
     return values
 
 
+def select_rows(rows: Sequence[Row]) -> tuple[list[Row], list[Row], list[str]]:
+    """(training rows, test rows, messages about the rows left out).
+
+    Left out, each counted in a message: labels outside :data:`VOCABULARY` (listed with their
+    counts), split values other than train / test / empty (case aside), and repeated files (the
+    first row is kept; a file listed with two emotions is left out altogether).
+    """
+    notes: list[str] = []
+    unknown = Counter(r.emotion for r in rows if r.emotion not in VOCABULARY)
+    if unknown:
+        listed = ", ".join(f"{label!r} ({n})" for label, n in sorted(unknown.items()))
+        notes.append(
+            f"left out {sum(unknown.values())} row(s) with labels outside the vocabulary "
+            f"({', '.join(VOCABULARY)}; case does not matter): {listed}"
+        )
+    rows = [r for r in rows if r.emotion in VOCABULARY]
+    # "Train" / "TEST" from a spreadsheet mean what they say; anything else (val, dev) is
+    # neither, and dropping it silently would shrink the training set unnoticed
+    split = {id(r): (r.split or "").strip().lower() for r in rows}
+    other = Counter(split[id(r)] for r in rows if split[id(r)] not in ("", "train", "test"))
+    if other:
+        listed = ", ".join(f"{value!r} ({n})" for value, n in sorted(other.items()))
+        notes.append(
+            f"left out {sum(other.values())} row(s) whose split is neither train nor test "
+            f"(training uses 'train' or an empty split, 'test' is scored at the end): {listed}"
+        )
+    rows = [r for r in rows if split[id(r)] in ("", "train", "test")]
+    # the same file twice would count double (and in both splits, score the training data)
+    by_file: dict[Path, list[Row]] = {}
+    for r in rows:
+        by_file.setdefault(Path(os.path.abspath(r.path)), []).append(r)
+    kept = []
+    for r in rows:
+        same = by_file[Path(os.path.abspath(r.path))]
+        lines = ", ".join(str(s.line) for s in same)
+        if len({s.emotion for s in same}) > 1:
+            if r is same[0]:
+                labels = ", ".join(sorted({s.emotion for s in same}))
+                notes.append(f"left out {r.path}: listed as {labels} (lines {lines})")
+        elif r is same[0]:
+            kept.append(r)
+        else:
+            notes.append(f"line {r.line}: {r.path}: repeats line {same[0].line}, counted once")
+    train = [r for r in kept if split[id(r)] != "test"]
+    test = [r for r in kept if split[id(r)] == "test"]
+    return train, test, notes
+
+
+def _check_out(out: Path) -> None:
+    """ModelError unless ``out`` is, or can become, a writable folder: found before the hours of
+    embedding, not after (the folder itself is made only when there is something to write)."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    problem = None
+    if not existing.is_dir():
+        problem = f"{existing} is not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} is not writable"
+    if problem:
+        raise ModelError(f"--out {out}: cannot write the heads there ({problem})")
+
+
+def _write_outputs(out: Path, heads: dict, config: dict) -> None:
+    """heads.onnx and config.json, each written beside and then renamed over the old one, so
+    a failure never leaves a folder whose config describes other heads."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp_heads, tmp_config = out / ".heads.onnx.tmp", out / ".config.json.tmp"
+        export_heads(
+            tmp_heads,
+            heads["mean"],
+            heads["std"],
+            heads["w_cls"],
+            heads["b_cls"],
+            va_points=heads.get("va_points"),
+            w_va=heads.get("w_va"),
+            b_va=heads.get("b_va"),
+        )
+        tmp_config.write_text(json.dumps(config, indent=2) + "\n")
+        tmp_heads.replace(out / "heads.onnx")
+        tmp_config.replace(out / "config.json")
+    except OSError as exc:
+        raise ModelError(f"--out {out}: cannot write the heads ({exc})") from exc
+
+
+def _line_number(problem: str) -> int:
+    """The N of a ``"line N: ..."`` message (0 for other messages)."""
+    head = problem.split(":", 1)[0]
+    return int(head[5:]) if head.startswith("line ") and head[5:].isdigit() else 0
+
+
+def _class_counts(labels: Sequence[str], rows: Sequence[Row]) -> str:
+    counts = Counter(r.emotion for r in rows)
+    return ", ".join(f"{label} {counts[label]}" for label in labels)
+
+
 def main(args: argparse.Namespace) -> int:
     import torch
     from emotion_monitor.models.circumplex import valence_arousal
 
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
-    rows = read_manifest(args.manifest, args.root)
-    unknown = sorted({r.emotion for r in rows} - set(CLASSES))
-    if unknown:
-        print(
-            f"skipping {sum(r.emotion in unknown for r in rows)} clips with labels outside "
-            f"{', '.join(CLASSES)}: {', '.join(unknown)}"
-        )
-    rows = [r for r in rows if r.emotion in CLASSES]
-    train = [r for r in rows if r.split in (None, "train")]
-    test = [r for r in rows if r.split == "test"]
+    problems: list[str] = []
+    rows = read_manifest(args.manifest, args.root, problems)
+    train, test, notes = select_rows(rows)
+    # rows left out, for the closing summary: malformed ones and those select_rows dropped
+    n_skipped = len(problems) + len(rows) - len(train) - len(test)
+    for line in problems + notes:
+        print(f"skipped: {line}")
     if not train:
         raise ModelError(
             f"{args.manifest}: no training rows (rows whose split column is 'test' are held out "
@@ -695,12 +864,8 @@ def main(args: argparse.Namespace) -> int:
         )
     # parse the head options first: a typo must not cost an embedding run
     strengths = ("--shrinkage", args.shrinkage) if args.classifier == "lda" else ("--C", args.C)
-    candidates = classifier_candidates(
-        args.classifier,
-        _numbers(*strengths),
-        args.seed,
-        balanced=args.class_weight == "balanced",
-    )
+    strength_values = _numbers(*strengths)
+    classifier_candidates(args.classifier, strength_values)  # checks the values
     alphas = _numbers("--alpha", args.alpha)
     if args.folds < 2:
         raise ModelError(f"--folds must be at least 2, got {args.folds}")
@@ -712,56 +877,88 @@ def main(args: argparse.Namespace) -> int:
         )
     if "clean" not in augs:
         augs.insert(0, "clean")
+    out = Path(args.out)
+    _check_out(out)
+    encoder = args.encoder
+    if encoder not in ("whisper-base", "whisper-tiny") and Path(encoder).is_dir():
+        # config.json must find the checkpoint from wherever the heads are served
+        encoder = str(Path(encoder).resolve())
     cache = None if args.no_cache else Path(args.cache)
     t0 = time.time()
-    layers = args.layers or (DEFAULT_LAYERS if args.encoder == DEFAULT_ENCODER else "all")
-    features = PooledFeatures(args.encoder, layers, args.device, args.input_norm, args.backend)
-    feats, problems = features.embed(train, augs, cache, args.seed)
-    for p in problems:
-        print(f"unreadable: {p}")
+    layers = args.layers or (DEFAULT_LAYERS if encoder == DEFAULT_ENCODER else "all")
+    features = PooledFeatures(encoder, layers, args.device, args.input_norm, args.backend)
+    speakers = {r.speaker for r in train if r.speaker}
+    print(
+        f"training clips: {len(train)} "
+        + (f"of {len(speakers)} speaker(s), " if speakers else "(no speakers given), ")
+        + f"x {len(augs)} augmentation(s) ({', '.join(augs)}); test clips: {len(test)}"
+    )
+    feats, unusable = features.embed(train, augs, cache, args.seed)
+    n_skipped += len(unusable)
+    for p in sorted(unusable, key=_line_number):  # in manifest order, whichever step failed
+        print(f"skipped: {p}")
     ok = ~np.isnan(feats["clean"]).any(1)
     if not ok.any():
         raise ModelError(
             f"none of the {len(train)} training clips could be read; relative paths are taken "
             "from the manifest's folder unless --root is given"
         )
+    used = [r for r, good in zip(train, ok, strict=True) if good]
+    # the heads predict the labels they have clips of, in the vocabulary's order
+    labels = [label for label in VOCABULARY if any(r.emotion == label for r in used)]
+    if len(labels) < 2:
+        raise ModelError(
+            f"the {len(used)} readable training clips hold one emotion only ({labels[0]}); "
+            "a class head needs at least two"
+        )
+    print(f"training on {len(used)} clips: {_class_counts(labels, used)}")
+    if any(not r.speaker for r in used):
+        print(
+            "note: clips without a speaker are each their own cross-validation group, so the CV "
+            "figures and the calibration measure speakers seen in training, not new ones"
+        )
+    candidates = classifier_candidates(
+        args.classifier,
+        strength_values,
+        args.seed,
+        balanced=args.class_weight == "balanced",
+        n_classes=len(labels),
+    )
     x = np.concatenate([feats[a][ok] for a in augs])
-    y = np.tile(np.array([CLASSES.index(r.emotion) for r in train])[ok], len(augs))
+    y = np.tile(np.array([labels.index(r.emotion) for r in used]), len(augs))
     va = np.tile(
-        np.array([valence_arousal(r.emotion, r.intensity) for r in train], np.float32)[ok],
+        np.array([valence_arousal(r.emotion, r.intensity) for r in used], np.float32),
         (len(augs), 1),
     )
     groups = np.tile(np.array([r.speaker or str(i) for i, r in enumerate(train)])[ok], len(augs))
     heads = train_heads(x, y, va, groups, candidates, alphas, args.folds)
+    if heads["folds"]:
+        cv = heads["cv"]
+        ua = ", ".join(f"{n} {cv[f'ua_{n}']:.3f}" for n in candidates.names)
+        mse = ", ".join(f"{k[7:]} {v:.3f}" for k, v in cv.items() if k.startswith("va_mse_"))
+        groups_kind = "speakers" if speakers else "clips"
+        print(
+            f"cross-validation over {heads['folds']} folds of {groups_kind}: unweighted accuracy "
+            f"{ua}; valence/arousal squared error {mse}"
+        )
     print(
-        f"chose {args.classifier} {heads['classifier']} (temperature {heads['temperature']:.3g}) "
-        f"valence/arousal from {heads['va_head']}  cv={json.dumps(heads['cv'])}"
+        f"chose {args.classifier} {heads['classifier']} (temperature {heads['temperature']:.3g}), "
+        f"valence/arousal from {heads['va_head']}"
     )
     if not heads["folds"]:
         print(
             "warning: one speaker only, so nothing could be held out: the first candidates "
             "were taken untested and the probabilities are not calibrated (temperature 1)"
         )
-    out = Path(args.out)
-    export_heads(
-        out / "heads.onnx",
-        heads["mean"],
-        heads["std"],
-        heads["w_cls"],
-        heads["b_cls"],
-        va_points=heads.get("va_points"),
-        w_va=heads.get("w_va"),
-        b_va=heads.get("b_va"),
-    )
     config = {
         "format": 1,
-        "encoder": args.encoder,
-        "backend": args.backend if args.encoder.startswith("whisper") else "torch",
+        "encoder": encoder,
+        "backend": args.backend if encoder.startswith("whisper") else "torch",
         "layers": features.layers,
         "pooling": "mean+std over frames per layer",
         "input_norm": args.input_norm,
         "feature_dim": features.feature_dim,
-        "labels": list(CLASSES),
+        "labels": labels,
         "valence_arousal": "derived targets, see emotion_monitor.models.circumplex",
         "heads": "heads.onnx",
         "train": {
@@ -778,17 +975,33 @@ def main(args: argparse.Namespace) -> int:
         },
     }
     if test:
-        tf = features.embed(test, ["clean"], cache)[0]["clean"]
-        tok = ~np.isnan(tf).any(1)
-        xs = (tf[tok] - heads["mean"]) / heads["std"]
-        yt = np.array([CLASSES.index(r.emotion) for r in test])[tok]
+        untrained = Counter(r.emotion for r in test if r.emotion not in labels)
+        if untrained:
+            listed = ", ".join(f"{label} ({n})" for label, n in sorted(untrained.items()))
+            print(f"skipped: test clips of emotions the heads were not trained on: {listed}")
+            n_skipped += sum(untrained.values())
+        test = [r for r in test if r.emotion in labels]
+    if test:
+        tf, test_problems = features.embed(test, ["clean"], cache)
+        n_skipped += len(test_problems)
+        for p in sorted(test_problems, key=_line_number):
+            print(f"skipped (test): {p}")
+        tok = ~np.isnan(tf["clean"]).any(1)
+        xs = (tf["clean"][tok] - heads["mean"]) / heads["std"]
+        yt = np.array([labels.index(r.emotion) for r in test])[tok]
         pred = (xs @ heads["w_cls"] + heads["b_cls"]).argmax(1)
-        config["test"] = {
+        config["test"] = {  # None, not NaN (invalid JSON), when no test clip could be read
             "clips": int(tok.sum()),
-            "accuracy": float(np.mean(pred == yt)),
-            "unweighted_accuracy": unweighted_accuracy(yt, pred, len(CLASSES)),
+            "accuracy": float(np.mean(pred == yt)) if tok.any() else None,
+            "unweighted_accuracy": unweighted_accuracy(yt, pred, len(labels))
+            if tok.any()
+            else None,
         }
         print(f"test split: {json.dumps(config['test'])}")
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    print(f"wrote {out / 'heads.onnx'} and {out / 'config.json'} in {time.time() - t0:.0f} s")
+    _write_outputs(out, heads, config)
+    print(
+        f"wrote {out / 'heads.onnx'} and {out / 'config.json'} in {time.time() - t0:.0f} s: "
+        f"labels {', '.join(labels)}; {len(used)} training clips"
+        + (f", {n_skipped} row(s) skipped (listed above)" if n_skipped else "")
+    )
     return 0
