@@ -276,10 +276,13 @@ def evaluate(
                 f"it knows: {', '.join(model_labels) or '(no classes)'}"
             )
     use = tuple(labels) if labels else model_labels
-    rows = read_manifest(manifest, root)
+    # malformed rows (no path, too few fields) are reported with the unreadable files
+    problems: list[str] = []
+    rows = read_manifest(manifest, root, problems)
     if split:
         present = sorted({str(r.split) for r in rows})
-        rows = [r for r in rows if r.split == split]
+        # "Test" from a spreadsheet is the test split
+        rows = [r for r in rows if (r.split or "").strip().lower() == split.strip().lower()]
         if not rows:  # a typo must not pass as a score of nothing
             raise ModelError(
                 f"{manifest}: no rows with split {split!r} (the split column holds: "
@@ -288,7 +291,6 @@ def evaluate(
     # a model without classes (valence/arousal only) scores every row: nothing is skipped
     skipped_labels = Counter(r.emotion for r in rows if r.emotion not in use) if use else Counter()
     rows = [r for r in rows if r.emotion in use] if use else rows
-    problems: list[str] = []
     true: list[str] = []
     intensities: list[str | None] = []
     preds: list[Prediction] = []

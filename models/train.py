@@ -57,9 +57,6 @@ def make_embedder(
         return WhisperTorchEmbedder(encoder, layers=layers, device=device, input_norm=input_norm)
     if encoder.startswith("whisper"):  # else it would be looked up as a hub id, in vain
         raise ModelError(f"unknown Whisper encoder {encoder!r}; use whisper-base or whisper-tiny")
-    if encoder.startswith(("/", ".", "~")) and not Path(encoder).expanduser().is_dir():
-        # a path, not a hub id: say so rather than "not in the local HF cache"
-        raise ModelError(f"--encoder {encoder}: no such checkpoint folder")
     from emotion_monitor.models.wav2vec2_encoder import Wav2Vec2Embedder
 
     return Wav2Vec2Embedder(encoder, layers=layers, device=device, input_norm=input_norm)

@@ -197,7 +197,9 @@ def _require_ffmpeg(path: Path) -> None:
 
 def _ffmpeg_reason(path: Path, stderr: bytes) -> str:
     lines = stderr.decode(errors="replace").strip().splitlines()
-    return f"{path}: cannot decode ({lines[-1] if lines else 'ffmpeg failed'})"
+    # ffmpeg starts its own line with the path: the message names the file once
+    reason = lines[-1].removeprefix(f"{path}: ") if lines else "ffmpeg failed"
+    return f"{path}: cannot decode ({reason})"
 
 
 def _ffmpeg_decode(path: Path) -> np.ndarray:

@@ -317,6 +317,18 @@ def test_evaluate_counts_bad_rows_and_other_labels(synthetic):
     assert result["arousal_binary_accuracy"] is not None
 
 
+def test_evaluate_reports_malformed_rows_and_reads_the_split_case_blind(synthetic):
+    text = synthetic.read_text().splitlines()
+    header, first = text[0], text[1]
+    # a split column written by a spreadsheet ("Test"), and a row without a path
+    lines = [header + ",split", first + ",Test", ",angry,Test"]
+    synthetic.write_text("\n".join(lines) + "\n")
+    result, _, _ = evaluate(LoudnessModel(), synthetic, split="test", progress=False)
+    assert result["n"] == 1
+    assert result["skipped_unreadable"] == 1
+    assert "m.csv: line 3: " in result["unreadable"][0]
+
+
 class ValenceArousalModel(EmotionModel):
     """Deterministic stand-in without classes: loud windows are aroused, quiet ones not."""
 

@@ -265,7 +265,7 @@ def test_cross_validation_survives_a_speaker_with_one_clip():
 def test_an_encoder_that_does_not_exist_is_named(tmp_path, capsys):
     manifest = write_manifest(tmp_path / "m.csv", clips(per=1))
     assert train(tmp_path, manifest, tmp_path / "no-such-checkpoint") == 2
-    assert f"--encoder {tmp_path / 'no-such-checkpoint'}: no such checkpoint folder" in (
+    assert f"{tmp_path / 'no-such-checkpoint'}: no such checkpoint folder" in (
         capsys.readouterr().err
     )
     assert train(tmp_path, manifest, "whisper-small") == 2
