@@ -843,7 +843,11 @@ def _class_counts(labels: Sequence[str], rows: Sequence[Row]) -> str:
 
 def main(args: argparse.Namespace) -> int:
     import torch
-    from emotion_monitor.models.circumplex import valence_arousal
+    from emotion_monitor.models.circumplex import (
+        INTENSITY_SCALE,
+        UNKNOWN_INTENSITY_SCALE,
+        valence_arousal,
+    )
 
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
@@ -909,6 +913,18 @@ def main(args: argparse.Namespace) -> int:
             "a class head needs at least two"
         )
     print(f"training on {len(used)} clips: {_class_counts(labels, used)}")
+    odd = Counter(
+        r.intensity
+        for r in used
+        if r.intensity and r.intensity.strip().lower() not in INTENSITY_SCALE
+    )
+    if odd:  # the valence/arousal targets of these rows sit between normal and strong
+        listed = ", ".join(f"{value!r} ({n})" for value, n in sorted(odd.items()))
+        print(
+            f"note: intensity values other than {', '.join(INTENSITY_SCALE)} get the unknown "
+            f"intensity's scale ({UNKNOWN_INTENSITY_SCALE}) in the valence/arousal targets: "
+            + listed
+        )
     if any(not r.speaker for r in used):
         print(
             "note: clips without a speaker are each their own cross-validation group, so the CV "

@@ -272,3 +272,15 @@ def test_an_encoder_that_does_not_exist_is_named(tmp_path, capsys):
     assert "unknown Whisper encoder 'whisper-small'; use whisper-base or whisper-tiny" in (
         capsys.readouterr().err
     )
+
+
+def test_intensities_outside_normal_and_strong_are_named(tmp_path, checkpoint, capsys):
+    rows = clips()
+    rows[0] = {**rows[0], "intensity": "HIGH"}
+    rows[1] = {**rows[1], "intensity": "high"}
+    assert train(tmp_path, write_manifest(tmp_path / "m.csv", rows), checkpoint) == 0
+    out = capsys.readouterr().out
+    assert (
+        "note: intensity values other than normal, strong get the unknown intensity's scale" in out
+    )
+    assert "'HIGH' (1), 'high' (1)" in out
