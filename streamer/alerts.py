@@ -354,7 +354,7 @@ class AlertMonitor:
         return out
 
     def close(self) -> None:
-        """Stop listening and flush the webhook queue."""
+        """Stop processing the service's batches and flush the webhook queue."""
         if self._service is not None:
             self._service.remove_processor(self._process)
         if self.webhook is not None:

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 
 import numpy as np
+from emotion_monitor.streamer.audio import SAMPLE_RATE
 from emotion_monitor.streamer.engine import Engine, StreamLimitError
 from emotion_monitor.streamer.events import PROTOCOL_VERSION
 
@@ -42,7 +43,7 @@ class MonitorService:
         self.engine = engine
         self._inbox: deque = deque()
         self._inbox_size = inbox_size
-        self._inbox_max_samples = int(inbox_seconds * 16000)
+        self._inbox_max_samples = int(inbox_seconds * SAMPLE_RATE)
         self._inbox_samples = 0  # audio samples waiting in the inbox
         self._cond = threading.Condition()
         self._listeners: list[tuple[Listener, asyncio.AbstractEventLoop | None]] = []
