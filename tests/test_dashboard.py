@@ -492,3 +492,75 @@ def test_microphone_worklet_resamples_to_16k(tiny_model, browser, rate):
         assert abs(rms - 0.5 / np.sqrt(2)) < 0.03, rms
         alias = worklet_output(page, 12_000, rate)[1000:15_000]
         assert float(np.sqrt(np.mean(alias**2))) < 0.1 * rms
+
+
+def call_event(stream: str, track: str, seq: int, labels: list[str], top: str) -> dict:
+    """A speech event of one track of a call, ``top`` the likeliest class."""
+    classes = {label: 0.02 for label in labels} | {top: 0.86}
+    event = {"type": "event", "v": 1, "stream": stream, "track": track, "seq": seq}
+    event |= {"t0": seq * 0.5, "t1": seq * 0.5 + 2, "speech": True, "speech_prob": 1.0}
+    event |= {"valence": -0.5, "arousal": 0.6, "valence_smooth": -0.5, "arousal_smooth": 0.6}
+    event |= {"classes": classes, "classes_smooth": classes, "label": top, "label_smooth": top}
+    event |= {"confidence": 0.86, "quadrant": "TENSE", "latency_ms": 5.0}
+    return event
+
+
+def test_call_on_a_phone_names_tracks_alert_values_and_the_end(tiny_model, browser):
+    """A Twilio call (a 34-character CallSid, two tracks) on a phone: each card says which track
+    it is, the alert says what fired it without hovering, the ended call's cards say so, and
+    the page logs no error (not even a missing favicon)."""
+    sid = "CA0123456789abcdef0123456789abcdef"
+    labels = list(tiny_model.labels)
+    with ServerThread(tiny_model) as srv:
+        page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+        page.goto(srv.url)
+        page.wait_for_function(
+            "document.querySelector('#status').textContent === 'live'", timeout=TIMEOUT_MS
+        )
+        events = [call_event(sid, track, 0, labels, labels[0]) for track in ("customer", "agent")]
+        alert = {"type": "alert", "v": 1, "stream": sid, "track": "customer"}
+        alert |= {"name": "customer_frustration", "t": 37.5, "since": 32.5, "time": 0.0}
+        alert |= {"values": {"classes_smooth.angry": 0.8312345678}}
+        srv.call(srv.server.broadcast, [*events, alert])
+        customer = f'.card[data-stream="{sid}"][data-track="customer"]'
+        page.locator(f"{customer} .alert").wait_for(state="visible", timeout=TIMEOUT_MS)
+        # The track's name is on screen in full, not cut off with the long stream id.
+        for track in ("customer", "agent"):
+            shown = page.evaluate(
+                """([sid, track]) => {
+                    const h = document.querySelector(
+                        `.card[data-stream="${sid}"][data-track="${track}"] .name`);
+                    const box = h.getBoundingClientRect();
+                    const walk = document.createTreeWalker(h, NodeFilter.SHOW_TEXT);
+                    for (let n = walk.nextNode(); n; n = walk.nextNode()) {
+                        const i = n.data.lastIndexOf(track);
+                        if (i < 0) continue;
+                        const range = document.createRange();
+                        range.setStart(n, i);
+                        range.setEnd(n, i + track.length);
+                        const r = range.getBoundingClientRect();
+                        return r.width > 0 && r.left >= box.left - 1 && r.right <= box.right + 1;
+                    }
+                    return false;
+                }""",
+                [sid, track],
+            )
+            assert shown, f"the {track} track's name is cut off"
+        # The alert's values, readable and rounded, as the rule names them.
+        text = page.locator(f"{customer} .alert").inner_text()
+        assert "Customer Frustration" in text, text
+        assert "classes_smooth.angry 0.83" in text and "since 32.5 s" in text, text
+        page.screenshot(path=str(ARTIFACTS / "dashboard-call-phone.png"), full_page=True)
+        srv.call(srv.server.broadcast, [{"type": "stream_ended", "v": 1, "stream": sid}])
+        page.wait_for_function(
+            f"document.querySelectorAll('.card.ended[data-stream=\"{sid}\"]').length === 2",
+            timeout=TIMEOUT_MS,
+        )
+        # No green speech light on a call that is over, and it says it ended.
+        assert page.locator(".card.ended .speech.on").count() == 0
+        assert page.locator(".card.ended .latency").all_text_contents() == ["ended", "ended"]
+        page.wait_for_load_state("networkidle", timeout=TIMEOUT_MS)
+        assert not errors, errors

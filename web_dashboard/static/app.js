@@ -53,9 +53,7 @@ function handle(msg) {
       $("#model").textContent = describeModel(state.model);
       // After a reconnect: streams that ended meanwhile are greyed out, open ones stay.
       for (const card of state.cards.values()) {
-        const open = msg.streams && card.stream in msg.streams;
-        card.root.classList.toggle("ended", !open);
-        if (!open && !card.endedAt) card.endedAt = Date.now();
+        markEnded(card, !(msg.streams && card.stream in msg.streams));
       }
       for (const stream of Object.keys(msg.streams || {})) placeholder(stream);
       pruneEnded();
@@ -71,10 +69,7 @@ function handle(msg) {
       break;
     case "stream_ended":
       for (const card of state.cards.values()) {
-        if (card.stream === msg.stream) {
-          card.root.classList.add("ended");
-          card.endedAt = Date.now();
-        }
+        if (card.stream === msg.stream) markEnded(card, true);
       }
       pruneEnded();
       break;
@@ -124,7 +119,12 @@ function cardFor(stream, track) {
   root.dataset.stream = stream;
   root.dataset.track = track;
   const single = track === "main" || track === "*";
-  root.querySelector(".name").textContent = single ? stream : `${stream} / ${track}`;
+  // The stream id may be cut short (a Twilio CallSid fills a phone's card); the track never is,
+  // or a call's customer and agent cards would look the same.
+  const name = root.querySelector(".name");
+  name.querySelector(".stream-id").textContent = stream;
+  name.querySelector(".track").textContent = single ? "" : track;
+  name.title = root.dataset.name = single ? stream : `${stream} / ${track}`;
   card = {
     key, stream, track, root, points: [], classes: null, bars: new Map(),
     circle: root.querySelector(".circumplex"), line: root.querySelector(".timeline"),
@@ -133,7 +133,7 @@ function cardFor(stream, track) {
   $("#empty").hidden = true;
   // Keep cards sorted by name so 20 streams stay findable.
   const after = [...$("#streams").querySelectorAll(".card")]
-    .find((el) => el.querySelector(".name").textContent > root.querySelector(".name").textContent);
+    .find((el) => el.dataset.name > root.dataset.name);
   $("#streams").insertBefore(root, after || null);
   card.resize = new ResizeObserver(() => { state.dirty.add(card); schedule(); });
   card.resize.observe(card.circle);
@@ -156,11 +156,24 @@ function pruneEnded() {
   for (const card of ended.slice(KEEP_ENDED)) removeCard(card);
 }
 
+// Ended or open again: greyed out, the speech light off and "ended" where the latency was.
+function markEnded(card, ended) {
+  if (ended && !card.endedAt) card.endedAt = Date.now();
+  if (!ended) card.endedAt = null;
+  card.root.classList.toggle("ended", ended);
+  const latency = card.root.querySelector(".latency");
+  if (ended) {
+    card.root.querySelector(".speech").classList.remove("on");
+    latency.textContent = "ended";
+  } else if (latency.textContent === "ended") {
+    latency.textContent = ""; // the next event's latency goes here
+  }
+}
+
 function resetCard(card) {
-  card.endedAt = null;
   card.points = [];
   card.root.querySelector(".alert").hidden = true;
-  card.root.classList.remove("ended");
+  markEnded(card, false);
   state.dirty.add(card);
   schedule();
 }
@@ -172,8 +185,7 @@ function pick(...values) {
 function onEvent(ev) {
   state.stats.events++;
   const card = cardFor(ev.stream, ev.track);
-  card.root.classList.remove("ended");
-  card.endedAt = null;
+  markEnded(card, false);
   const valence = pick(ev.valence_smooth, ev.valence);
   const arousal = pick(ev.arousal_smooth, ev.arousal);
   if (card.points.length && ev.t1 < card.points[card.points.length - 1].t) card.points = [];
@@ -192,8 +204,14 @@ function onAlert(msg) {
   // Stays on the track's card (also after the stream ends) until the stream starts again.
   const card = cardFor(msg.stream, msg.track || "main");
   const el = card.root.querySelector(".alert");
-  el.textContent = `\u26a0 ${String(msg.name).replace(/_/g, " ")}`;
-  el.title = JSON.stringify(msg.values || {});
+  el.querySelector(".alert-name").textContent = `\u26a0 ${String(msg.name).replace(/_/g, " ")}`;
+  // What fired it, readable without hovering (there is no hover on a phone): field names as in
+  // the rule, values rounded, and since when (stream time).
+  const values = Object.entries(msg.values || {})
+    .map(([k, v]) => `${k} ${typeof v === "number" ? v.toFixed(2) : v}`);
+  if (typeof msg.since === "number") values.push(`since ${msg.since.toFixed(1)} s`);
+  el.querySelector(".alert-values").textContent = values.join(" \u00b7 ");
+  el.title = values.join("\n");
   el.hidden = false;
   card.alertAt = msg.t;
 }
@@ -234,9 +252,11 @@ function fmt(x) {
 function drawText(card) {
   const ev = card.last;
   if (!ev) return;
-  card.root.querySelector(".speech").classList.toggle("on", !!ev.speech);
-  card.root.querySelector(".speech").title = ev.speech ? "speech" : "silence";
-  card.root.querySelector(".latency").textContent = `${Math.round(ev.latency_ms)} ms`;
+  const ended = !!card.endedAt;
+  card.root.querySelector(".speech").classList.toggle("on", !!ev.speech && !ended);
+  card.root.querySelector(".speech").title = ended ? "ended" : ev.speech ? "speech" : "silence";
+  card.root.querySelector(".latency").textContent =
+    ended ? "ended" : `${Math.round(ev.latency_ms)} ms`;
   const label = pick(ev.label_smooth, ev.label, ev.quadrant && ev.quadrant.toLowerCase());
   const dom = card.root.querySelector(".dominant");
   dom.classList.toggle("silent", !ev.speech);
