@@ -75,7 +75,7 @@ def load_alert_rules(path: str | Path) -> tuple[AlertRule, ...]:
 
         [[alerts]]
         name = "customer_frustration"
-        track = "customer"
+        track = ["customer", "main"]
         min_duration = 5.0
         conditions = { "classes_smooth.angry" = [">", 0.4] }
 
@@ -183,7 +183,7 @@ class AlertEvaluator:
     def _event(self, ev: dict) -> list[dict]:
         out = []
         for rule in self.rules:
-            if rule.track is not None and ev.get("track") != rule.track:
+            if not rule.applies_to(ev.get("track")):
                 continue
             key = (ev["stream"], ev["track"], rule.name)
             if not _holds(rule, ev):

@@ -68,6 +68,27 @@ def test_fires_once_after_min_duration_per_track_and_rearms():
     assert [a["t"] for a in again] == [20.5]
 
 
+def test_default_rule_watches_the_customer_and_a_single_speaker_source(tmp_path):
+    # a call's customer, or the one track ("main") of a microphone, file or upload; never the agent
+    ev = AlertEvaluator([CUSTOMER_FRUSTRATION])
+    fired = []
+    for i in range(4, 16):
+        msgs = [event(i / 2, track=t) for t in ("customer", "agent", "main")]
+        for m in msgs:
+            m["classes_smooth"] = {"angry": 0.9}
+        fired += ev.process(msgs)
+    assert sorted(a["track"] for a in fired) == ["customer", "main"]
+    # TOML takes a list of tracks; anything but strings is refused
+    path = tmp_path / "alerts.toml"
+    path.write_text(
+        '[[alerts]]\nname = "x"\ntrack = ["customer", "main"]\n'
+        'conditions = { arousal_smooth = [">", 0.4] }\n'
+    )
+    assert load_alert_rules(path)[0].track == ("customer", "main")
+    with pytest.raises(ValueError, match="track must be a string or a list of strings"):
+        AlertRule("x", (("arousal_smooth", ">", 0.4),), track=("customer", 3))
+
+
 def test_missing_values_and_other_streams_do_not_mix():
     ev = AlertEvaluator([CUSTOMER_FRUSTRATION_VA])
     msgs = []
