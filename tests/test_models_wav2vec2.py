@@ -22,7 +22,8 @@ TINY = dict(
 )
 
 
-def make_checkpoint(out, classifier: bool = False, normalize: bool = True):
+def make_checkpoint(out, classifier: bool = False, normalize: bool = True, seed: int = 0):
+    """A tiny random wav2vec2 encoder (or sequence classifier) saved to ``out``."""
     from transformers import (
         Wav2Vec2Config,
         Wav2Vec2FeatureExtractor,
@@ -30,7 +31,7 @@ def make_checkpoint(out, classifier: bool = False, normalize: bool = True):
         Wav2Vec2Model,
     )
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     cfg = Wav2Vec2Config(**TINY, num_labels=4)
     model = Wav2Vec2ForSequenceClassification(cfg) if classifier else Wav2Vec2Model(cfg)
     model.save_pretrained(out)

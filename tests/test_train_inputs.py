@@ -17,30 +17,9 @@ from emotion_monitor.models.base import ModelError
 from emotion_monitor.models.manifest import read_manifest
 from emotion_monitor.models.train import fit_lda, train_heads
 from emotion_monitor.streamer.cli import main as cli
+from test_models_wav2vec2 import make_checkpoint
 
 FIELDS = ["path", "speaker", "emotion", "intensity", "split"]
-TINY = dict(
-    hidden_size=32,
-    num_hidden_layers=3,
-    num_attention_heads=2,
-    intermediate_size=64,
-    conv_dim=(32, 32),
-    conv_stride=(5, 4),
-    conv_kernel=(10, 4),
-    num_conv_pos_embeddings=16,
-    num_conv_pos_embedding_groups=2,
-)
-
-
-def make_checkpoint(out, seed: int = 0) -> str:
-    """A tiny random wav2vec2 encoder saved to ``out``."""
-    import torch
-    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
-
-    torch.manual_seed(seed)
-    Wav2Vec2Model(Wav2Vec2Config(**TINY)).save_pretrained(out)
-    Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True).save_pretrained(out)
-    return str(out)
 
 
 @pytest.fixture(scope="module")
