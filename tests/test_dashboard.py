@@ -562,5 +562,22 @@ def test_call_on_a_phone_names_tracks_alert_values_and_the_end(tiny_model, brows
         # No green speech light on a call that is over, and it says it ended.
         assert page.locator(".card.ended .speech.on").count() == 0
         assert page.locator(".card.ended .latency").all_text_contents() == ["ended", "ended"]
+        # The same id starts again (an AudioHook conversation after a transfer): nothing of the
+        # last call stays on its cards until new audio arrives.
+        srv.call(srv.server.broadcast, [{"type": "stream_started", "v": 1, "stream": sid}])
+        page.wait_for_function(
+            f"document.querySelectorAll('.card.ended[data-stream=\"{sid}\"]').length === 0",
+            timeout=TIMEOUT_MS,
+        )
+        assert page.locator(f"{customer} .dominant .label").inner_text() == ""
+        assert page.locator(f"{customer} .bars").is_hidden()
+        assert page.locator(f"{customer} .va").inner_text() == "waiting for audio"
+        assert canvas_stats(page, f"{customer} .circumplex")["drawn"] == 0
+        # A source that failed, then delivers again: its notice goes away.
+        failed = {"type": "source_error", "v": 1, "stream": sid, "message": "device vanished"}
+        srv.call(srv.server.broadcast, [failed])
+        page.locator("#notice").wait_for(state="visible", timeout=TIMEOUT_MS)
+        srv.call(srv.server.broadcast, [call_event(sid, "customer", 0, labels, labels[0])])
+        page.locator("#notice").wait_for(state="hidden", timeout=TIMEOUT_MS)
         page.wait_for_load_state("networkidle", timeout=TIMEOUT_MS)
         assert not errors, errors

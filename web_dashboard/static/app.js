@@ -12,6 +12,7 @@ const COLORS = { valence: "#4fc3f7", arousal: "#ffb74d", grid: "#2c353f", text: 
 
 const $ = (sel) => document.querySelector(sel);
 const state = { model: null, cards: new Map(), dirty: new Set(), ws: null, retry: 500,
+                failedSource: null, // the stream whose source_error notice is up
                 stats: { events: 0, frames: 0, cardDraws: 0, maxFrameMs: 0 } };
 window.emotionMonitor = state; // handy in the browser console and for tests
 
@@ -79,6 +80,7 @@ function handle(msg) {
     case "source_error":
       showNotice(`source ${msg.stream}: ${msg.message}` +
                  (msg.retry_in ? ` (retrying in ${msg.retry_in} s)` : ""));
+      state.failedSource = msg.stream; // its next event says it recovered
       break;
     case "error":
       showNotice(`server: ${msg.message}`);
@@ -170,12 +172,20 @@ function markEnded(card, ended) {
   }
 }
 
+// The stream started again under the same id: nothing of the last call may stay on screen.
 function resetCard(card) {
   card.points = [];
+  card.last = null;
+  card.classes = null;
   card.root.querySelector(".alert").hidden = true;
+  card.root.querySelector(".bars").hidden = true;
+  const dom = card.root.querySelector(".dominant");
+  dom.querySelector(".label").textContent = "";
+  dom.querySelector(".confidence").textContent = "";
+  card.root.querySelector(".va").textContent = "waiting for audio";
+  fitCanvas(card.circle); // clears the last call's drawing; the next event redraws
+  fitCanvas(card.line);
   markEnded(card, false);
-  state.dirty.add(card);
-  schedule();
 }
 
 function pick(...values) {
@@ -184,6 +194,10 @@ function pick(...values) {
 
 function onEvent(ev) {
   state.stats.events++;
+  if (state.failedSource === ev.stream) {
+    state.failedSource = null;
+    showNotice("");
+  }
   const card = cardFor(ev.stream, ev.track);
   markEnded(card, false);
   const valence = pick(ev.valence_smooth, ev.valence);
