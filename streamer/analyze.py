@@ -404,7 +404,10 @@ def _print_summary(path: str, model_name: str, s: dict, damage: list[str]) -> No
     )
     print("  input: " + ", ".join(damage))
     if s["mean_valence"] is not None:
-        print(f"  mean valence {s['mean_valence']:+.3f}  mean arousal {s['mean_arousal']:+.3f}")
+        print(
+            f"  mean valence {s['mean_valence']:+.3f}  mean arousal {s['mean_arousal']:+.3f}"
+            "  (per-window values; `report` averages the smoothed ones)"
+        )
     if s["quadrant_s"]:
         print(
             "  time per quadrant: "

@@ -313,7 +313,8 @@ def format_summary(s: dict) -> str:
         )
         if "valence_mean" in t:
             lines.append(
-                f"    valence mean {t['valence_mean']:+.2f} (low {t['valence_low']['value']:+.2f}"
+                f"    smoothed valence mean {t['valence_mean']:+.2f} "
+                f"(low {t['valence_low']['value']:+.2f}"
                 f" at {t['valence_low']['t']:.1f} s), arousal mean {t['arousal_mean']:+.2f} "
                 f"(peak {t['arousal_peak']['value']:+.2f} at {t['arousal_peak']['t']:.1f} s)"
             )

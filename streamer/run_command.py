@@ -149,7 +149,7 @@ def make_source(args: argparse.Namespace, workdir: Path) -> Source:
             sample_format=args.sample_format or "s16le",
         )
     if spec == "demo":
-        why = "no --source given and no input device found; " if auto else ""
+        why = "no input device found (--source auto); " if auto else ""
         # Live, the demo loops like a stream that never ends; --fast analyses it once.
         how = "in real time, in a loop" if args.realtime else "once, as fast as possible"
         print(
