@@ -930,6 +930,16 @@ def main(args: argparse.Namespace) -> int:
             "note: clips without a speaker are each their own cross-validation group, so the CV "
             "figures and the calibration measure speakers seen in training, not new ones"
         )
+    per_speaker = Counter(r.speaker for r in used if r.speaker)
+    if len(per_speaker) > 1 and max(per_speaker.values()) > 4 * min(per_speaker.values()):
+        # folds are dealt by speaker name, not size: a fold can hold almost nothing, and its
+        # scores then drive the choice of the head and the temperature
+        few, many = min(per_speaker, key=per_speaker.get), max(per_speaker, key=per_speaker.get)
+        print(
+            f"warning: speakers hold very different numbers of clips ({few}: {per_speaker[few]}, "
+            f"{many}: {per_speaker[many]}); cross-validation folds are dealt by speaker, so the "
+            "CV figures and the calibration can be unreliable"
+        )
     candidates = classifier_candidates(
         args.classifier,
         strength_values,

@@ -263,3 +263,12 @@ def test_intensities_outside_normal_and_strong_are_named(tmp_path, checkpoint, c
         "note: intensity values other than normal, strong get the unknown intensity's scale" in out
     )
     assert "'HIGH' (1), 'high' (1)" in out
+
+
+def test_very_uneven_speakers_are_warned_about(tmp_path, checkpoint, capsys):
+    rows = clips(speakers=("Actor_01",), per=5) + clips(speakers=("Actor_02",), per=1)
+    assert train(tmp_path, write_manifest(tmp_path / "m.csv", rows), checkpoint) == 0
+    out = capsys.readouterr().out
+    assert "warning: speakers hold very different numbers of clips (Actor_02: 3, Actor_01: 15)" in (
+        out
+    )
