@@ -281,8 +281,7 @@ def evaluate(
     rows = read_manifest(manifest, root, problems)
     if split:
         present = sorted({str(r.split) for r in rows})
-        # "Test" from a spreadsheet is the test split
-        rows = [r for r in rows if (r.split or "").strip().lower() == split.strip().lower()]
+        rows = [r for r in rows if r.split == split.strip().lower()]  # rows' splits: lower case
         if not rows:  # a typo must not pass as a score of nothing
             raise ModelError(
                 f"{manifest}: no rows with split {split!r} (the split column holds: "

@@ -11,8 +11,9 @@ from emotion_monitor.models.base import ModelError
 
 @dataclass(frozen=True)
 class Row:
-    """One labelled clip; ``path`` is resolved, optional columns are ``None`` when absent.
-    ``line`` is the row's line in the manifest (for messages), ``None`` when not read from one."""
+    """One labelled clip; ``path`` is resolved, optional columns are ``None`` when absent;
+    ``emotion`` and ``split`` are lower case. ``line`` is the row's line in the manifest (for
+    messages), ``None`` when not read from one."""
 
     path: Path
     emotion: str
@@ -61,7 +62,8 @@ def read_manifest(
                         emotion=(r["emotion"] or "").strip().lower(),
                         speaker=(r.get("speaker") or "").strip() or None,
                         intensity=r.get("intensity") or None,
-                        split=(r.get("split") or "").strip() or None,
+                        # "Test" from a spreadsheet is the test split
+                        split=(r.get("split") or "").strip().lower() or None,
                         line=reader.line_num,
                     )
                 )

@@ -760,17 +760,17 @@ def select_rows(rows: Sequence[Row]) -> tuple[list[Row], list[Row], list[str]]:
             f"({', '.join(VOCABULARY)}; case does not matter): {listed}"
         )
     rows = [r for r in rows if r.emotion in VOCABULARY]
-    # "Train" / "TEST" from a spreadsheet mean what they say; anything else (val, dev) is
-    # neither, and dropping it silently would shrink the training set unnoticed
-    split = {id(r): (r.split or "").strip().lower() for r in rows}
-    other = Counter(split[id(r)] for r in rows if split[id(r)] not in ("", "train", "test"))
+    # read_manifest lower-cases the split ("Train" / "TEST" from a spreadsheet mean what they
+    # say); anything else (val, dev) is neither, and dropping it silently would shrink the
+    # training set unnoticed
+    other = Counter(r.split for r in rows if r.split not in (None, "train", "test"))
     if other:
         listed = ", ".join(f"{value!r} ({n})" for value, n in sorted(other.items()))
         notes.append(
             f"left out {sum(other.values())} row(s) whose split is neither train nor test "
             f"(training uses 'train' or an empty split, 'test' is scored at the end): {listed}"
         )
-    rows = [r for r in rows if split[id(r)] in ("", "train", "test")]
+    rows = [r for r in rows if r.split in (None, "train", "test")]
     # the same file twice would count double (and in both splits, score the training data)
     by_file: dict[Path, list[Row]] = {}
     for r in rows:
@@ -787,8 +787,8 @@ def select_rows(rows: Sequence[Row]) -> tuple[list[Row], list[Row], list[str]]:
             kept.append(r)
         else:
             notes.append(f"line {r.line}: {r.path}: repeats line {same[0].line}, counted once")
-    train = [r for r in kept if split[id(r)] != "test"]
-    test = [r for r in kept if split[id(r)] == "test"]
+    train = [r for r in kept if r.split != "test"]
+    test = [r for r in kept if r.split == "test"]
     return train, test, notes
 
 

@@ -200,10 +200,18 @@ def _connect(path: Path, **kwargs: Any) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, fast
     db.executescript(SCHEMA)
-    for table in ("events", "alerts"):  # recordings made before the column existed
-        if "call" not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
-            db.execute(f"ALTER TABLE {table} ADD COLUMN call INTEGER")
+    for table in _without_call_column(db):  # recordings made before the column existed
+        db.execute(f"ALTER TABLE {table} ADD COLUMN call INTEGER")
     return db
+
+
+def _without_call_column(db: sqlite3.Connection) -> list[str]:
+    """Which of the events and alerts tables lack the ``call`` column (older recordings)."""
+    return [
+        table
+        for table in ("events", "alerts")
+        if "call" not in {row[1] for row in db.execute(f"PRAGMA main.table_info({table})")}
+    ]
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -248,10 +256,9 @@ def _open_recording(path: Path) -> sqlite3.Connection:
     """Read-only; a recording made before the ``call`` column reads as if it were all NULL."""
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        for table in ("events", "alerts"):
-            if "call" not in {row[1] for row in db.execute(f"PRAGMA main.table_info({table})")}:
-                # temp objects shadow main ones; the temp schema is writable in read-only mode
-                db.execute(f"CREATE TEMP VIEW {table} AS SELECT *, NULL AS call FROM main.{table}")
+        for table in _without_call_column(db):
+            # temp objects shadow main ones; the temp schema is writable in read-only mode
+            db.execute(f"CREATE TEMP VIEW {table} AS SELECT *, NULL AS call FROM main.{table}")
     except sqlite3.Error:
         db.close()
         raise
