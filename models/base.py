@@ -36,6 +36,16 @@ class ModelError(RuntimeError):
     """A model could not be loaded or run; the message names the file or package and the problem."""
 
 
+def refuse_missing_folder(location: str, noun: str = "model directory") -> None:
+    """ModelError ``"LOCATION: no such NOUN"`` when ``location`` is written as a path (it starts
+    with ``/``, ``.`` or ``~``; a hub id is ``org/name``) but is not a folder: offline,
+    transformers would take it for a hub id and blame its cache."""
+    from pathlib import Path
+
+    if location.startswith(("/", ".", "~")) and not Path(location).expanduser().is_dir():
+        raise ModelError(f"{location}: no such {noun}")
+
+
 @dataclass(frozen=True)
 class Prediction:
     """What a model says about one window.

@@ -19,7 +19,12 @@ from emotion_monitor.models.adapter_common import (
     normalise_labels,
     resolve_torch_device,
 )
-from emotion_monitor.models.base import SAMPLE_RATE, ModelError, Prediction
+from emotion_monitor.models.base import (
+    SAMPLE_RATE,
+    ModelError,
+    Prediction,
+    refuse_missing_folder,
+)
 
 #: Architectures exercised by the tests; others loadable by AutoModelForAudioClassification work
 #: through the same code but are untested.
@@ -121,9 +126,8 @@ def load_hf_classifier(location: str, device: str = "auto") -> HFAudioClassifier
     """Load a local directory or an already-cached hub id; never downloads."""
     from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClassification
 
+    refuse_missing_folder(location)
     local = Path(location).is_dir()
-    if not local and location.startswith(("/", "./", "../", "~")):  # a path, not a hub id
-        raise ModelError(f"{location}: no such model directory")
     try:
         config = AutoConfig.from_pretrained(location, local_files_only=True)
     except (OSError, ValueError) as exc:  # ValueError: a config.json without model_type

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from emotion_monitor.models.base import EmotionModel, ModelError
+from emotion_monitor.models.base import EmotionModel, ModelError, refuse_missing_folder
 
 KINDS = ("default", "hf", "vit-va", "pooled", "onnx", "heads")
 
@@ -75,8 +75,7 @@ def parse_spec(spec: str | None) -> tuple[str, str | None]:
         )
     if path.exists():
         raise ModelError(f"{spec}: a file, not a model directory")
-    if spec.startswith(("/", "./", "../", "~")):  # written as a path, not a hub id ("org/name")
-        raise ModelError(f"{spec}: no such model directory")
+    refuse_missing_folder(spec)
     # Anything else is taken as a Hugging Face hub id; loading it offline fails with a clear error.
     return "hf", spec
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from emotion_monitor.models.base import ModelError
+from emotion_monitor.models.base import ModelError, refuse_missing_folder
 
 
 def load_wav2vec2(spec: str, device: str = "cpu"):
@@ -25,9 +25,7 @@ def load_wav2vec2(spec: str, device: str = "cpu"):
     from emotion_monitor.models.adapter_common import from_pretrained_checked
     from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
-    if spec.startswith(("/", ".", "~")) and not Path(spec).expanduser().is_dir():
-        # a path, not a hub id: say so rather than "not in the local HF cache"
-        raise ModelError(f"{spec}: no such checkpoint folder")
+    refuse_missing_folder(spec, "checkpoint folder")
     try:
         config = AutoConfig.from_pretrained(spec, local_files_only=True)
     except (OSError, ValueError) as exc:
