@@ -478,7 +478,7 @@ def settings_from_args(settings: Settings, args: argparse.Namespace) -> Settings
     and the ``--alerts-config`` file here.
     """
     from emotion_monitor.streamer.alerts import load_alert_rules
-    from emotion_monitor.streamer.settings import CUSTOMER_FRUSTRATION
+    from emotion_monitor.streamer.alerts.rules import CUSTOMER_FRUSTRATION
 
     record = getattr(args, "record", None)
     if record and not Path(record).resolve().parent.is_dir():

@@ -17,14 +17,14 @@ from emotion_monitor.streamer.alerts import (
     fit_rules_to_model,
     load_alert_rules,
 )
-from emotion_monitor.streamer.engine import Engine
-from emotion_monitor.streamer.service import MonitorService
-from emotion_monitor.streamer.settings import (
+from emotion_monitor.streamer.alerts.rules import (
     CUSTOMER_FRUSTRATION,
     CUSTOMER_FRUSTRATION_VA,
     AlertRule,
-    Settings,
 )
+from emotion_monitor.streamer.engine import Engine
+from emotion_monitor.streamer.service import MonitorService
+from emotion_monitor.streamer.settings import Settings
 from test_calls import (
     TIMEOUT,
     LoudnessModel,

@@ -20,12 +20,13 @@ import websockets
 from conftest import load_clip, ravdess_clip
 from emotion_monitor.models.base import EmotionModel, Prediction
 from emotion_monitor.streamer import audiohook, audiosocket, twilio
+from emotion_monitor.streamer.alerts.rules import CUSTOMER_FRUSTRATION
 from emotion_monitor.streamer.api import attach
 from emotion_monitor.streamer.audio import StreamResampler, mulaw_decode, mulaw_encode, resample
 from emotion_monitor.streamer.engine import Engine
 from emotion_monitor.streamer.server import Server
 from emotion_monitor.streamer.service import MonitorService
-from emotion_monitor.streamer.settings import CUSTOMER_FRUSTRATION, Settings
+from emotion_monitor.streamer.settings import Settings
 
 TIMEOUT = 60.0
 

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from conftest import load_clip, ravdess_clip
 from emotion_monitor.streamer import recorder
+from emotion_monitor.streamer.alerts.rules import AlertRule
 from emotion_monitor.streamer.analyze import Summary
 from emotion_monitor.streamer.cli import main as cli_main
 from emotion_monitor.streamer.engine import Engine
 from emotion_monitor.streamer.events import Event
-from emotion_monitor.streamer.settings import AlertRule, Settings
+from emotion_monitor.streamer.settings import Settings
 from test_calls import clips, running, test_settings, twilio_call
 
 
@@ -165,8 +166,9 @@ def test_analyze_and_report_agree_on_real_speech_with_a_pause(tmp_path, default_
 def test_serve_flags_are_validated(tmp_path):
     import argparse
 
+    from emotion_monitor.streamer.alerts.rules import CUSTOMER_FRUSTRATION
     from emotion_monitor.streamer.api import add_arguments, settings_from_args
-    from emotion_monitor.streamer.settings import CUSTOMER_FRUSTRATION, Settings
+    from emotion_monitor.streamer.settings import Settings
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
