@@ -90,11 +90,11 @@ def free_model():
 async def play_call(port: int, sid: str, customer, agent, start_at: float, sent: dict) -> int:
     """Send one call at real-time pace; records (stream time, wall time) per packet."""
     import websockets
-    from emotion_monitor.streamer import twilio
+    from emotion_monitor.streamer.telephony import simulators
 
     async with websockets.connect(f"ws://127.0.0.1:{port}/twilio", compression=None) as ws:
         loop = asyncio.get_running_loop()
-        for msg in twilio.simulate_call(sid, customer, agent, chunk_ms=PACKET_MS):
+        for msg in simulators.twilio_call(sid, customer, agent, chunk_ms=PACKET_MS):
             if '"media"' in msg[:20]:
                 media = json.loads(msg)["media"]
                 t_end = (int(media["timestamp"]) + PACKET_MS) / 1000

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import os
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,12 +32,12 @@ import numpy as np
 from emotion_monitor.streamer.audio import (
     SAMPLE_RATE,
     AudioError,
-    StreamResampler,
     silence_nonfinite,
     to_mono,
 )
 from emotion_monitor.streamer.events import Event
 from emotion_monitor.streamer.protocol import MAX_CHANNELS
+from emotion_monitor.streamer.telephony.call import CUSTOMER, CallStream
 
 if TYPE_CHECKING:
     from emotion_monitor.models.base import EmotionModel
@@ -46,124 +46,6 @@ if TYPE_CHECKING:
     from emotion_monitor.streamer.settings import Settings
 
 log = logging.getLogger(__name__)
-
-#: Track names used by every telephony adapter.
-CUSTOMER, AGENT = "customer", "agent"
-
-
-class CallStream:
-    """One call on the service: open, per-track resampling to 16 kHz, end exactly once.
-
-    Raises (from the constructor) what :meth:`MonitorService.open_stream` raises:
-    ``StreamLimitError`` when the server is full, ``ValueError`` for a duplicate stream id.
-    """
-
-    #: Audio is handed to the service in blocks of at least this many 16 kHz samples (100 ms),
-    #: or at once when it completes a window, so no event waits for it: telephony packets are
-    #: 20 ms, and waking the inference worker 50 times a second per track wastes the CPU the
-    #: model needs once there are many calls.
-    COALESCE = 1600
-
-    def __init__(self, service: MonitorService, stream: str, **meta: Any):
-        self.service = service
-        self.stream = stream
-        self._resamplers: dict[str, StreamResampler] = {}
-        self._pending: dict[str, list[np.ndarray]] = {}
-        self._pending_n: dict[str, int] = {}
-        self._pushed: dict[str, int] = {}  # 16 kHz samples handed to the service per track
-        settings = getattr(getattr(service, "engine", None), "settings", None)
-        self._window = int(round(settings.window * SAMPLE_RATE)) if settings else 0
-        self._hop = int(round(settings.hop * SAMPLE_RATE)) if settings else 0
-        service.open_stream(stream, **meta)
-        self.closed = False
-
-    def push(self, track: str, samples: np.ndarray, rate: int) -> None:
-        """Queue mono float32 samples at ``rate`` for ``track``."""
-        if self.closed:
-            return
-        rs = self._resamplers.get(track)
-        if rs is None or rs.rate_in != rate:
-            if rs is not None:  # the rate changed mid-call: finish the old filter first
-                self._send(track, rs.flush())
-            rs = self._resamplers[track] = StreamResampler(rate, SAMPLE_RATE)
-        self._send(track, rs.process(samples))
-
-    def _send(self, track: str, samples: np.ndarray, force: bool = False) -> None:
-        if len(samples):
-            self._pending.setdefault(track, []).append(samples)
-            self._pending_n[track] = self._pending_n.get(track, 0) + len(samples)
-        n = self._pending_n.get(track, 0)
-        if not n:
-            return
-        done = self._pushed.get(track, 0)
-        if not (force or n >= self.COALESCE or self._completes_window(done, done + n)):
-            return
-        block = np.concatenate(self._pending.pop(track))
-        self._pending_n[track] = 0
-        self._pushed[track] = done + n
-        try:
-            self.service.push(self.stream, block, track)
-        except KeyError:  # the service ended the stream (shutting down): drop the rest
-            log.info("stream %s was ended by the service; dropping its audio", self.stream)
-            self.closed = True
-
-    def windows_pushed(self) -> int:
-        """Complete windows in the audio handed to the service so far, over all tracks."""
-        if not self._hop:
-            return 0
-        return sum(max(0, (n - self._window) // self._hop + 1) for n in self._pushed.values())
-
-    def _completes_window(self, start: int, end: int) -> bool:
-        """Whether a window of the engine ends in (start, end] (windows end at W + k*H)."""
-        if not self._hop or end < self._window:
-            return not self._hop
-        last_end = self._window + (end - self._window) // self._hop * self._hop
-        return last_end > start
-
-    def close(self) -> None:
-        """Flush the resamplers and end the stream (idempotent)."""
-        if self.closed:
-            return
-        for track, rs in self._resamplers.items():
-            self._send(track, rs.flush(), force=True)
-        for track in list(self._pending):
-            self._send(track, np.zeros(0, np.float32), force=True)
-        self.closed = True
-        self._resamplers.clear()
-        self.service.end_stream(self.stream)
-
-
-class IdleTimer:
-    """Calls ``on_idle()`` once when :meth:`touch` has not been called for ``timeout`` seconds.
-
-    Telephony peers send a packet every 20 ms; a ``wait_for`` per packet costs a task each, so
-    ``touch`` only stores the time and a single timer re-checks lazily. Create on the loop.
-    """
-
-    def __init__(self, timeout: float, on_idle: Callable[[], Any]):
-        self.timeout = timeout
-        self.on_idle = on_idle
-        self.fired = False
-        self._loop = asyncio.get_running_loop()
-        self._last = self._loop.time()
-        self._handle = self._loop.call_later(timeout, self._check)
-
-    def touch(self) -> None:
-        """Something arrived: the connection is alive."""
-        self._last = self._loop.time()
-
-    def cancel(self) -> None:
-        """Stop watching (the connection is over)."""
-        self._handle.cancel()
-
-    def _check(self) -> None:
-        idle = self._loop.time() - self._last
-        if idle >= self.timeout:
-            self.fired = True
-            self.on_idle()
-        else:
-            self._handle = self._loop.call_later(self.timeout - idle, self._check)
-
 
 # -- the in-process monitor ----------------------------------------------------------------
 
@@ -550,9 +432,9 @@ async def attach(
     Call from the server's event loop.
     """
     from emotion_monitor.streamer.alerts import AlertMonitor
-    from emotion_monitor.streamer.audiohook import ApiKeyCheck, AudioHookHandler
-    from emotion_monitor.streamer.audiosocket import AudioSocketHandler
-    from emotion_monitor.streamer.twilio import TwilioHandler, TwilioSignatureCheck
+    from emotion_monitor.streamer.telephony.audiohook import ApiKeyCheck, AudioHookHandler
+    from emotion_monitor.streamer.telephony.audiosocket import AudioSocketHandler
+    from emotion_monitor.streamer.telephony.twilio import TwilioHandler, TwilioSignatureCheck
 
     out = Integrations()
     if settings.record:

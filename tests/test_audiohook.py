@@ -10,8 +10,8 @@ import uuid
 import numpy as np
 import pytest
 import websockets
-from emotion_monitor.streamer import audiohook
 from emotion_monitor.streamer.settings import Settings
+from emotion_monitor.streamer.telephony import audiohook, simulators
 from test_calls import (
     TIMEOUT,
     clips,
@@ -48,7 +48,7 @@ class HookClient:
     async def open(self, conversation: str, channels=("external", "internal")) -> dict:
         self.seq += 1
         await self.ws.send(
-            json.dumps(audiohook.open_message(self.id, conversation, channels, seq=self.seq))
+            json.dumps(simulators.audiohook_open(self.id, conversation, channels, seq=self.seq))
         )
         return await self.recv()
 
@@ -64,7 +64,7 @@ async def run_session(
     async with websockets.connect(ws_url(server, "/audiohook"), additional_headers=headers) as ws:
         c = HookClient(ws)
         replies.append(await c.open(conversation))
-        frames = audiohook.stereo_frames(customer, agent)
+        frames = simulators.audiohook_frames(customer, agent)
         half = len(frames) // 2
         for f in frames[:half]:
             await ws.send(f)
@@ -162,7 +162,7 @@ async def test_mono_offer_and_refusals():
             c = HookClient(ws)
             opened = await c.open("conv-mono", channels=("external",))
             assert opened["parameters"]["media"][0]["channels"] == ["external"]
-            for f in audiohook.stereo_frames(angry, angry):  # any byte count is whole mono
+            for f in simulators.audiohook_frames(angry, angry):  # any byte count is whole mono
                 await ws.send(f)
             await c.send("close")
             assert (await c.recv())["type"] == "closed"
@@ -180,7 +180,7 @@ async def test_mono_offer_and_refusals():
                 return reply
 
         async def l16_only(c):
-            msg = audiohook.open_message(c.id, "conv-l16")
+            msg = simulators.audiohook_open(c.id, "conv-l16")
             msg["parameters"]["media"] = [
                 {"type": "audio", "format": "L16", "channels": ["external"], "rate": 16000}
             ]
@@ -205,7 +205,7 @@ async def test_mono_offer_and_refusals():
         # a dropped connection (no close) still ends the stream
         async with websockets.connect(ws_url(server, "/audiohook")) as ws:
             await HookClient(ws).open("conv-drop")
-            await ws.send(audiohook.stereo_frames(angry, angry)[0])
+            await ws.send(simulators.audiohook_frames(angry, angry)[0])
         await col.ended(["conv-drop"])
         await col.wait_for(lambda: not server.service.engine.streams)
     assert server.service.streams == {}
@@ -225,7 +225,7 @@ def test_choose_media_prefers_stereo_pcmu():
 
 
 async def test_idle_session_is_closed(caplog):
-    caplog.set_level(logging.WARNING, logger="emotion_monitor.streamer.audiohook")
+    caplog.set_level(logging.WARNING, logger="emotion_monitor.streamer.telephony.audiohook")
     async with running() as (server, col):
         server.add_websocket_route("/audiohook-fast", audiohook.AudioHookHandler(idle_timeout=0.3))
         await server.stop()
@@ -250,7 +250,7 @@ async def test_open_with_mistyped_channels_gets_disconnect(caplog):
     async with running() as (server, col):
         async with websockets.connect(ws_url(server, "/audiohook")) as ws:
             c = HookClient(ws)
-            msg = audiohook.open_message(c.id, "conv-bad")
+            msg = simulators.audiohook_open(c.id, "conv-bad")
             for offer in msg["parameters"]["media"]:
                 offer["channels"] = [offer["channels"]]  # [["external", "internal"]]
             await ws.send(json.dumps(msg))

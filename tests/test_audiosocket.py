@@ -9,9 +9,10 @@ import uuid
 
 import numpy as np
 import pytest
-from emotion_monitor.streamer import audiosocket as asock
-from emotion_monitor.streamer.audiosocket import AudioSocketHandler, frame
 from emotion_monitor.streamer.settings import Settings
+from emotion_monitor.streamer.telephony import audiosocket as asock
+from emotion_monitor.streamer.telephony import simulators
+from emotion_monitor.streamer.telephony.audiosocket import AudioSocketHandler, frame
 from test_calls import (
     TIMEOUT,
     LoudnessModel,
@@ -45,7 +46,7 @@ async def test_call_at_8k_and_higher_rates_give_the_same_events():
     async with running(settings=asock_settings()) as (server, col):
         port = server.tcp_ports["audiosocket"]
         await asyncio.gather(
-            *(play(port, asock.simulate_call(i, angry, kind=k)) for k, i in ids.items())
+            *(play(port, simulators.audiosocket_call(i, angry, kind=k)) for k, i in ids.items())
         )
         await col.ended(str(i) for i in ids.values())
         assert server.service.engine.streams == []
@@ -71,7 +72,8 @@ async def test_angry_connection_more_aroused_than_sad_one(real_model):  # noqa: 
     ):
         port = server.tcp_ports["audiosocket"]
         await asyncio.gather(
-            play(port, asock.simulate_call(a, angry)), play(port, asock.simulate_call(s, sad))
+            play(port, simulators.audiosocket_call(a, angry)),
+            play(port, simulators.audiosocket_call(s, sad)),
         )
         await col.ended([str(a), str(s)])
     ev = col.events()
@@ -90,14 +92,15 @@ async def test_configured_track_name():
         await server.start()  # listeners are opened on start
         call = uuid.uuid4()
         await play(
-            server.tcp_ports["agent-leg"], asock.simulate_call(call, np.zeros(16000, np.float32))
+            server.tcp_ports["agent-leg"],
+            simulators.audiosocket_call(call, np.zeros(16000, np.float32)),
         )
         await col.ended([str(call)])
     assert set(col.events()) == {(str(call), "agent")}
 
 
 async def test_bad_frames_end_only_that_connection(caplog):
-    caplog.set_level(logging.WARNING, logger="emotion_monitor.streamer.audiosocket")
+    caplog.set_level(logging.WARNING, logger="emotion_monitor.streamer.telephony.audiosocket")
     audio = frame(0x10, b"\x00\x01" * 160)
     cases = {
         "audio before the UUID frame": [audio],
@@ -145,14 +148,14 @@ async def test_bad_frames_end_only_that_connection(caplog):
         assert any("peer error (code 02)" in r.getMessage() for r in caplog.records)
         # the listener still serves calls
         ok = uuid.uuid4()
-        await play(port, asock.simulate_call(ok, np.zeros(16000, np.float32)))
+        await play(port, simulators.audiosocket_call(ok, np.zeros(16000, np.float32)))
         await col.ended([str(ok)])
         await col.wait_for(lambda: not server.service.engine.streams)
     assert server.service.streams == {}
 
 
 async def test_idle_connection_is_ended(caplog):
-    caplog.set_level(logging.WARNING, logger="emotion_monitor.streamer.audiosocket")
+    caplog.set_level(logging.WARNING, logger="emotion_monitor.streamer.telephony.audiosocket")
     async with running(settings=test_settings()) as (server, col):
         server.add_tcp_listener("idle", AudioSocketHandler(idle_timeout=0.3))
         await server.stop()

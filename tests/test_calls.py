@@ -19,7 +19,6 @@ import pytest
 import websockets
 from conftest import load_clip, ravdess_clip
 from emotion_monitor.models.base import EmotionModel, Prediction
-from emotion_monitor.streamer import audiohook, audiosocket, twilio
 from emotion_monitor.streamer.alerts.rules import CUSTOMER_FRUSTRATION
 from emotion_monitor.streamer.api import attach
 from emotion_monitor.streamer.audio import StreamResampler, mulaw_decode, mulaw_encode, resample
@@ -27,6 +26,7 @@ from emotion_monitor.streamer.engine import Engine
 from emotion_monitor.streamer.server import Server
 from emotion_monitor.streamer.service import MonitorService
 from emotion_monitor.streamer.settings import Settings
+from emotion_monitor.streamer.telephony import audiosocket, simulators
 
 TIMEOUT = 60.0
 
@@ -135,7 +135,7 @@ async def twilio_call(
 ) -> tuple[int, str]:
     """Play a call into /twilio; returns the close (code, reason) the server answered with."""
     async with websockets.connect(ws_url(server, "/twilio"), additional_headers=headers) as ws:
-        for msg in twilio.simulate_call(call_sid, customer, agent, **kw):
+        for msg in simulators.twilio_call(call_sid, customer, agent, **kw):
             await ws.send(msg)
             if pace:
                 await asyncio.sleep(pace)
@@ -217,18 +217,18 @@ async def test_mixed_protocols_at_once_and_stream_limit():
 
         async def asock():
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            for f in audiosocket.simulate_call(call_uuid, angry, hangup=False):
+            for f in simulators.audiosocket_call(call_uuid, angry, hangup=False):
                 writer.write(f)
             await writer.drain()
             return reader, writer
 
         async with websockets.connect(ws_url(server, "/audiohook")) as hook:
-            await hook.send(json.dumps(audiohook.open_message(str(uuid.uuid4()), "conv-1")))
+            await hook.send(json.dumps(simulators.audiohook_open(str(uuid.uuid4()), "conv-1")))
             opened = json.loads(await asyncio.wait_for(hook.recv(), TIMEOUT))
             assert opened["type"] == "opened"
             reader, writer = await asock()
             async with websockets.connect(ws_url(server, "/twilio")) as tw:
-                msgs = list(twilio.simulate_call("CA1", angry, sad))
+                msgs = list(simulators.twilio_call("CA1", angry, sad))
                 for m in msgs[:10]:
                     await tw.send(m)
                 await col.wait_for(lambda: len(server.service.streams) == 3)
@@ -236,7 +236,7 @@ async def test_mixed_protocols_at_once_and_stream_limit():
                 code, reason = await twilio_call(server, "CA2", angry, sad)
                 assert code == 1013 and "maximum of 3 streams" in reason
                 async with websockets.connect(ws_url(server, "/audiohook")) as hook2:
-                    await hook2.send(json.dumps(audiohook.open_message("s2", "conv-2")))
+                    await hook2.send(json.dumps(simulators.audiohook_open("s2", "conv-2")))
                     reply = json.loads(await asyncio.wait_for(hook2.recv(), TIMEOUT))
                     assert reply["type"] == "disconnect"
                     assert reply["parameters"]["reason"] == "error"
@@ -249,7 +249,7 @@ async def test_mixed_protocols_at_once_and_stream_limit():
                 w2.close()
                 for m in msgs[10:]:
                     await tw.send(m)
-            for f in audiohook.stereo_frames(angry, sad):
+            for f in simulators.audiohook_frames(angry, sad):
                 await hook.send(f)
             await hook.send(
                 json.dumps(
@@ -297,7 +297,7 @@ def test_callstream_coalesces_packets_but_never_holds_back_a_window_end():
         def end_stream(self, stream):
             pushes.append(("end", 0))
 
-    from emotion_monitor.streamer.api import CallStream
+    from emotion_monitor.streamer.telephony.call import CallStream
 
     call = CallStream(FakeService(), "s")
     for _ in range(150):  # 3 s of 20 ms packets at 16 kHz

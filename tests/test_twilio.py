@@ -10,8 +10,8 @@ import logging
 import numpy as np
 import pytest
 import websockets
-from emotion_monitor.streamer import twilio
 from emotion_monitor.streamer.settings import Settings
+from emotion_monitor.streamer.telephony import simulators, twilio
 from test_calls import (
     TIMEOUT,
     LoudnessModel,
@@ -120,7 +120,7 @@ def test_gap_in_timestamps_is_filled_with_bounded_silence():
             pass
 
     session = twilio.TwilioSession(FakeService(), max_gap=1.0)
-    msgs = list(twilio.simulate_call("CA9", np.zeros(16000, np.float32), None))
+    msgs = list(simulators.twilio_call("CA9", np.zeros(16000, np.float32), None))
     session.handle(msgs[1])  # start
     media = [json.loads(m) for m in msgs if '"media"' in m]
     session.handle(json.dumps(media[0]))
@@ -146,7 +146,7 @@ async def _send_and_close_code(server, messages) -> tuple[int, str]:
 
 
 async def test_bad_inputs_close_with_codes_and_free_state():
-    msgs = list(twilio.simulate_call("CA7", np.zeros(8000, np.float32), None))
+    msgs = list(simulators.twilio_call("CA7", np.zeros(8000, np.float32), None))
     connected, start, media = msgs[0], msgs[1], msgs[2]
     bad_b64 = json.loads(media)
     bad_b64["media"]["payload"] = "***"
@@ -189,7 +189,7 @@ async def test_stream_limit_close_code():
     settings = test_settings(max_streams=1)
     async with running(LoudnessModel(), settings) as (server, col):
         async with websockets.connect(ws_url(server, "/twilio")) as first:
-            msgs = list(twilio.simulate_call("CA1", np.zeros(8000, np.float32), None))
+            msgs = list(simulators.twilio_call("CA1", np.zeros(8000, np.float32), None))
             await first.send(msgs[1])
             await col.wait_for(lambda: "CA1" in server.service.streams)
             code, reason = await twilio_call(server, "CA2", np.zeros(8000, np.float32), None)
@@ -203,12 +203,12 @@ async def test_stream_limit_close_code():
 
 
 async def test_idle_call_is_ended(caplog):
-    caplog.set_level(logging.WARNING, logger="emotion_monitor.streamer.twilio")
+    caplog.set_level(logging.WARNING, logger="emotion_monitor.streamer.telephony.twilio")
     async with running() as (server, col):
         server.add_websocket_route("/twilio-fast", twilio.TwilioHandler(idle_timeout=0.3))
         await server.stop()
         await server.start()
-        msgs = list(twilio.simulate_call("CA-idle", np.zeros(8000, np.float32), None))
+        msgs = list(simulators.twilio_call("CA-idle", np.zeros(8000, np.float32), None))
         async with websockets.connect(ws_url(server, "/twilio-fast")) as ws:
             for m in msgs[:5]:
                 await ws.send(m)
@@ -219,7 +219,7 @@ async def test_idle_call_is_ended(caplog):
 
 
 async def test_mistyped_fields_close_1008_naming_the_field(caplog):
-    msgs = list(twilio.simulate_call("CA5", np.zeros(8000, np.float32), None))
+    msgs = list(simulators.twilio_call("CA5", np.zeros(8000, np.float32), None))
     start, media = json.loads(msgs[1]), json.loads(msgs[2])
 
     def changed(msg: dict, part: str, key: str, value) -> str:

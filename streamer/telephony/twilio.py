@@ -30,15 +30,14 @@ import hmac
 import json
 import logging
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from emotion_monitor.streamer.api import AGENT, CUSTOMER, CallStream, IdleTimer
-from emotion_monitor.streamer.audio import mulaw_decode, mulaw_encode, resample
+from emotion_monitor.streamer.audio import mulaw_decode
 from emotion_monitor.streamer.engine import StreamLimitError
 from emotion_monitor.streamer.protocol import STREAM_ID
 from emotion_monitor.streamer.server import HttpRequest, HttpResponse
+from emotion_monitor.streamer.telephony.call import AGENT, CUSTOMER, CallStream, IdleTimer
 from websockets.exceptions import ConnectionClosed
 
 log = logging.getLogger(__name__)
@@ -279,74 +278,3 @@ def _reason(text: str) -> str:
     """Websocket close reasons are limited to 123 bytes."""
     data = text.encode()[:120]
     return data.decode(errors="ignore")
-
-
-# -- simulation (tests, benchmarks, demos) ---------------------------------------------------
-
-
-def simulate_call(
-    call_sid: str,
-    customer: np.ndarray | None,
-    agent: np.ndarray | None = None,
-    chunk_ms: int = 20,
-    custom_parameters: dict[str, str] | None = None,
-    stream_sid: str | None = None,
-) -> Iterator[str]:
-    """The JSON messages Twilio would send for a call with these 16 kHz tracks.
-
-    Yields ``connected``, ``start``, interleaved ``media`` (inbound = customer, outbound =
-    agent, ``chunk_ms`` each) and ``stop``. Both tracks are padded to the same length.
-    """
-    stream_sid = stream_sid or "MZ" + call_sid[2:]
-    tracks = {name: a for name, a in (("inbound", customer), ("outbound", agent)) if a is not None}
-    encoded = {k: mulaw_encode(resample(a, 16000, TWILIO_RATE)) for k, a in tracks.items()}
-    n = max(len(v) for v in encoded.values())
-    encoded = {k: v + b"\xff" * (n - len(v)) for k, v in encoded.items()}  # 0xff = mu-law zero
-    seq = 1
-    yield json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
-    seq += 1
-    yield json.dumps(
-        {
-            "event": "start",
-            "sequenceNumber": str(seq),
-            "streamSid": stream_sid,
-            "start": {
-                "accountSid": "AC" + "0" * 32,
-                "streamSid": stream_sid,
-                "callSid": call_sid,
-                "tracks": list(encoded),
-                "mediaFormat": {
-                    "encoding": "audio/x-mulaw",
-                    "sampleRate": TWILIO_RATE,
-                    "channels": 1,
-                },
-                "customParameters": custom_parameters or {},
-            },
-        }
-    )
-    step = TWILIO_RATE * chunk_ms // 1000
-    for i, start in enumerate(range(0, n, step)):
-        for name, data in encoded.items():
-            seq += 1
-            yield json.dumps(
-                {
-                    "event": "media",
-                    "sequenceNumber": str(seq),
-                    "streamSid": stream_sid,
-                    "media": {
-                        "track": name,
-                        "chunk": str(i + 1),
-                        "timestamp": str(start * 1000 // TWILIO_RATE),
-                        "payload": base64.b64encode(data[start : start + step]).decode(),
-                    },
-                }
-            )
-    seq += 1
-    yield json.dumps(
-        {
-            "event": "stop",
-            "sequenceNumber": str(seq),
-            "streamSid": stream_sid,
-            "stop": {"accountSid": "AC" + "0" * 32, "callSid": call_sid},
-        }
-    )

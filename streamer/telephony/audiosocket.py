@@ -21,13 +21,11 @@ import asyncio
 import logging
 import struct
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from emotion_monitor.streamer.api import CUSTOMER, CallStream, IdleTimer
-from emotion_monitor.streamer.audio import resample
 from emotion_monitor.streamer.engine import StreamLimitError
+from emotion_monitor.streamer.telephony.call import CUSTOMER, CallStream, IdleTimer
 
 log = logging.getLogger(__name__)
 
@@ -190,22 +188,3 @@ class AudioSocketHandler:
 
 
 # -- simulation (tests, benchmarks, demos) ---------------------------------------------------
-
-
-def simulate_call(
-    call_id: uuid.UUID,
-    samples: np.ndarray,
-    kind: int = 0x10,
-    frame_ms: int = 20,
-    hangup: bool = True,
-) -> Iterator[bytes]:
-    """The frames Asterisk would send for 16 kHz ``samples``: UUID, slin frames, hangup."""
-    rate = SLIN_RATES[kind]
-    pcm = np.clip(np.round(resample(samples, 16000, rate) * 32767), -32768, 32767)
-    data = pcm.astype("<i2").tobytes()
-    step = rate * frame_ms // 1000 * 2
-    yield frame(KIND_UUID, call_id.bytes)
-    for start in range(0, len(data), step):
-        yield frame(kind, data[start : start + step])
-    if hangup:
-        yield frame(KIND_HANGUP)

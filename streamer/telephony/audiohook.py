@@ -22,12 +22,11 @@ import json
 import logging
 from typing import Any
 
-import numpy as np
-from emotion_monitor.streamer.api import AGENT, CUSTOMER, CallStream, IdleTimer
-from emotion_monitor.streamer.audio import mulaw_decode, mulaw_encode, resample
+from emotion_monitor.streamer.audio import mulaw_decode
 from emotion_monitor.streamer.engine import StreamLimitError
 from emotion_monitor.streamer.protocol import STREAM_ID
 from emotion_monitor.streamer.server import HttpRequest, HttpResponse
+from emotion_monitor.streamer.telephony.call import AGENT, CUSTOMER, CallStream, IdleTimer
 from websockets.exceptions import ConnectionClosed
 
 log = logging.getLogger(__name__)
@@ -252,49 +251,3 @@ class AudioHookHandler:
             session.close()
         if idle.fired:
             log.warning("audiohook %s: idle for %.0f s; closed", session.id, idle.timeout)
-
-
-# -- simulation (tests, benchmarks, demos) ---------------------------------------------------
-
-
-def open_message(
-    session_id: str,
-    conversation_id: str,
-    channels: tuple[str, ...] = ("external", "internal"),
-    seq: int = 1,
-) -> dict:
-    """An ``open`` message as Genesys Cloud sends it (with a mono fallback offer)."""
-    return {
-        "version": VERSION,
-        "type": "open",
-        "seq": seq,
-        "serverseq": 0,
-        "id": session_id,
-        "position": "PT0S",
-        "parameters": {
-            "organizationId": "d7934305-0972-4844-938e-9060eef73d05",
-            "conversationId": conversation_id,
-            "participant": {
-                "id": "883efee8-3d6c-4537-b500-6d7ca4b92fa0",
-                "ani": "+1-555-555-1234",
-                "aniName": "John Doe",
-                "dnis": "+1-800-555-6789",
-            },
-            "media": [
-                {"type": "audio", "format": "PCMU", "channels": list(channels), "rate": RATE},
-                {"type": "audio", "format": "PCMU", "channels": ["external"], "rate": RATE},
-            ],
-            "language": "en-US",
-        },
-    }
-
-
-def stereo_frames(customer: np.ndarray, agent: np.ndarray, frame_ms: int = 100) -> list[bytes]:
-    """Binary frames of interleaved PCMU (external, internal) from two 16 kHz tracks."""
-    a = resample(customer, 16000, RATE)
-    b = resample(agent, 16000, RATE)
-    n = max(len(a), len(b))
-    a, b = np.pad(a, (0, n - len(a))), np.pad(b, (0, n - len(b)))
-    inter = np.frombuffer(mulaw_encode(np.stack([a, b], axis=1).reshape(-1)), np.uint8)
-    step = RATE * frame_ms // 1000 * 2
-    return [inter[i : i + step].tobytes() for i in range(0, len(inter), step)]
