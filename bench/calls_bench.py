@@ -182,9 +182,9 @@ async def run(model, settings, n_calls: int, audio: list) -> dict:
     """Serve one round of N calls; the callers run in their own process, as Twilio would."""
     import multiprocessing as mp
 
-    from emotion_monitor.streamer.api import attach
+    from emotion_monitor.streamer.commands.serve import attach
     from emotion_monitor.streamer.engine import Engine
-    from emotion_monitor.streamer.server import Server
+    from emotion_monitor.streamer.server.app import Server
     from emotion_monitor.streamer.service import MonitorService
 
     service = MonitorService(Engine(model, settings)).start()

@@ -19,13 +19,10 @@ chunk-invariant resampler, and ends the stream (freeing all its state) exactly o
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import os
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,7 +34,7 @@ from emotion_monitor.streamer.audio import (
 )
 from emotion_monitor.streamer.events import Event
 from emotion_monitor.streamer.protocol import MAX_CHANNELS
-from emotion_monitor.streamer.telephony.call import CUSTOMER, CallStream
+from emotion_monitor.streamer.telephony.call import CallStream
 
 if TYPE_CHECKING:
     from emotion_monitor.models.base import EmotionModel
@@ -301,165 +298,3 @@ def _mono_float(audio: Any, name: str) -> np.ndarray:
         a = (a.astype(np.float64) - (int(info.min) + half)) / half
     # as /ingest does, before resampling
     return silence_nonfinite(to_mono(a))[0]
-
-
-# -- server wiring --------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the call-center flags to ``emotion-monitor serve``."""
-    group = parser.add_argument_group("call center")
-    group.add_argument(
-        "--audiosocket-port",
-        type=int,
-        metavar="PORT",
-        help="also listen for Asterisk AudioSocket (TCP) calls on this port",
-    )
-    group.add_argument(
-        "--audiosocket-track",
-        default=CUSTOMER,
-        metavar="NAME",
-        help="track name of AudioSocket audio (one direction per connection; default customer)",
-    )
-    group.add_argument(
-        "--record",
-        metavar="FILE.sqlite",
-        help="store every event and alert in this SQLite file (see 'emotion-monitor report')",
-    )
-    group.add_argument("--webhook", metavar="URL", help="POST every alert as JSON to this URL")
-    group.add_argument(
-        "--twilio-auth-token",
-        metavar="TOKEN",
-        default=os.environ.get("TWILIO_AUTH_TOKEN"),
-        help="refuse /twilio connections not signed with this Twilio auth token "
-        "(default: $TWILIO_AUTH_TOKEN)",
-    )
-    group.add_argument(
-        "--audiohook-api-key",
-        metavar="KEY",
-        default=os.environ.get("AUDIOHOOK_API_KEY"),
-        help="refuse /audiohook connections without this X-API-KEY (default: $AUDIOHOOK_API_KEY)",
-    )
-    group.add_argument(
-        "--public-url",
-        metavar="URL",
-        help="the wss:// base URL Twilio connects to, when a proxy rewrites the Host header",
-    )
-    group.add_argument(
-        "--alerts-config",
-        metavar="TOML",
-        help="alert rules ([[alerts]] tables); default: customer_frustration",
-    )
-
-
-def settings_from_args(settings: Settings, args: argparse.Namespace) -> Settings:
-    """Fold the call-center flags into the (frozen) settings.
-
-    Raises ``ValueError`` for a bad value: the webhook URL and the AudioSocket port are checked
-    by :class:`Settings` (naming ``webhook_url`` / ``audiosocket_port``), the ``--record`` folder
-    and the ``--alerts-config`` file here.
-    """
-    from emotion_monitor.streamer.alerts import load_alert_rules
-    from emotion_monitor.streamer.alerts.rules import CUSTOMER_FRUSTRATION
-
-    record = getattr(args, "record", None)
-    if record and not Path(record).resolve().parent.is_dir():
-        raise ValueError(f"--record {record}: the folder does not exist")
-    rules = None
-    if getattr(args, "alerts_config", None):
-        rules = load_alert_rules(args.alerts_config)
-    elif not settings.alerts:
-        rules = (CUSTOMER_FRUSTRATION,)
-    return settings.replace(
-        audiosocket_port=getattr(args, "audiosocket_port", None),
-        record=getattr(args, "record", None),
-        webhook_url=getattr(args, "webhook", None),
-        alerts=rules,
-    )
-
-
-class Integrations:
-    """What :func:`attach` started. At shutdown: :meth:`close_listeners` before the server
-    stops, :meth:`close` after the service has flushed (so the recorder gets the last events)."""
-
-    def __init__(self):
-        self.audiosocket: Any = None
-        self.alerts: Any = None
-        self.recorder: Any = None
-
-    async def close_listeners(self) -> None:
-        """End the open AudioSocket connections (their streams are flushed)."""
-        if self.audiosocket is not None:
-            await self.audiosocket.close_connections()
-
-    async def close(self) -> None:
-        """Flush the webhook queue and the recorder (idempotent)."""
-        await self.close_listeners()
-        if self.alerts is not None:
-            await asyncio.to_thread(self.alerts.close)
-        if self.recorder is not None:
-            await asyncio.to_thread(self.recorder.close)
-
-
-def auth_from_args(args: argparse.Namespace) -> dict[str, str | None]:
-    """The credentials of the call-center routes from ``serve``'s flags, for :func:`attach`.
-
-    They stay out of :class:`Settings`, which the server shows to any client."""
-    return {
-        "twilio_auth_token": getattr(args, "twilio_auth_token", None),
-        "audiohook_api_key": getattr(args, "audiohook_api_key", None),
-        "public_url": getattr(args, "public_url", None),
-    }
-
-
-async def attach(
-    server: Any,
-    service: MonitorService,
-    settings: Settings,
-    audiosocket_track: str = CUSTOMER,
-    twilio_auth_token: str | None = None,
-    audiohook_api_key: str | None = None,
-    public_url: str | None = None,
-) -> Integrations:
-    """Register the call-center integrations on a server before ``server.start()``.
-
-    ``/twilio`` and ``/audiohook`` always, refusing unsigned Twilio connections when
-    ``twilio_auth_token`` is given and AudioHook connections without ``audiohook_api_key`` when
-    that is given (``public_url``: see :class:`TwilioSignatureCheck`); the AudioSocket TCP
-    listener when ``settings.audiosocket_port`` is set; alert rules (``settings.alerts``, with
-    the webhook ``settings.webhook_url``) and the SQLite recorder (``settings.record``) when
-    configured.
-    Call from the server's event loop.
-    """
-    from emotion_monitor.streamer.alerts import AlertMonitor
-    from emotion_monitor.streamer.telephony.audiohook import ApiKeyCheck, AudioHookHandler
-    from emotion_monitor.streamer.telephony.audiosocket import AudioSocketHandler
-    from emotion_monitor.streamer.telephony.twilio import TwilioHandler, TwilioSignatureCheck
-
-    out = Integrations()
-    if settings.record:
-        from emotion_monitor.streamer.recorder import Recorder
-
-        out.recorder = Recorder(settings.record)
-        service.add_listener(out.recorder.listener)  # worker thread; it only enqueues
-    if settings.alerts:
-        out.alerts = AlertMonitor(settings.alerts, webhook_url=settings.webhook_url)
-        out.alerts.attach(service)
-    twilio_check = (
-        TwilioSignatureCheck(twilio_auth_token, public_url) if twilio_auth_token else None
-    )
-    hook_check = ApiKeyCheck(audiohook_api_key) if audiohook_api_key else None
-    server.add_websocket_route("/twilio", TwilioHandler(), authorize=twilio_check)
-    server.add_websocket_route("/audiohook", AudioHookHandler(), authorize=hook_check)
-    checks = {"/twilio": twilio_check, "/audiohook": hook_check}
-    unchecked = [route for route, check in checks.items() if check is None]
-    if unchecked and settings.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning(
-            "%s accept(s) any caller on %s: set --twilio-auth-token / --audiohook-api-key",
-            " and ".join(unchecked),
-            settings.host,
-        )
-    if settings.audiosocket_port is not None:
-        out.audiosocket = AudioSocketHandler(track=audiosocket_track)
-        server.add_tcp_listener("audiosocket", out.audiosocket, port=settings.audiosocket_port)
-    return out

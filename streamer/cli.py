@@ -17,7 +17,10 @@ from emotion_monitor.models.base import ModelError
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("emotion_monitor.streamer.run_command", "analyse a microphone, file or stdin live"),
     "devices": ("emotion_monitor.streamer.devices_command", "list audio input devices"),
-    "serve": ("emotion_monitor.streamer.server", "run the engine with the websocket server"),
+    "serve": (
+        "emotion_monitor.streamer.commands.serve",
+        "run the engine with the websocket server",
+    ),
     "analyze": ("emotion_monitor.streamer.analyze", "timeline and summary of a recording"),
     "report": ("emotion_monitor.streamer.recorder", "per-call summary of a recorded SQLite file"),
     "train": ("emotion_monitor.models.train", "train the emotion heads on a manifest"),

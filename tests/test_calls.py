@@ -20,10 +20,10 @@ import websockets
 from conftest import load_clip, ravdess_clip
 from emotion_monitor.models.base import EmotionModel, Prediction
 from emotion_monitor.streamer.alerts.rules import CUSTOMER_FRUSTRATION
-from emotion_monitor.streamer.api import attach
 from emotion_monitor.streamer.audio import StreamResampler, mulaw_decode, mulaw_encode, resample
+from emotion_monitor.streamer.commands.serve import attach
 from emotion_monitor.streamer.engine import Engine
-from emotion_monitor.streamer.server import Server
+from emotion_monitor.streamer.server.app import Server
 from emotion_monitor.streamer.service import MonitorService
 from emotion_monitor.streamer.settings import Settings
 from emotion_monitor.streamer.telephony import audiosocket, simulators

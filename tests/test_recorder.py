@@ -167,7 +167,8 @@ def test_serve_flags_are_validated(tmp_path):
     import argparse
 
     from emotion_monitor.streamer.alerts.rules import CUSTOMER_FRUSTRATION
-    from emotion_monitor.streamer.api import add_arguments, settings_from_args
+    from emotion_monitor.streamer.api import add_arguments
+    from emotion_monitor.streamer.commands.serve import settings_from_args
     from emotion_monitor.streamer.settings import Settings
 
     parser = argparse.ArgumentParser()

@@ -18,7 +18,7 @@ import pytest
 from conftest import load_clip, ravdess_clip
 from emotion_monitor.streamer.audio import resample
 from emotion_monitor.streamer.engine import Engine
-from emotion_monitor.streamer.server import Server
+from emotion_monitor.streamer.server.app import Server
 from emotion_monitor.streamer.service import MonitorService
 from emotion_monitor.streamer.settings import Settings
 from websockets.asyncio.client import connect
@@ -334,7 +334,7 @@ async def test_slow_client_never_delays_others(tiny_model):
                     assert (await recv_json(good, 10))["seq"] == n + i
                 n += 16
             slow_client = next(
-                c for c in server._clients if c.ws.remote_address[1] == slow.getsockname()[1]
+                c for c in server.fanout.clients if c.ws.remote_address[1] == slow.getsockname()[1]
             )
             assert slow_client.dropped > 0
             assert len(slow_client.queue) <= 16
@@ -509,7 +509,7 @@ async def test_extension_routes(tiny_model):
 
 
 def _json_response(data):
-    from emotion_monitor.streamer.server import HttpResponse
+    from emotion_monitor.streamer.server.http import HttpResponse
 
     return HttpResponse.json(data)
 

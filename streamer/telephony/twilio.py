@@ -36,7 +36,7 @@ import numpy as np
 from emotion_monitor.streamer.audio import mulaw_decode
 from emotion_monitor.streamer.engine import StreamLimitError
 from emotion_monitor.streamer.protocol import STREAM_ID
-from emotion_monitor.streamer.server import HttpRequest, HttpResponse
+from emotion_monitor.streamer.server.http import HttpRequest, HttpResponse
 from emotion_monitor.streamer.telephony.call import AGENT, CUSTOMER, CallStream, IdleTimer
 from websockets.exceptions import ConnectionClosed
 

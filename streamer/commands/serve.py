@@ -1,0 +1,345 @@
+"""``emotion-monitor serve``: the engine, the websocket server and the call-center integrations
+(Twilio, AudioHook, AudioSocket, alerts, webhook, recorder), optionally fed by a source."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from emotion_monitor.streamer.alerts import AlertMonitor, fit_rules_to_model, load_alert_rules
+from emotion_monitor.streamer.alerts.rules import CUSTOMER_FRUSTRATION
+from emotion_monitor.streamer.audio import AudioError
+from emotion_monitor.streamer.engine import Engine
+from emotion_monitor.streamer.recorder import Recorder
+from emotion_monitor.streamer.server.app import ListenError, Server
+from emotion_monitor.streamer.service import MonitorService
+from emotion_monitor.streamer.settings import Settings
+from emotion_monitor.streamer.telephony.audiohook import ApiKeyCheck, AudioHookHandler
+from emotion_monitor.streamer.telephony.audiosocket import AudioSocketHandler
+from emotion_monitor.streamer.telephony.call import CUSTOMER
+from emotion_monitor.streamer.telephony.twilio import TwilioHandler, TwilioSignatureCheck
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``emotion-monitor serve``."""
+    from emotion_monitor.streamer.run_command import add_stdin_arguments
+
+    parser.add_argument(
+        "--source",
+        default=None,
+        help="mic | file:PATH | stdin | demo | auto (the microphone if there is one, else the "
+        "demo); default: none, the server waits for audio on /ingest",
+    )
+    parser.add_argument("--device", help="input device index or name for --source mic")
+    parser.add_argument("--model", default=None, help="model spec (default: the shipped model)")
+    parser.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port (default 8765; 0: any)")
+    parser.add_argument("--window", type=float, default=None, help="window length, seconds")
+    parser.add_argument("--hop", type=float, default=None, help="hop between windows, seconds")
+    parser.add_argument("--config", default=None, help="TOML settings file (flags win)")
+    parser.add_argument(
+        "--no-vad",
+        dest="vad",
+        action="store_false",
+        default=None,
+        help="analyse every window, speech or not",
+    )
+    add_stdin_arguments(parser)
+    add_call_center_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run engine + server (+ an optional source) until Ctrl-C / SIGTERM.
+
+    Exit codes: 0 stopped, 1 model or server error, 2 bad flags or source.
+    """
+    from emotion_monitor.streamer.run_command import (
+        check_stdin_flags,
+        load_emotion_model,
+        make_source,
+    )
+
+    try:
+        flags = dict(
+            host=args.host,
+            port=args.port,
+            window=args.window,
+            hop=args.hop,
+            model=args.model,
+            vad=args.vad,
+        )
+        if args.config:
+            settings = Settings.from_toml(args.config, **flags)
+        else:
+            settings = Settings().replace(**flags)
+        settings = settings_from_args(settings, args)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="emotion-monitor-") as tmp:
+        source = None
+        try:
+            if args.source:
+                args.realtime = True  # a live monitor plays files at the speed of the audio
+                spec = None if args.source == "auto" else args.source
+                source = make_source(
+                    argparse.Namespace(**{**vars(args), "source": spec}), Path(tmp)
+                )
+            else:
+                check_stdin_flags(args, None)
+        except (AudioError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        try:
+            model = load_emotion_model(settings.model, settings.device)
+        except Exception as exc:
+            print(
+                f"error: cannot load model {settings.model or 'default'!r}: {exc}", file=sys.stderr
+            )
+            return 1
+        if settings.alerts:  # checked here so hello shows the rules that run, and errors are short
+            try:
+                settings = settings.replace(alerts=fit_rules_to_model(settings.alerts, model))
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+        try:
+            asyncio.run(_serve(model, settings, args, source))
+        except ListenError as exc:  # a port is taken: the message names which listener and port
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except OSError as exc:
+            print(
+                f"error: cannot serve on {settings.host}:{settings.port}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return 1
+    return 0
+
+
+async def _serve(model, settings: Settings, args: argparse.Namespace, source) -> None:
+    service = MonitorService(Engine(model, settings)).start()
+    server = Server(service, settings)
+    extras = thread = None
+    try:
+        track = getattr(args, "audiosocket_track", None) or CUSTOMER
+        extras = await attach(
+            server, service, settings, audiosocket_track=track, **auth_from_args(args)
+        )
+        await server.start()
+        print(f"emotion-monitor dashboard: {server.url}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if source is not None:
+
+            def report(err: Any) -> None:  # a failing microphone shows up on the dashboard
+                loop.call_soon_threadsafe(server.broadcast, [err.to_dict()])
+
+            thread = threading.Thread(
+                target=run_source, args=(source, service, report), name="source", daemon=True
+            )
+            thread.start()
+        await stop.wait()
+    finally:
+        if source is not None:
+            source.stop()
+            if thread is not None:
+                await asyncio.to_thread(thread.join, source.close_timeout + 1)
+        if extras is not None:
+            await extras.close_listeners()
+        await server.stop()
+        await asyncio.to_thread(service.stop)  # flushes open streams
+        if extras is not None:
+            await extras.close()  # after the service, so the recorder gets the last events
+
+
+def run_source(
+    source: Any, service: MonitorService, on_error: Callable[[Any], None] | None = None
+) -> None:
+    """Feed a :mod:`~emotion_monitor.streamer.sources` source into the service (own thread).
+
+    The stream is named after the source (``mic``, ``stdin``, the file name). ``SourceError``
+    notices (a microphone that vanished and is being retried) go to ``on_error``. Ends the stream
+    when the source ends or is stopped.
+    """
+    from emotion_monitor.streamer.events import SourceError
+
+    service.open_stream(source.name, source=source.describe())
+    try:
+        for item in source:
+            if isinstance(item, SourceError):
+                if on_error is not None:
+                    on_error(item)
+            else:
+                service.push(source.name, item)
+    except Exception as exc:  # the server stays up for /ingest clients; say why the source died
+        print(f"source {source.name} failed: {exc}", file=sys.stderr, flush=True)
+    finally:
+        service.end_stream(source.name)
+
+
+# -- the call-center integrations ----------------------------------------------------------
+
+
+def add_call_center_arguments(parser: argparse.ArgumentParser) -> None:
+    """The call-center flags of ``emotion-monitor serve``."""
+    group = parser.add_argument_group("call center")
+    group.add_argument(
+        "--audiosocket-port",
+        type=int,
+        metavar="PORT",
+        help="also listen for Asterisk AudioSocket (TCP) calls on this port",
+    )
+    group.add_argument(
+        "--audiosocket-track",
+        default=CUSTOMER,
+        metavar="NAME",
+        help="track name of AudioSocket audio (one direction per connection; default customer)",
+    )
+    group.add_argument(
+        "--record",
+        metavar="FILE.sqlite",
+        help="store every event and alert in this SQLite file (see 'emotion-monitor report')",
+    )
+    group.add_argument("--webhook", metavar="URL", help="POST every alert as JSON to this URL")
+    group.add_argument(
+        "--twilio-auth-token",
+        metavar="TOKEN",
+        default=os.environ.get("TWILIO_AUTH_TOKEN"),
+        help="refuse /twilio connections not signed with this Twilio auth token "
+        "(default: $TWILIO_AUTH_TOKEN)",
+    )
+    group.add_argument(
+        "--audiohook-api-key",
+        metavar="KEY",
+        default=os.environ.get("AUDIOHOOK_API_KEY"),
+        help="refuse /audiohook connections without this X-API-KEY (default: $AUDIOHOOK_API_KEY)",
+    )
+    group.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="the wss:// base URL Twilio connects to, when a proxy rewrites the Host header",
+    )
+    group.add_argument(
+        "--alerts-config",
+        metavar="TOML",
+        help="alert rules ([[alerts]] tables); default: customer_frustration",
+    )
+
+
+def settings_from_args(settings: Settings, args: argparse.Namespace) -> Settings:
+    """Fold the call-center flags into the (frozen) settings.
+
+    Raises ``ValueError`` for a bad value: the webhook URL and the AudioSocket port are checked
+    by :class:`Settings` (naming ``webhook_url`` / ``audiosocket_port``), the ``--record`` folder
+    and the ``--alerts-config`` file here.
+    """
+
+    record = getattr(args, "record", None)
+    if record and not Path(record).resolve().parent.is_dir():
+        raise ValueError(f"--record {record}: the folder does not exist")
+    rules = None
+    if getattr(args, "alerts_config", None):
+        rules = load_alert_rules(args.alerts_config)
+    elif not settings.alerts:
+        rules = (CUSTOMER_FRUSTRATION,)
+    return settings.replace(
+        audiosocket_port=getattr(args, "audiosocket_port", None),
+        record=getattr(args, "record", None),
+        webhook_url=getattr(args, "webhook", None),
+        alerts=rules,
+    )
+
+
+class Integrations:
+    """What :func:`attach` started. At shutdown: :meth:`close_listeners` before the server
+    stops, :meth:`close` after the service has flushed (so the recorder gets the last events)."""
+
+    def __init__(self):
+        self.audiosocket: Any = None
+        self.alerts: Any = None
+        self.recorder: Any = None
+
+    async def close_listeners(self) -> None:
+        """End the open AudioSocket connections (their streams are flushed)."""
+        if self.audiosocket is not None:
+            await self.audiosocket.close_connections()
+
+    async def close(self) -> None:
+        """Flush the webhook queue and the recorder (idempotent)."""
+        await self.close_listeners()
+        if self.alerts is not None:
+            await asyncio.to_thread(self.alerts.close)
+        if self.recorder is not None:
+            await asyncio.to_thread(self.recorder.close)
+
+
+def auth_from_args(args: argparse.Namespace) -> dict[str, str | None]:
+    """The credentials of the call-center routes from ``serve``'s flags, for :func:`attach`.
+
+    They stay out of :class:`Settings`, which the server shows to any client."""
+    return {
+        "twilio_auth_token": getattr(args, "twilio_auth_token", None),
+        "audiohook_api_key": getattr(args, "audiohook_api_key", None),
+        "public_url": getattr(args, "public_url", None),
+    }
+
+
+async def attach(
+    server: Any,
+    service: MonitorService,
+    settings: Settings,
+    audiosocket_track: str = CUSTOMER,
+    twilio_auth_token: str | None = None,
+    audiohook_api_key: str | None = None,
+    public_url: str | None = None,
+) -> Integrations:
+    """Register the call-center integrations on a server before ``server.start()``.
+
+    ``/twilio`` and ``/audiohook`` always, refusing unsigned Twilio connections when
+    ``twilio_auth_token`` is given and AudioHook connections without ``audiohook_api_key`` when
+    that is given (``public_url``: see :class:`TwilioSignatureCheck`); the AudioSocket TCP
+    listener when ``settings.audiosocket_port`` is set; alert rules (``settings.alerts``, with
+    the webhook ``settings.webhook_url``) and the SQLite recorder (``settings.record``) when
+    configured.
+    Call from the server's event loop.
+    """
+
+    out = Integrations()
+    if settings.record:
+        out.recorder = Recorder(settings.record)
+        service.add_listener(out.recorder.listener)  # worker thread; it only enqueues
+    if settings.alerts:
+        out.alerts = AlertMonitor(settings.alerts, webhook_url=settings.webhook_url)
+        out.alerts.attach(service)
+    twilio_check = (
+        TwilioSignatureCheck(twilio_auth_token, public_url) if twilio_auth_token else None
+    )
+    hook_check = ApiKeyCheck(audiohook_api_key) if audiohook_api_key else None
+    server.add_websocket_route("/twilio", TwilioHandler(), authorize=twilio_check)
+    server.add_websocket_route("/audiohook", AudioHookHandler(), authorize=hook_check)
+    checks = {"/twilio": twilio_check, "/audiohook": hook_check}
+    unchecked = [route for route, check in checks.items() if check is None]
+    if unchecked and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "%s accept(s) any caller on %s: set --twilio-auth-token / --audiohook-api-key",
+            " and ".join(unchecked),
+            settings.host,
+        )
+    if settings.audiosocket_port is not None:
+        out.audiosocket = AudioSocketHandler(track=audiosocket_track)
+        server.add_tcp_listener("audiosocket", out.audiosocket, port=settings.audiosocket_port)
+    return out
