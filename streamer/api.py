@@ -1,4 +1,4 @@
-"""In-process API for programs, and the call plumbing the telephony adapters share.
+"""The in-process API for programs: :class:`Monitor`.
 
 For programs (a chatbot, a notebook, a test)::
 
@@ -7,14 +7,8 @@ For programs (a chatbot, a notebook, a test)::
         async for item in m.events(streams=["call-7"]):      # live: Event or Alert
             ...
 
-For ``emotion-monitor serve``: :func:`add_arguments` contributes the call-center flags,
-:func:`settings_from_args` folds them into the settings and :func:`attach` registers
-``/twilio``, ``/audiohook`` and the AudioSocket listener on the server and starts alerts,
-webhooks and the recorder.
-
-:class:`CallStream` is what every telephony adapter uses to turn one call into one stream: it
-opens the stream with the call's metadata, resamples each track to 16 kHz with its own
-chunk-invariant resampler, and ends the stream (freeing all its state) exactly once.
+Each stream is a :class:`~emotion_monitor.streamer.telephony.call.CallStream` on an in-process
+service, so programs get exactly the events the server would push.
 """
 
 from __future__ import annotations

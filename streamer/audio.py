@@ -5,6 +5,7 @@ Everything past this module speaks one currency: 16 kHz mono float32 in [-1, 1].
 
 from __future__ import annotations
 
+import io
 import shutil
 import subprocess
 import tempfile
@@ -292,3 +293,76 @@ def load_audio(path: str | Path) -> np.ndarray:
     except Exception:  # soundfile raises several types; ffmpeg gets a second try
         return _ffmpeg_decode(path)
     return resample(to_mono(data), check_file_rate(path, rate), SAMPLE_RATE)
+
+
+# -- uploads (POST /predict) --------------------------------------------------------------------
+
+#: Upload limits of POST /predict: a few minutes of WAV; longer recordings belong to `analyze`.
+MAX_UPLOAD_BYTES = 50 << 20
+MAX_UPLOAD_SECONDS = 600.0
+
+
+class UploadError(ValueError):
+    """An uploaded file is refused: too big, too long, empty or undecodable (readable message)."""
+
+
+def decode_upload(
+    data: bytes,
+    filename: str = "upload",
+    max_bytes: int = MAX_UPLOAD_BYTES,
+    max_seconds: float = MAX_UPLOAD_SECONDS,
+) -> np.ndarray:
+    """Decode an uploaded audio file to 16 kHz mono float32, refusing what breaks the limits.
+
+    soundfile decodes from memory; other formats (m4a, aac, webm...) go through ffmpeg via a
+    temporary file, decoding at most ``max_seconds`` + 1 s so a huge file cannot exhaust memory.
+    Raises :class:`UploadError` with a message fit to show the user.
+    """
+    import soundfile as sf
+
+    if not data:
+        raise UploadError("the uploaded file is empty")
+    if len(data) > max_bytes:
+        raise UploadError(
+            f"the uploaded file is {len(data) / 1e6:.3g} MB; the limit is {max_bytes / 1e6:.3g} MB"
+        )
+    too_long = f"{filename}: longer than the limit of {max_seconds:g} s"
+    try:
+        f = sf.SoundFile(io.BytesIO(data))
+    except Exception:  # not a format libsndfile knows: try ffmpeg
+        f = None
+    if f is not None:
+        with f:
+            try:
+                check_file_rate(filename, f.samplerate)
+            except AudioError as exc:
+                raise UploadError(str(exc)) from None
+            if f.frames / f.samplerate > max_seconds:
+                raise UploadError(too_long)
+            samples = resample(to_mono(f.read(dtype="float32", always_2d=True)), f.samplerate)
+    else:
+        samples = _ffmpeg_decode_bytes(data, filename, max_seconds + 1.0)
+        if len(samples) > max_seconds * SAMPLE_RATE:
+            raise UploadError(too_long)
+    if not len(samples):
+        raise UploadError(f"{filename}: contains no audio samples")
+    return samples
+
+
+def _ffmpeg_decode_bytes(data: bytes, filename: str, max_seconds: float) -> np.ndarray:
+    if shutil.which("ffmpeg") is None:
+        raise UploadError(f"{filename}: not a wav/flac/ogg/mp3 file and ffmpeg is not installed")
+    suffix = Path(filename).suffix
+    # The suffix only helps ffmpeg guess; keep it harmless.
+    suffix = suffix if suffix[1:].isalnum() and len(suffix) <= 8 else ""
+    with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
+        tmp.write(data)
+        tmp.flush()
+        proc = subprocess.run(
+            ffmpeg_decode_cmd(tmp.name, max_seconds), capture_output=True, check=False
+        )
+    if proc.returncode != 0:
+        lines = proc.stderr.decode(errors="replace").strip().splitlines()
+        reason = lines[-1].replace(tmp.name, filename) if lines else "ffmpeg failed"
+        raise UploadError(f"{filename}: cannot decode this audio ({reason})")
+    return np.frombuffer(proc.stdout[: len(proc.stdout) // 4 * 4], dtype="<f4").copy()

@@ -15,14 +15,17 @@ from emotion_monitor.models.base import ModelError
 
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("emotion_monitor.streamer.run_command", "analyse a microphone, file or stdin live"),
-    "devices": ("emotion_monitor.streamer.devices_command", "list audio input devices"),
+    "run": ("emotion_monitor.streamer.commands.run", "analyse a microphone, file or stdin live"),
+    "devices": ("emotion_monitor.streamer.commands.devices", "list audio input devices"),
     "serve": (
         "emotion_monitor.streamer.commands.serve",
         "run the engine with the websocket server",
     ),
-    "analyze": ("emotion_monitor.streamer.analyze", "timeline and summary of a recording"),
-    "report": ("emotion_monitor.streamer.recorder", "per-call summary of a recorded SQLite file"),
+    "analyze": ("emotion_monitor.streamer.commands.analyze", "timeline and summary of a recording"),
+    "report": (
+        "emotion_monitor.streamer.commands.report",
+        "per-call summary of a recorded SQLite file",
+    ),
     "train": ("emotion_monitor.models.train", "train the emotion heads on a manifest"),
     "evaluate": ("emotion_monitor.models.evaluate", "score a model on a labelled manifest"),
     "export": ("emotion_monitor.models.export", "export encoder and heads to ONNX"),

@@ -19,12 +19,10 @@ computes them (:class:`~emotion_monitor.streamer.events.SpeechTime`).
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import logging
 import sqlite3
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -306,133 +304,29 @@ def _summarize_stream(stream: str, meta_row, events, alerts) -> dict:
     return summary
 
 
-def format_summary(s: dict) -> str:
-    """Human-readable text of one :func:`summarize` entry."""
-    lines = [
-        f"call {s['stream']}  ({s['duration']:.1f} s"
-        + (f", {s['meta'].get('source')}" if s["meta"].get("source") else "")
-        + ")"
-    ]
-    for track, t in s["tracks"].items():
-        lines.append(
-            f"  {track}: speech {t['speech_s']:.1f} s, {t['events']} windows"
-            + (f", mostly {t['label']}" if t["label"] else "")
-        )
-        if "valence_mean" in t:
-            lines.append(
-                f"    smoothed valence mean {t['valence_mean']:+.2f} "
-                f"(low {t['valence_low']['value']:+.2f}"
-                f" at {t['valence_low']['t']:.1f} s), arousal mean {t['arousal_mean']:+.2f} "
-                f"(peak {t['arousal_peak']['value']:+.2f} at {t['arousal_peak']['t']:.1f} s)"
-            )
-        if t["quadrants_s"]:
-            lines.append(
-                "    time per quadrant: "
-                + ", ".join(f"{q} {sec:.1f} s" for q, sec in t["quadrants_s"].items())
-            )
-    cust, agent = s["tracks"].get("customer"), s["tracks"].get("agent")
-    if cust and agent and "valence_mean" in cust and "valence_mean" in agent:
-        lines.append(
-            f"  customer vs agent: valence {cust['valence_mean'] - agent['valence_mean']:+.2f}, "
-            f"arousal {cust['arousal_mean'] - agent['arousal_mean']:+.2f}"
-        )
-    if s["alerts"]:
-        for a in s["alerts"]:
-            lines.append(
-                f"  ALERT {a['name']} on {a['track']} at {a['t']:.1f} s (since {a['since']:.1f} s)"
-            )
-    else:
-        lines.append("  no alerts")
-    return "\n".join(lines)
-
-
-def plot(path: str | Path, out: str | Path, stream: str | None = None, max_calls: int = 8) -> int:
-    """Draw valence and arousal (smoothed) over stream time per track, alerts as red lines.
-
-    Returns the number of calls drawn (at most ``max_calls``).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def call_timelines(
+    path: str | Path, stream: str | None = None, max_calls: int = 8
+) -> list[tuple[str, dict[str, tuple[list, list, list]], list[float]]]:
+    """Per call (at most ``max_calls``): its stream id, per track the smoothed (t, valence,
+    arousal) points of its speech, and the times of its alerts (for ``report --plot``)."""
     db = _open_recording(Path(path))
     try:
-        streams = _calls(db, stream)[:max_calls]
-        if not streams:
-            return 0
-        fig, axes = plt.subplots(
-            len(streams), 2, figsize=(12, 2.6 * len(streams)), squeeze=False, sharex="row"
-        )
-        for row, (s, call) in zip(axes, streams, strict=True):
-            tracks = [
-                r[0]
-                for r in db.execute(
-                    f"SELECT DISTINCT track FROM events WHERE {_OF_CALL} ORDER BY track",
-                    (s, call),
-                )
-            ]
-            for track in tracks:
+        out = []
+        for s, call in _calls(db, stream)[:max_calls]:
+            tracks = {}
+            for (track,) in db.execute(
+                f"SELECT DISTINCT track FROM events WHERE {_OF_CALL} ORDER BY track", (s, call)
+            ).fetchall():
                 pts = db.execute(
                     f"SELECT t1, valence_smooth, arousal_smooth FROM events WHERE {_OF_CALL} "
                     "AND track = ? AND valence_smooth IS NOT NULL ORDER BY seq",
                     (s, call, track),
                 ).fetchall()
-                if not pts:
-                    continue
-                t, v, a = zip(*pts, strict=True)
-                row[0].plot(t, v, label=track)
-                row[1].plot(t, a, label=track)
-            for (t_alert,) in db.execute(f"SELECT t FROM alerts WHERE {_OF_CALL}", (s, call)):
-                for ax in row:
-                    ax.axvline(t_alert, color="red", linestyle="--", linewidth=1)
-            for ax, name in zip(row, ("valence", "arousal"), strict=True):
-                ax.set_ylim(-1.05, 1.05)
-                ax.axhline(0, color="grey", linewidth=0.5)
-                ax.set_title(f"{s}: {name}", fontsize=9)
-                ax.set_xlabel("stream time (s)")
-            row[0].legend(fontsize=8, loc="lower left")
-        fig.tight_layout()
-        fig.savefig(out, dpi=100)
-        plt.close(fig)
-        return len(streams)
+                if pts:
+                    t, v, a = (list(x) for x in zip(*pts, strict=True))
+                    tracks[track] = (t, v, a)
+            alerts = [t for (t,) in db.execute(f"SELECT t FROM alerts WHERE {_OF_CALL}", (s, call))]
+            out.append((s, tracks, alerts))
+        return out
     finally:
         db.close()
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``emotion-monitor report``."""
-    parser.add_argument("recording", help="SQLite file written by 'serve --record'")
-    parser.add_argument("--stream", help="only this call (stream id)")
-    parser.add_argument("--plot", metavar="OUT.png", help="draw the timeline to this image")
-    parser.add_argument("--json", action="store_true", help="print the summaries as JSON")
-
-
-def main(args: argparse.Namespace) -> int:
-    """Print the per-call summaries (and draw the plot)."""
-    try:
-        summaries = summarize(args.recording, args.stream)
-    except FileNotFoundError as exc:
-        print(f"report: {exc}", file=sys.stderr)
-        return 2
-    except sqlite3.Error as exc:  # not SQLite at all, or SQLite without our tables
-        print(
-            f"report: {args.recording}: not a recording ({exc}); report reads the SQLite file "
-            "that 'serve --record FILE.sqlite' writes",
-            file=sys.stderr,
-        )
-        return 2
-    if not summaries:
-        print(
-            "report: no calls" + (f" with stream id {args.stream!r}" if args.stream else ""),
-            file=sys.stderr,
-        )
-        return 1
-    if args.json:
-        print(json.dumps(summaries, indent=2))
-    else:
-        print("\n\n".join(format_summary(s) for s in summaries))
-    if args.plot:
-        n = plot(args.recording, args.plot, args.stream)
-        print(f"timeline of {n} call(s) written to {args.plot}", file=sys.stderr)
-    return 0

@@ -35,7 +35,7 @@ _CACHE = Path(tempfile.gettempdir()) / f"emotion-monitor-test-audio-{os.getuid()
 
 def espeak(text: str, speed: int = 160, pitch: int = 50, amplitude: int = 100) -> Path:
     """A wav file (22.05 kHz mono) of espeak-ng saying ``text``; cached across tests and runs."""
-    from emotion_monitor.streamer.sources import synthesize_speech
+    from emotion_monitor.streamer.sources.demo import synthesize_speech
 
     _CACHE.mkdir(exist_ok=True)
     key = _key(text, speed, pitch, amplitude)

@@ -14,13 +14,8 @@ import soundfile as sf
 from conftest import load_clip
 from emotion_monitor.models import load_model
 from emotion_monitor.streamer import cli
-from emotion_monitor.streamer.analyze import (
-    UploadError,
-    decode_upload,
-    predict_response,
-    run_blocks,
-)
-from emotion_monitor.streamer.audio import iter_file_blocks
+from emotion_monitor.streamer.analysis import predict_response, run_blocks
+from emotion_monitor.streamer.audio import UploadError, decode_upload, iter_file_blocks
 from emotion_monitor.streamer.events import QUADRANTS
 from emotion_monitor.streamer.settings import Settings
 from published_fixtures import EXPECTED_LABELS, SPEECH_CLIP
@@ -195,7 +190,7 @@ def test_analyze_errors(tmp_path, capsys, published):
         ("window =\n", "not valid TOML: Invalid value"),
         ("max_batch = 0\n", "max_batch must be an integer >= 1, got 0"),  # analyze hung
         ('window = "abc"\n', "window must be a number in 0.1..30 s, got 'abc'"),
-        # refused like `--device gpuu`; analyze used to run on "auto"
+        # refused like `--model-device gpuu`; analyze used to run on "auto"
         ('device = "gpuu"\n', "device must be a string (auto, cpu or cuda), got 'gpuu'"),
     ):
         config.write_text(text)
@@ -203,7 +198,7 @@ def test_analyze_errors(tmp_path, capsys, published):
         err = capsys.readouterr().err
         assert err.startswith(f"error: {config}: {error}") and err.count("\n") == 1
     with pytest.raises(SystemExit):  # the flag: argparse's choices
-        cli.main(["analyze", str(SPEECH_CLIP), "--device", "gpuu"])
+        cli.main(["analyze", str(SPEECH_CLIP), "--model-device", "gpuu"])
     assert "invalid choice: 'gpuu'" in capsys.readouterr().err
     # A window shorter than the default hop names that hop as the default.
     assert cli.main(["analyze", str(SPEECH_CLIP), "--window", "0.3"]) == 2

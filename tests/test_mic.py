@@ -17,9 +17,9 @@ import pytest
 from audio_fixtures import ANGRY_TEXT, CALM_TEXT, PulseServer, default_model_once, espeak
 from emotion_monitor.streamer.engine import Engine
 from emotion_monitor.streamer.events import SourceError
-from emotion_monitor.streamer.run_command import run_source
 from emotion_monitor.streamer.settings import Settings
-from emotion_monitor.streamer.sources import MicrophoneSource
+from emotion_monitor.streamer.sources.mic import MicrophoneSource
+from emotion_monitor.streamer.sources.runner import run_source
 
 pytestmark = pytest.mark.skipif(
     shutil.which("pulseaudio") is None, reason="needs the pulseaudio Debian package"
@@ -32,7 +32,7 @@ def pulse(tmp_path):
     server = PulseServer(tmp_path / "pulse").start()
     server.activate()
     try:
-        from emotion_monitor.streamer.sources import list_input_devices
+        from emotion_monitor.streamer.sources.mic import list_input_devices
 
         if not any(d["name"] == "pulse" for d in list_input_devices()):
             pytest.skip("PortAudio has no 'pulse' device (Debian: libasound2-plugins)")
@@ -146,7 +146,7 @@ def test_mic_vanishing_reports_source_error_and_reopens(pulse, tmp_path):
 
 def test_slow_reader_overflow_drops_oldest_and_counts(pulse):
     """The capture thread never waits: a stalled reader loses the oldest audio, counted."""
-    from emotion_monitor.streamer.sources import list_input_devices
+    from emotion_monitor.streamer.sources.mic import list_input_devices
 
     index = next(d["index"] for d in list_input_devices() if d["name"] == "pulse")
     source = MicrophoneSource(device=index, buffer_seconds=0.2)  # a device given by index

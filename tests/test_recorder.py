@@ -10,7 +10,7 @@ import pytest
 from conftest import load_clip, ravdess_clip
 from emotion_monitor.streamer import recorder
 from emotion_monitor.streamer.alerts.rules import AlertRule
-from emotion_monitor.streamer.analyze import Summary
+from emotion_monitor.streamer.analysis import Summary
 from emotion_monitor.streamer.cli import main as cli_main
 from emotion_monitor.streamer.engine import Engine
 from emotion_monitor.streamer.events import Event
@@ -167,14 +167,16 @@ def test_serve_flags_are_validated(tmp_path):
     import argparse
 
     from emotion_monitor.streamer.alerts.rules import CUSTOMER_FRUSTRATION
-    from emotion_monitor.streamer.api import add_arguments
-    from emotion_monitor.streamer.commands.serve import settings_from_args
+    from emotion_monitor.streamer.commands.serve import (
+        add_call_center_arguments,
+        call_center_settings,
+    )
     from emotion_monitor.streamer.settings import Settings
 
     parser = argparse.ArgumentParser()
-    add_arguments(parser)
+    add_call_center_arguments(parser)
     args = parser.parse_args(["--record", str(tmp_path / "r.sqlite"), "--audiosocket-port", "0"])
-    s = settings_from_args(Settings(), args)
+    s = call_center_settings(Settings(), args)
     assert s.record == str(tmp_path / "r.sqlite") and s.audiosocket_port == 0
     assert s.alerts == (CUSTOMER_FRUSTRATION,) and s.webhook_url is None
     for bad, message in (
@@ -186,8 +188,8 @@ def test_serve_flags_are_validated(tmp_path):
         (["--alerts-config", str(tmp_path / "missing.toml")], "missing.toml"),
     ):
         with pytest.raises(ValueError, match=message):
-            settings_from_args(Settings(), parser.parse_args(bad))
-    s = settings_from_args(Settings(), parser.parse_args(["--webhook", "https://x/hook"]))
+            call_center_settings(Settings(), parser.parse_args(bad))
+    s = call_center_settings(Settings(), parser.parse_args(["--webhook", "https://x/hook"]))
     assert s.webhook_url == "https://x/hook"
 
 

@@ -526,7 +526,7 @@ def wav_bytes(audio: np.ndarray, rate: int = 16_000) -> bytes:
 
 
 async def test_predict(tiny_model):
-    pytest.importorskip("emotion_monitor.streamer.analyze")
+    pytest.importorskip("emotion_monitor.streamer.commands.analyze")
     audio = load_clip(ravdess_clip("happy"))
     async with running(tiny_model) as server:
         server.max_upload_bytes = 1 << 20

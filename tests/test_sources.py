@@ -13,9 +13,9 @@ from emotion_monitor.streamer.audio import AudioError
 from emotion_monitor.streamer.engine import Engine
 from emotion_monitor.streamer.events import Event
 from emotion_monitor.streamer.ringbuffer import RingBuffer
-from emotion_monitor.streamer.run_command import run_source
 from emotion_monitor.streamer.settings import Settings
-from emotion_monitor.streamer.sources import FileSource, StdinSource
+from emotion_monitor.streamer.sources.files import FileSource, StdinSource
+from emotion_monitor.streamer.sources.runner import run_source
 
 
 def collect(source) -> np.ndarray:

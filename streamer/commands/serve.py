@@ -11,18 +11,25 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from emotion_monitor.models import load_model
 from emotion_monitor.streamer.alerts import AlertMonitor, fit_rules_to_model, load_alert_rules
 from emotion_monitor.streamer.alerts.rules import CUSTOMER_FRUSTRATION
 from emotion_monitor.streamer.audio import AudioError
+from emotion_monitor.streamer.commands.options import (
+    add_analysis_arguments,
+    add_model_arguments,
+    add_source_arguments,
+    settings_from_args,
+)
 from emotion_monitor.streamer.engine import Engine
 from emotion_monitor.streamer.recorder import Recorder
 from emotion_monitor.streamer.server.app import ListenError, Server
 from emotion_monitor.streamer.service import MonitorService
 from emotion_monitor.streamer.settings import Settings
+from emotion_monitor.streamer.sources.runner import check_stdin_flags, feed_service, make_source
 from emotion_monitor.streamer.telephony.audiohook import ApiKeyCheck, AudioHookHandler
 from emotion_monitor.streamer.telephony.audiosocket import AudioSocketHandler
 from emotion_monitor.streamer.telephony.call import CUSTOMER
@@ -33,29 +40,15 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``emotion-monitor serve``."""
-    from emotion_monitor.streamer.run_command import add_stdin_arguments
-
-    parser.add_argument(
-        "--source",
-        default=None,
-        help="mic | file:PATH | stdin | demo | auto (the microphone if there is one, else the "
-        "demo); default: none, the server waits for audio on /ingest",
+    add_source_arguments(
+        parser,
+        "default: none, the server waits for audio on /ingest (auto: the microphone if there is "
+        "one, else the demo)",
     )
-    parser.add_argument("--device", help="input device index or name for --source mic")
-    parser.add_argument("--model", default=None, help="model spec (default: the shipped model)")
+    add_model_arguments(parser)
     parser.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port (default 8765; 0: any)")
-    parser.add_argument("--window", type=float, default=None, help="window length, seconds")
-    parser.add_argument("--hop", type=float, default=None, help="hop between windows, seconds")
-    parser.add_argument("--config", default=None, help="TOML settings file (flags win)")
-    parser.add_argument(
-        "--no-vad",
-        dest="vad",
-        action="store_false",
-        default=None,
-        help="analyse every window, speech or not",
-    )
-    add_stdin_arguments(parser)
+    add_analysis_arguments(parser)
     add_call_center_arguments(parser)
 
 
@@ -64,26 +57,8 @@ def main(args: argparse.Namespace) -> int:
 
     Exit codes: 0 stopped, 1 model or server error, 2 bad flags or source.
     """
-    from emotion_monitor.streamer.run_command import (
-        check_stdin_flags,
-        load_emotion_model,
-        make_source,
-    )
-
     try:
-        flags = dict(
-            host=args.host,
-            port=args.port,
-            window=args.window,
-            hop=args.hop,
-            model=args.model,
-            vad=args.vad,
-        )
-        if args.config:
-            settings = Settings.from_toml(args.config, **flags)
-        else:
-            settings = Settings().replace(**flags)
-        settings = settings_from_args(settings, args)
+        settings = call_center_settings(settings_from_args(args), args)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -92,17 +67,14 @@ def main(args: argparse.Namespace) -> int:
         try:
             if args.source:
                 args.realtime = True  # a live monitor plays files at the speed of the audio
-                spec = None if args.source == "auto" else args.source
-                source = make_source(
-                    argparse.Namespace(**{**vars(args), "source": spec}), Path(tmp)
-                )
+                source = make_source(args, Path(tmp))
             else:
                 check_stdin_flags(args, None)
         except (AudioError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         try:
-            model = load_emotion_model(settings.model, settings.device)
+            model = load_model(settings.model, device=settings.device)
         except Exception as exc:
             print(
                 f"error: cannot load model {settings.model or 'default'!r}: {exc}", file=sys.stderr
@@ -149,7 +121,7 @@ async def _serve(model, settings: Settings, args: argparse.Namespace, source) ->
                 loop.call_soon_threadsafe(server.broadcast, [err.to_dict()])
 
             thread = threading.Thread(
-                target=run_source, args=(source, service, report), name="source", daemon=True
+                target=feed_service, args=(source, service, report), name="source", daemon=True
             )
             thread.start()
         await stop.wait()
@@ -164,31 +136,6 @@ async def _serve(model, settings: Settings, args: argparse.Namespace, source) ->
         await asyncio.to_thread(service.stop)  # flushes open streams
         if extras is not None:
             await extras.close()  # after the service, so the recorder gets the last events
-
-
-def run_source(
-    source: Any, service: MonitorService, on_error: Callable[[Any], None] | None = None
-) -> None:
-    """Feed a :mod:`~emotion_monitor.streamer.sources` source into the service (own thread).
-
-    The stream is named after the source (``mic``, ``stdin``, the file name). ``SourceError``
-    notices (a microphone that vanished and is being retried) go to ``on_error``. Ends the stream
-    when the source ends or is stopped.
-    """
-    from emotion_monitor.streamer.events import SourceError
-
-    service.open_stream(source.name, source=source.describe())
-    try:
-        for item in source:
-            if isinstance(item, SourceError):
-                if on_error is not None:
-                    on_error(item)
-            else:
-                service.push(source.name, item)
-    except Exception as exc:  # the server stays up for /ingest clients; say why the source died
-        print(f"source {source.name} failed: {exc}", file=sys.stderr, flush=True)
-    finally:
-        service.end_stream(source.name)
 
 
 # -- the call-center integrations ----------------------------------------------------------
@@ -240,7 +187,7 @@ def add_call_center_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def settings_from_args(settings: Settings, args: argparse.Namespace) -> Settings:
+def call_center_settings(settings: Settings, args: argparse.Namespace) -> Settings:
     """Fold the call-center flags into the (frozen) settings.
 
     Raises ``ValueError`` for a bad value: the webhook URL and the AudioSocket port are checked
