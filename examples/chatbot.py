@@ -20,9 +20,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from emotion_monitor.streamer.alerts import Alert
 from emotion_monitor.streamer.api import Monitor
-from emotion_monitor.streamer.events import Event
+from emotion_monitor.streamer.protocol import Alert, Event
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared/datasets/ravdess_speech_16k"
 

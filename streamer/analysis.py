@@ -11,13 +11,54 @@ windows' own (unsmoothed) values.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from emotion_monitor.streamer.audio import SAMPLE_RATE, UploadError
 from emotion_monitor.streamer.engine import MIN_TAIL, Engine
-from emotion_monitor.streamer.events import Event, SpeechTime, quadrant
+from emotion_monitor.streamer.protocol import Event
+from emotion_monitor.streamer.quadrant import quadrant
 from emotion_monitor.streamer.settings import Settings
+
+
+class SpeechTime:
+    """Speech time of one track, in total, per quadrant and per label (``analyze``, ``report``).
+
+    Feed the track's events in stream order. Each event accounts for the stream time its window
+    adds beyond the previous event's window: the first window all of it, the next ones one hop
+    (the flushed tail window, the audio left). Windows overlap, so counting whole windows would
+    count audio several times, and counting one hop per window would miss the first window's
+    ``window - hop`` seconds (a 2.4 s clip of speech would be 1.0 s of speech). Speech time is
+    the stream time accounted for by speech windows; for a track that is all speech it equals the
+    track's length.
+
+    That time goes to the event's ``quadrant`` and to its smoothed label ``label_smooth``: the
+    values the dashboard and ``run`` show. A model without classes has no smoothed label, so its
+    window's own ``label`` (its quadrant in lower case) counts instead.
+    """
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.per_quadrant: collections.Counter[str] = collections.Counter()
+        self.per_label: collections.Counter[str] = collections.Counter()
+        self._end: float | None = None
+
+    def add(self, event: Any) -> None:
+        """Account for one event: a protocol dict, or anything indexable by its field names (a
+        SQLite row) with ``t0``, ``t1``, ``speech``, ``quadrant``, ``label_smooth``, ``label``."""
+        t0, t1 = event["t0"], event["t1"]
+        start = t0 if self._end is None else max(t0, self._end)
+        self._end = t1 if self._end is None else max(self._end, t1)
+        if not event["speech"] or t1 <= start:
+            return
+        self.total += t1 - start
+        if event["quadrant"]:
+            self.per_quadrant[event["quadrant"]] += t1 - start
+        label = event["label_smooth"] or event["label"]
+        if label:
+            self.per_label[label] += t1 - start
 
 
 def min_samples(settings: Settings) -> int:

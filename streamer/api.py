@@ -26,13 +26,12 @@ from emotion_monitor.streamer.audio import (
     silence_nonfinite,
     to_mono,
 )
-from emotion_monitor.streamer.events import Event
-from emotion_monitor.streamer.protocol import MAX_CHANNELS
+from emotion_monitor.streamer.protocol import MAX_CHANNELS, Event
 from emotion_monitor.streamer.telephony.call import CallStream
 
 if TYPE_CHECKING:
     from emotion_monitor.models.base import EmotionModel
-    from emotion_monitor.streamer.alerts import Alert
+    from emotion_monitor.streamer.protocol import Alert
     from emotion_monitor.streamer.service import MonitorService
     from emotion_monitor.streamer.settings import Settings
 
@@ -223,7 +222,7 @@ class Monitor:
         return entry
 
     async def _iterate(self, entry, alerts: bool) -> AsyncIterator[Event | Alert]:
-        from emotion_monitor.streamer.alerts import Alert
+        from emotion_monitor.streamer.protocol import Alert
 
         queue, wanted = entry
         remaining = set(wanted) if wanted is not None else None

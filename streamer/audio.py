@@ -14,8 +14,8 @@ from math import gcd
 from pathlib import Path
 
 import numpy as np
+from emotion_monitor.models.base import SAMPLE_RATE
 
-SAMPLE_RATE = 16_000
 SAMPLE_FORMATS = ("s16le", "f32le")
 #: Sample rates a recording's header may claim. Wider than live streams accept (8..192 kHz):
 #: files come at 5.5 kHz (old formats) up to 768 kHz (studio hardware). A rate outside is a

@@ -5,7 +5,7 @@
     from emotion_monitor.streamer.client import subscribe
 
     async for item in subscribe("ws://127.0.0.1:8765/ws", streams=["CA42"]):
-        if isinstance(item, Event): ...     # emotion_monitor.streamer.events.Event
+        if isinstance(item, Event): ...     # emotion_monitor.streamer.protocol.Event
         else: ...                           # emotion_monitor.streamer.alerts.Alert
 
 The server sends ``hello`` first; the client answers with ``subscribe`` (on every reconnect) and
@@ -21,8 +21,7 @@ import logging
 from collections.abc import AsyncIterator, Iterable
 from urllib.parse import urlsplit, urlunsplit
 
-from emotion_monitor.streamer.alerts import Alert
-from emotion_monitor.streamer.events import PROTOCOL_VERSION, Event
+from emotion_monitor.streamer.protocol import PROTOCOL_VERSION, Alert, Event
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 

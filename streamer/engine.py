@@ -16,19 +16,27 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from emotion_monitor.models.base import EmotionModel, Prediction
+from emotion_monitor.models.base import SAMPLE_RATE, EmotionModel, Prediction
 from emotion_monitor.streamer.audio import silence_nonfinite
-from emotion_monitor.streamer.events import Event, quadrant
+from emotion_monitor.streamer.protocol import Event
+from emotion_monitor.streamer.quadrant import quadrant
 from emotion_monitor.streamer.settings import Settings
 from emotion_monitor.streamer.vad import FRAME, SileroVAD
 
-SAMPLE_RATE = 16_000
 CLIP_LEVEL = 0.999  # |sample| at or above this counts as clipped
 MIN_TAIL = FRAME * 4  # a stream's last partial window is analysed only if it holds >= 128 ms
 
 
 class StreamLimitError(RuntimeError):
     """Refused: the engine already serves its maximum number of streams."""
+
+
+def check_stream_limit(stream: str, open_streams: int, limit: int) -> None:
+    """Raise :class:`StreamLimitError` when a new ``stream`` would exceed ``limit`` streams."""
+    if open_streams >= limit:
+        raise StreamLimitError(
+            f"stream {stream!r} refused: already serving the maximum of {limit} streams"
+        )
 
 
 @dataclass
@@ -118,11 +126,8 @@ class Engine:
         key = (stream, track)
         state = self._tracks.get(key)
         if state is None:
-            if stream not in self.streams and len(self.streams) >= self.settings.max_streams:
-                raise StreamLimitError(
-                    f"stream {stream!r} refused: already serving the maximum of "
-                    f"{self.settings.max_streams} streams"
-                )
+            if stream not in self.streams:
+                check_stream_limit(stream, len(self.streams), self.settings.max_streams)
             state = self._tracks[key] = _Track(buf=np.zeros(0, np.float32))
             if self.vad is not None:
                 state.vad_state, state.vad_context = self.vad.initial_state()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from emotion_monitor.streamer.events import NEUTRAL_RADIUS, SECTORS
+from emotion_monitor.streamer.quadrant import NEUTRAL_RADIUS, SECTORS
 
 
 def _pyplot():

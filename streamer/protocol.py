@@ -5,9 +5,8 @@ are decoded into the dataclasses below; anything malformed raises :class:`Protoc
 ``code`` and message go back to the client as an ``error`` message. Binary websocket frames on
 ``/ingest`` carry raw PCM audio in the format announced by :class:`Start`.
 
-Server -> client: :class:`Hello`, ``event`` (:class:`~emotion_monitor.streamer.events.Event`),
-:class:`StreamStarted`, :class:`StreamEnded`, :class:`Subscribed`, :class:`ErrorMessage`, and
-``alert`` / ``source_error`` notices (decoded to plain dicts).
+Server -> client: :class:`Hello`, :class:`Event`, :class:`Alert`, :class:`SourceError`,
+:class:`StreamStarted`, :class:`StreamEnded`, :class:`Subscribed` and :class:`ErrorMessage`.
 Client -> server: :class:`Subscribe` (``/ws`` and ``/ingest``), :class:`Start` and :class:`Stop`
 (``/ingest``). See ``docs/protocol.md`` for examples.
 """
@@ -20,8 +19,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from emotion_monitor.streamer.audio import SAMPLE_FORMATS
-from emotion_monitor.streamer.events import PROTOCOL_VERSION, Event
+from emotion_monitor.streamer.audio import SAMPLE_FORMATS, SAMPLE_RATE
+
+PROTOCOL_VERSION = 1
 
 #: Sample rates an ingest client may announce (telephony 8 kHz up to studio 192 kHz).
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8_000, 192_000
@@ -58,12 +58,86 @@ class Message:
 
     TYPE: ClassVar[str] = ""
 
+    @property
+    def type(self) -> str:
+        return self.TYPE
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict with ``type`` and ``v``."""
         return {"type": self.TYPE, "v": PROTOCOL_VERSION, **dataclasses.asdict(self)}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Any:
+        """Inverse of :meth:`to_dict`: every field without a default must be present; unknown
+        keys are ignored (forward compatibility). Raises :class:`ProtocolError`."""
+        fields = dataclasses.fields(cls)
+        for f in fields:
+            no_default = f.default is dataclasses.MISSING
+            if no_default and f.default_factory is dataclasses.MISSING and f.name not in d:
+                raise ProtocolError("bad_field", f"{cls.TYPE}: missing field {f.name!r}")
+        names = {f.name for f in fields}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# -- what the server pushes ------------------------------------------------------------------
+
+
+@dataclass
+class Event(Message):
+    """One analysed window of one track of one stream.
+
+    Times are seconds of stream time (samples / 16 kHz since the stream started). For a window
+    without speech, ``speech`` is False and the raw emotion fields are ``None``: the engine never
+    invents an emotion for silence or noise. Smoothed fields keep the last speech state.
+    """
+
+    TYPE: ClassVar[str] = "event"
+    stream: str
+    track: str
+    seq: int
+    t0: float
+    t1: float
+    speech: bool
+    speech_prob: float = 0.0
+    valence: float | None = None
+    arousal: float | None = None
+    classes: dict[str, float] | None = None
+    label: str | None = None
+    confidence: float | None = None
+    valence_smooth: float | None = None
+    arousal_smooth: float | None = None
+    classes_smooth: dict[str, float] | None = None
+    label_smooth: str | None = None
+    quadrant: str | None = None
+    latency_ms: float = 0.0
+    clipped: bool = False
+
+
+@dataclass
+class Alert(Message):
+    """One fired alert: rule ``name`` held on (``stream``, ``track``) from ``since`` to ``t``."""
+
+    TYPE: ClassVar[str] = "alert"
+    stream: str
+    track: str
+    name: str
+    t: float
+    since: float
+    values: dict[str, float] = field(default_factory=dict)
+    time: float = 0.0
+
+
+@dataclass
+class SourceError(Message):
+    """A source failed (e.g. the microphone vanished); the source retries with backoff."""
+
+    TYPE: ClassVar[str] = "source_error"
+    stream: str
+    message: str
+    retry_in: float | None = None
 
 
 @dataclass
@@ -131,7 +205,7 @@ class Start(Message):
 
     TYPE: ClassVar[str] = "start"
     stream: str = ""
-    sample_rate: int = 16_000
+    sample_rate: int = SAMPLE_RATE
     format: str = "s16le"
     channels: int = 1
 
@@ -217,39 +291,6 @@ class ErrorMessage(Message):
         return cls(code=_field(d, "code", str), message=_field(d, "message", str, ""))
 
 
-class EventMessage:
-    """Adapter so ``event`` messages decode to :class:`Event` like the others."""
-
-    TYPE: ClassVar[str] = "event"
-
-    @staticmethod
-    def from_dict(d: dict) -> Event:
-        for name in ("stream", "track", "seq", "t0", "t1", "speech"):
-            if name not in d:
-                raise ProtocolError("bad_field", f"event: missing field {name!r}")
-        return Event.from_dict(d)
-
-
-class _Notice:
-    """Messages other modules define (``alert`` in streamer/alerts.py, ``source_error`` in
-    streamer/events.py): checked for a stream id and passed through as dicts."""
-
-    TYPE: ClassVar[str] = ""
-
-    @classmethod
-    def from_dict(cls, d: dict) -> dict:
-        _field(d, "stream", str)
-        return d
-
-
-class AlertNotice(_Notice):
-    TYPE: ClassVar[str] = "alert"
-
-
-class SourceErrorNotice(_Notice):
-    TYPE: ClassVar[str] = "source_error"
-
-
 CLIENT_MESSAGES: dict[str, type] = {m.TYPE: m for m in (Subscribe, Start, Stop)}
 SERVER_MESSAGES: dict[str, type] = {
     m.TYPE: m
@@ -259,9 +300,9 @@ SERVER_MESSAGES: dict[str, type] = {
         StreamStarted,
         StreamEnded,
         ErrorMessage,
-        EventMessage,
-        AlertNotice,
-        SourceErrorNotice,
+        Event,
+        Alert,
+        SourceError,
     )
 }
 
@@ -307,11 +348,6 @@ def encode(message: Message | Event | dict) -> str:
     if not isinstance(message, dict):
         message = message.to_dict()
     return json.dumps(message, separators=(",", ":"), allow_nan=False)
-
-
-def error_json(code: str, message: str) -> str:
-    """Shortcut for the JSON text of an ``error`` message."""
-    return ErrorMessage(code=code, message=message).to_json()
 
 
 _MISSING = object()

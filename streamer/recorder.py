@@ -14,7 +14,7 @@ conversation after a transfer, a second Twilio ``<Stream>``) are reported apart.
 length, per track the speech time, time per quadrant, mean and peak valence/arousal, the
 dominant label, the alerts, and customer vs agent; ``--plot`` draws the smoothed timeline.
 Speech time, time per quadrant and the dominant (smoothed) label are computed as ``analyze``
-computes them (:class:`~emotion_monitor.streamer.events.SpeechTime`).
+computes them (:class:`~emotion_monitor.streamer.analysis.SpeechTime`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from emotion_monitor.streamer.events import SpeechTime
+from emotion_monitor.streamer.analysis import SpeechTime
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 import numpy as np
 from emotion_monitor.streamer.audio import SAMPLE_RATE
-from emotion_monitor.streamer.engine import Engine, StreamLimitError
-from emotion_monitor.streamer.events import PROTOCOL_VERSION
+from emotion_monitor.streamer.engine import Engine, check_stream_limit
+from emotion_monitor.streamer.protocol import StreamEnded, StreamStarted
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +109,7 @@ class MonitorService:
         with self._cond:
             if stream in self._streams:
                 raise ValueError(f"stream {stream!r} is already open")
-            limit = self.engine.settings.max_streams
-            if len(self._streams) >= limit:
-                raise StreamLimitError(
-                    f"stream {stream!r} refused: already serving the maximum of {limit} streams"
-                )
+            check_stream_limit(stream, len(self._streams), self.engine.settings.max_streams)
             self._streams[stream] = dict(meta)
             self.stats["streams_started"] += 1
             self._inbox.append(("start", stream, dict(meta)))
@@ -180,12 +176,12 @@ class MonitorService:
         for item in items:
             kind, stream = item[0], item[1]
             if kind == "start":
-                messages.append(_message("stream_started", stream=stream, meta=item[2]))
+                messages.append(StreamStarted(stream, time.time(), item[2]).to_dict())
             elif kind == "audio":
                 self.engine.feed(stream, item[3], track=item[2])
             else:  # flush steps the engine first, so earlier audio keeps its order
                 messages += [e.to_dict() for e in self.engine.flush(stream)]
-                messages.append(_message("stream_ended", stream=stream))
+                messages.append(StreamEnded(stream, time.time()).to_dict())
         messages += [e.to_dict() for e in self.engine.step()]
         return messages
 
@@ -198,7 +194,3 @@ class MonitorService:
                 fn(messages)
             elif not loop.is_closed():
                 loop.call_soon_threadsafe(fn, messages)
-
-
-def _message(kind: str, **fields) -> dict:
-    return {"type": kind, "v": PROTOCOL_VERSION, "time": time.time(), **fields}

@@ -11,6 +11,7 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+from emotion_monitor.models.base import SAMPLE_RATE
 
 FRAME = 512  # samples per VAD frame at 16 kHz
 CONTEXT = 64  # samples of the previous frame the model expects in front of each frame
@@ -44,7 +45,7 @@ class SileroVAD:
         self._session = ort.InferenceSession(
             str(path or silero_model_path()), options, providers=["CPUExecutionProvider"]
         )
-        self._sr = np.array(16_000, dtype=np.int64)
+        self._sr = np.array(SAMPLE_RATE, dtype=np.int64)
 
     @staticmethod
     def initial_state() -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from conftest import load_clip, ravdess_clip
 from emotion_monitor.streamer.alerts import (
-    Alert,
     AlertEvaluator,
     AlertMonitor,
     WebhookSender,
@@ -23,6 +22,7 @@ from emotion_monitor.streamer.alerts.rules import (
     AlertRule,
 )
 from emotion_monitor.streamer.engine import Engine
+from emotion_monitor.streamer.protocol import Alert
 from emotion_monitor.streamer.service import MonitorService
 from emotion_monitor.streamer.settings import Settings
 from test_calls import (

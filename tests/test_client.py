@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from emotion_monitor.streamer.alerts import Alert
 from emotion_monitor.streamer.alerts.rules import AlertRule
 from emotion_monitor.streamer.api import Monitor
 from emotion_monitor.streamer.client import events_url, subscribe
 from emotion_monitor.streamer.engine import StreamLimitError
-from emotion_monitor.streamer.events import Event
+from emotion_monitor.streamer.protocol import Alert, Event
 from test_calls import TIMEOUT, LoudnessModel, clips, running, test_settings, twilio_call
 
 ROOT = Path(__file__).resolve().parents[1]

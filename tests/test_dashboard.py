@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import load_clip, ravdess_clip
 from emotion_monitor.streamer.engine import Engine
-from emotion_monitor.streamer.events import QUADRANTS
+from emotion_monitor.streamer.quadrant import QUADRANTS
 from emotion_monitor.streamer.server.app import Server
 from emotion_monitor.streamer.service import MonitorService
 from emotion_monitor.streamer.settings import Settings

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from conftest import load_clip, ravdess_clip
 from emotion_monitor.streamer.engine import Engine, StreamLimitError
-from emotion_monitor.streamer.events import NEUTRAL_RADIUS, QUADRANTS, SECTORS, Event, quadrant
+from emotion_monitor.streamer.protocol import Event
+from emotion_monitor.streamer.quadrant import NEUTRAL_RADIUS, QUADRANTS, SECTORS, quadrant
 from emotion_monitor.streamer.settings import Settings
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from audio_fixtures import ANGRY_TEXT, CALM_TEXT, PulseServer, default_model_once, espeak
 from emotion_monitor.streamer.engine import Engine
-from emotion_monitor.streamer.events import SourceError
+from emotion_monitor.streamer.protocol import SourceError
 from emotion_monitor.streamer.settings import Settings
 from emotion_monitor.streamer.sources.mic import MicrophoneSource
 from emotion_monitor.streamer.sources.runner import run_source

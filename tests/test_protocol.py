@@ -6,8 +6,7 @@ import json
 
 import pytest
 from emotion_monitor.streamer import protocol
-from emotion_monitor.streamer.events import PROTOCOL_VERSION, Event
-from emotion_monitor.streamer.protocol import ProtocolError
+from emotion_monitor.streamer.protocol import PROTOCOL_VERSION, Event, ProtocolError
 
 SERVER_MESSAGES = [
     protocol.Hello(
@@ -105,11 +104,14 @@ def test_subscription_limit():
         protocol.decode(json.dumps({"type": "subscribe", "streams": streams}))
 
 
-def test_notices_pass_through():
-    alert = {"type": "alert", "v": 1, "stream": "CA1", "track": "customer", "name": "x"}
-    assert protocol.decode(json.dumps(alert), protocol.SERVER_MESSAGES) == alert
-    with pytest.raises(ProtocolError):
-        protocol.decode('{"type": "source_error"}', protocol.SERVER_MESSAGES)
+def test_alerts_and_source_errors_decode_like_every_message():
+    alert = protocol.Alert("CA1", "customer", "x", t=7.5, since=2.5, values={"arousal": 0.8})
+    assert protocol.decode(alert.to_json(), protocol.SERVER_MESSAGES) == alert
+    error = protocol.SourceError("mic", "device vanished", retry_in=1.0)
+    assert protocol.decode(error.to_json(), protocol.SERVER_MESSAGES) == error
+    for incomplete in ('{"type": "source_error"}', '{"type": "alert", "stream": "CA1"}'):
+        with pytest.raises(ProtocolError):
+            protocol.decode(incomplete, protocol.SERVER_MESSAGES)
 
 
 def test_event_needs_its_identity():

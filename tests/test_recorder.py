@@ -13,7 +13,7 @@ from emotion_monitor.streamer.alerts.rules import AlertRule
 from emotion_monitor.streamer.analysis import Summary
 from emotion_monitor.streamer.cli import main as cli_main
 from emotion_monitor.streamer.engine import Engine
-from emotion_monitor.streamer.events import Event
+from emotion_monitor.streamer.protocol import Event
 from emotion_monitor.streamer.settings import Settings
 from test_calls import clips, running, test_settings, twilio_call
 

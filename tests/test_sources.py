@@ -11,7 +11,7 @@ import pytest
 from audio_fixtures import SR, default_model_once, dialogue_16k, ravdess_16k, to_pcm, write_wav
 from emotion_monitor.streamer.audio import AudioError
 from emotion_monitor.streamer.engine import Engine
-from emotion_monitor.streamer.events import Event
+from emotion_monitor.streamer.protocol import Event
 from emotion_monitor.streamer.ringbuffer import RingBuffer
 from emotion_monitor.streamer.settings import Settings
 from emotion_monitor.streamer.sources.files import FileSource, StdinSource

@@ -1,7 +1,7 @@
 """Alerts: rules (:mod:`.rules`), their evaluation on the event stream (:mod:`.evaluator`) and
 the webhook that forwards them (:mod:`.webhook`)."""
 
-from emotion_monitor.streamer.alerts.evaluator import Alert, AlertEvaluator, AlertMonitor
+from emotion_monitor.streamer.alerts.evaluator import AlertEvaluator, AlertMonitor
 from emotion_monitor.streamer.alerts.rules import (
     CUSTOMER_FRUSTRATION,
     CUSTOMER_FRUSTRATION_VA,
@@ -11,6 +11,7 @@ from emotion_monitor.streamer.alerts.rules import (
     parse_alert_rules,
 )
 from emotion_monitor.streamer.alerts.webhook import WebhookSender
+from emotion_monitor.streamer.protocol import Alert
 
 __all__ = [
     "CUSTOMER_FRUSTRATION",

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from emotion_monitor.streamer.alerts.rules import (
@@ -31,33 +30,9 @@ from emotion_monitor.streamer.alerts.rules import (
     fit_rules_to_model,
 )
 from emotion_monitor.streamer.alerts.webhook import WebhookSender
-from emotion_monitor.streamer.events import PROTOCOL_VERSION
+from emotion_monitor.streamer.protocol import Alert
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Alert:
-    """One fired alert: rule ``name`` held on (``stream``, ``track``) from ``since`` to ``t``."""
-
-    stream: str
-    track: str
-    name: str
-    t: float
-    since: float
-    values: dict[str, float] = field(default_factory=dict)
-    time: float = 0.0
-    type: str = "alert"
-
-    def to_dict(self) -> dict:
-        """JSON-able protocol-v1 dict."""
-        return {**asdict(self), "v": PROTOCOL_VERSION}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Alert:
-        """Inverse of :meth:`to_dict`; unknown keys are ignored."""
-        names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 class AlertEvaluator:

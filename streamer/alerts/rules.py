@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emotion_monitor.streamer.events import Event
+from emotion_monitor.streamer.protocol import Event
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from emotion_monitor.streamer.commands.options import (
     settings_from_args,
 )
 from emotion_monitor.streamer.engine import Engine
-from emotion_monitor.streamer.events import Event, SourceError
+from emotion_monitor.streamer.protocol import Event, SourceError
 from emotion_monitor.streamer.sources.base import Source
 from emotion_monitor.streamer.sources.runner import make_source, run_source
 

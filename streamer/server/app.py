@@ -32,7 +32,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from emotion_monitor.streamer import protocol
-from emotion_monitor.streamer.events import PROTOCOL_VERSION
+from emotion_monitor.streamer.audio import MAX_UPLOAD_BYTES
+from emotion_monitor.streamer.protocol import PROTOCOL_VERSION
 from emotion_monitor.streamer.server.fanout import Fanout
 from emotion_monitor.streamer.server.http import (
     FrontDoor,
@@ -54,7 +55,6 @@ from emotion_monitor.streamer.settings import Settings
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
-MAX_UPLOAD_BYTES = 50 << 20  # a few minutes of WAV; longer recordings belong to `analyze`
 BROWSER_ROUTES = ("/ws", "/ingest")  # websocket routes that refuse cross-origin pages
 
 WebSocketHandler = Callable[[ServerConnection, MonitorService, Settings], Awaitable[None]]

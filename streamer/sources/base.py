@@ -34,7 +34,7 @@ from emotion_monitor.streamer.audio import (
     silence_nonfinite,
     to_mono,
 )
-from emotion_monitor.streamer.events import SourceError
+from emotion_monitor.streamer.protocol import SourceError
 
 log = logging.getLogger(__name__)
 

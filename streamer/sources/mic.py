@@ -13,7 +13,7 @@ from emotion_monitor.streamer.audio import (
     AudioError,
     StreamResampler,
 )
-from emotion_monitor.streamer.events import SourceError
+from emotion_monitor.streamer.protocol import SourceError
 from emotion_monitor.streamer.ringbuffer import RingBuffer
 from emotion_monitor.streamer.sources.base import Item, Source
 

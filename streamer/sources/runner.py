@@ -13,7 +13,7 @@ from typing import Any
 
 from emotion_monitor.streamer.audio import SAMPLE_RATE, AudioError
 from emotion_monitor.streamer.engine import Engine
-from emotion_monitor.streamer.events import Event, SourceError
+from emotion_monitor.streamer.protocol import Event, SourceError
 from emotion_monitor.streamer.service import MonitorService
 from emotion_monitor.streamer.sources.base import Source
 from emotion_monitor.streamer.sources.demo import DemoSource

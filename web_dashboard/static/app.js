@@ -4,7 +4,7 @@
 const HISTORY_S = 60; // timeline span, seconds of stream time
 const TRAIL = 40; // points in the circumplex trail
 // Circumplex sectors, 45 degrees each counter-clockwise from +valence, around a NEUTRAL disc of
-// this radius (as streamer/events.py).
+// this radius (as streamer/quadrant.py).
 const SECTORS = ["HAPPY", "EXCITED", "TENSE", "ANGRY", "SAD", "BORED", "CALM", "CONTENT"];
 const NEUTRAL_RADIUS = 0.25;
 const COLORS = { valence: "#4fc3f7", arousal: "#ffb74d", grid: "#2c353f", text: "#8b98a5",
