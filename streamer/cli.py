@@ -20,9 +20,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("emotion_monitor.streamer.server", "run the engine with the websocket server"),
     "analyze": ("emotion_monitor.streamer.analyze", "timeline and summary of a recording"),
     "report": ("emotion_monitor.streamer.recorder", "per-call summary of a recorded SQLite file"),
-    "train": ("emotion_monitor.models.train", "train the emotion heads on a manifest"),
-    "evaluate": ("emotion_monitor.models.evaluate", "score a model on a labelled manifest"),
-    "export": ("emotion_monitor.models.export", "export encoder and heads to ONNX"),
+    "train": ("emotion_monitor.models.training.train", "train the emotion heads on a manifest"),
+    "evaluate": (
+        "emotion_monitor.models.training.evaluate",
+        "score a model on a labelled manifest",
+    ),
+    "export": ("emotion_monitor.models.training.export", "export encoder and heads to ONNX"),
 }
 
 
