@@ -414,7 +414,7 @@ def test_evaluate_cli_default_model(tmp_path, capsys):
             "--plots",
             str(tmp_path / "plots"),
             "--streaming",
-            "--device",
+            "--model-device",
             "cpu",
         ]
     )
@@ -448,7 +448,7 @@ def test_evaluate_fails_when_nothing_is_scored(tmp_path, capsys):
         w = csv.DictWriter(f, fieldnames=["path", "emotion"])
         w.writeheader()
         w.writerows({"path": r["path"], "emotion": r["emotion"]} for r in rows)
-    assert cli(["evaluate", "--manifest", str(manifest), "--device", "cpu"]) == 1
+    assert cli(["evaluate", "--manifest", str(manifest), "--model-device", "cpu"]) == 1
     err = capsys.readouterr().err
     assert "no clip was scored (2 unreadable, 0 with other labels)" in err
     missing = str(tmp_path / rows[0]["path"])

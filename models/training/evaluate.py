@@ -50,7 +50,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="score the final smoothed estimate of the streaming engine per clip",
     )
     p.add_argument("--batch", type=_positive_int, default=16, help="clips per predict call")
-    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--model-device",
+        default="auto",
+        help="inference device of the model: auto (CUDA when available), cpu or cuda",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -307,7 +311,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: --labels {args.labels!r} names no label", file=sys.stderr)
         return 2
     try:
-        model = load_model(args.model, device=args.device)
+        model = load_model(args.model, device=args.model_device)
         result, true, va = evaluate(
             model,
             args.manifest,

@@ -117,7 +117,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--seed", type=int, default=0, help="seeds the random augmentations and the fits"
     )
-    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--model-device",
+        default="cpu",
+        help="inference device of the torch encoders that compute the training features: cpu, "
+        "cuda or auto (the ONNX backends run on the CPU)",
+    )
 
 
 def _numbers(flag: str, text: str) -> list[float]:
@@ -268,7 +273,7 @@ def main(args: argparse.Namespace) -> int:
     cache = None if args.no_cache else Path(args.cache)
     t0 = time.time()
     layers = args.layers or (DEFAULT_LAYERS if encoder == DEFAULT_ENCODER else "all")
-    features = PooledFeatures(encoder, layers, args.device, args.input_norm, args.backend)
+    features = PooledFeatures(encoder, layers, args.model_device, args.input_norm, args.backend)
     speakers = {r.speaker for r in train if r.speaker}
     print(
         f"training clips: {len(train)} "
