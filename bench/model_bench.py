@@ -75,7 +75,7 @@ def main() -> None:
     args = p.parse_args()
 
     import torch
-    from emotion_monitor.models.default_model import DEFAULT_DIR, load_model_dir
+    from emotion_monitor.models.heads_model import DEFAULT_DIR, load_model_dir
 
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)

@@ -57,7 +57,7 @@ def build_hf(out: Path, arch: str) -> Path:
 
 def build_vit(out: Path) -> Path:
     import torch
-    from emotion_monitor.models.vit_va import build_module
+    from emotion_monitor.models.adapters.vit_va import build_module
     from transformers import ViTConfig
 
     out.mkdir(parents=True)
@@ -68,7 +68,7 @@ def build_vit(out: Path) -> Path:
 
 
 def build_pooled(out: Path, large: bool) -> Path:
-    from emotion_monitor.models.pooled_classifier import build_classifier
+    from emotion_monitor.models.adapters.pooled import build_classifier
     from safetensors.torch import save_file
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
@@ -137,7 +137,7 @@ def main() -> None:
     import soundfile as sf
     import torch
     from emotion_monitor.models import load_model
-    from emotion_monitor.models.adapter_export import export_adapter
+    from emotion_monitor.models.adapters.export import export_adapter
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="hf-w2v,hf-hubert,hf-ast,vit-va,pooled")

@@ -8,9 +8,11 @@ embedding classifier are interchangeable.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # only annotations need it: importing the interface stays cheap for the CLI
@@ -29,6 +31,7 @@ EMOTIONS: tuple[str, ...] = (
     "boredom",
 )
 
+#: The one internal audio currency: 16 kHz mono float32; every model takes windows at this rate.
 SAMPLE_RATE = 16_000
 
 
@@ -40,10 +43,28 @@ def refuse_missing_folder(location: str, noun: str = "model directory") -> None:
     """ModelError ``"LOCATION: no such NOUN"`` when ``location`` is written as a path (it starts
     with ``/``, ``.`` or ``~``; a hub id is ``org/name``) but is not a folder: offline,
     transformers would take it for a hub id and blame its cache."""
-    from pathlib import Path
-
     if location.startswith(("/", ".", "~")) and not Path(location).expanduser().is_dir():
         raise ModelError(f"{location}: no such {noun}")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (library errors can run to pages)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def read_json(path: str | Path) -> dict:
+    """Read a JSON object (a model's config, an export's metadata), raising ModelError naming the
+    file when it is missing, unreadable, not JSON or not an object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise ModelError(f"{path}: missing") from exc
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: unreadable JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: expected a JSON object")
+    return data
 
 
 @dataclass(frozen=True)

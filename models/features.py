@@ -12,11 +12,11 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+from emotion_monitor.models.base import SAMPLE_RATE
 
 N_FFT = 400
 HOP = 160
 N_MELS = 80
-SAMPLE_RATE = 16_000
 
 
 def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
@@ -58,7 +58,7 @@ def log_mel(audio, n_mels: int = N_MELS):
     ``audio`` is a float32 array or tensor of shape (batch, samples) or (samples,); returns a
     float32 torch tensor (batch, n_mels, samples // 160) on the input's device.
     """
-    import torch
+    import torch  # lazy: torch
 
     x = torch.as_tensor(audio, dtype=torch.float32)
     if x.ndim == 1:

@@ -16,10 +16,14 @@ Accepted specs:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from emotion_monitor.models.base import EmotionModel, ModelError, refuse_missing_folder
+from emotion_monitor.models.adapters.hf import load_hf_classifier
+from emotion_monitor.models.adapters.onnx_model import load_onnx_model
+from emotion_monitor.models.adapters.pooled import load_pooled_classifier
+from emotion_monitor.models.adapters.vit_va import load_vit_va
+from emotion_monitor.models.base import EmotionModel, ModelError, read_json, refuse_missing_folder
+from emotion_monitor.models.heads_model import load_default, load_model_dir
 
 KINDS = ("default", "hf", "vit-va", "pooled", "onnx", "heads")
 
@@ -37,13 +41,10 @@ def _detect_kind(path: Path) -> str:
     if config.exists() and (path / "heads.onnx").exists():
         return "heads"
     if config.exists():
-        try:
-            fields = json.loads(config.read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"{config}: unreadable config.json ({exc})") from exc
-        if isinstance(fields, dict) and "heads" in fields:
+        fields = read_json(config)
+        if "heads" in fields:
             return "heads"  # its loader names the missing heads file
-        archs = (fields.get("architectures") if isinstance(fields, dict) else None) or []
+        archs = fields.get("architectures") or []
         if any(a.endswith(("ForSequenceClassification", "ForAudioClassification")) for a in archs):
             return "hf"
     raise ModelError(
@@ -84,25 +85,14 @@ def load_model(spec: str | None = None, device: str = "auto") -> EmotionModel:
     """Load the model a spec names; ``device`` is "auto", "cpu" or "cuda"."""
     kind, location = parse_spec(spec)
     if kind == "default":
-        from emotion_monitor.models.default_model import load_default
-
         return load_default(device=device)
     if kind == "heads":
-        from emotion_monitor.models.default_model import load_model_dir
-
         return load_model_dir(location, device=device)
     if kind == "hf":
-        from emotion_monitor.models.hf_classifier import load_hf_classifier
-
         return load_hf_classifier(location, device=device)
     if kind == "vit-va":
-        from emotion_monitor.models.vit_va import load_vit_va
-
         return load_vit_va(location, device=device)
     if kind == "pooled":
-        from emotion_monitor.models.pooled_classifier import load_pooled_classifier
-
         return load_pooled_classifier(location, device=device)
-    from emotion_monitor.models.onnx_adapter import load_onnx_model
 
     return load_onnx_model(location, device=device)

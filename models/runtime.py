@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from emotion_monitor.models.base import ModelError
+from emotion_monitor.models.base import ModelError, first_line
 
 
 def wanted_providers(device: str) -> list[str]:
     """Providers to ask for: ``"cuda"`` / ``"auto"`` try CUDA first when this ORT build has it."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: onnxruntime
 
     available = ort.get_available_providers()
     if device not in ("auto", "cpu", "cuda"):
@@ -34,7 +34,7 @@ def create_session(path: str | Path, device: str = "auto", threads: int | None =
     Raises :class:`ModelError` naming the file when it is missing or not a loadable ONNX model,
     and when ``device="cuda"`` was asked for but the session fell back to the CPU.
     """
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: onnxruntime
 
     path = Path(path)
     if not path.is_file():
@@ -49,8 +49,7 @@ def create_session(path: str | Path, device: str = "auto", threads: int | None =
     try:
         session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
     except Exception as exc:  # ORT raises several exception types for bad files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path}: not a valid ONNX model ({first})") from exc
+        raise ModelError(f"{path}: not a valid ONNX model ({first_line(exc)})") from exc
     got = session.get_providers()
     used = got[0] if got else "unknown"
     if device == "cuda" and used != "CUDAExecutionProvider":
@@ -67,3 +66,24 @@ def check_input_size(session, expected: int, path: str | Path) -> None:
             f"{path}: head expects {size} input features but the encoder produces {expected} "
             "(were the heads trained with a different encoder or layer selection?)"
         )
+
+
+def check_device(device: str) -> None:
+    """ModelError unless ``device`` is one the loaders take: auto, cpu, cuda (or cuda:N)."""
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise ModelError(f"unknown device {device!r}; use auto, cpu or cuda")
+
+
+def resolve_device(device: str) -> str:
+    """The torch device for an inference-device name: ``"auto"`` -> ``"cuda"`` when torch sees a
+    GPU, else ``"cpu"``; ``"cpu"`` without importing torch; ``"cuda"`` (or ``"cuda:N"``) checked."""
+    check_device(device)
+    if device == "cpu":
+        return "cpu"
+    import torch  # lazy: torch (only a GPU question needs it)
+
+    if torch.cuda.is_available():
+        return "cuda" if device == "auto" else device
+    if device != "auto":
+        raise ModelError(f"device {device!r} requested but torch sees no CUDA device")
+    return "cpu"

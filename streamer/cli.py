@@ -26,9 +26,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "emotion_monitor.streamer.commands.report",
         "per-call summary of a recorded SQLite file",
     ),
-    "train": ("emotion_monitor.models.train", "train the emotion heads on a manifest"),
-    "evaluate": ("emotion_monitor.models.evaluate", "score a model on a labelled manifest"),
-    "export": ("emotion_monitor.models.export", "export encoder and heads to ONNX"),
+    "train": ("emotion_monitor.models.training.train", "train the emotion heads on a manifest"),
+    "evaluate": (
+        "emotion_monitor.models.training.evaluate",
+        "score a model on a labelled manifest",
+    ),
+    "export": ("emotion_monitor.models.training.export", "export encoder and heads to ONNX"),
 }
 
 

@@ -117,7 +117,7 @@ def make_ast_classifier(out: Path) -> Path:
 def make_vit_va(out: Path, prefix: str = "") -> Path:
     """ViT config.json + a .pth state dict of ViTModel + regression head."""
     import torch
-    from emotion_monitor.models.vit_va import build_module
+    from emotion_monitor.models.adapters.vit_va import build_module
     from transformers import ViTConfig
 
     _seed(4)
@@ -136,7 +136,7 @@ def make_vit_va(out: Path, prefix: str = "") -> Path:
 def make_pooled(out: Path, scaler_format: str = "json") -> Path:
     """pooled_config.json + model.safetensors + scaler + a tiny wav2vec2 checkpoint dir."""
     import torch
-    from emotion_monitor.models.pooled_classifier import build_classifier
+    from emotion_monitor.models.adapters.pooled import build_classifier
     from safetensors.torch import save_file
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 

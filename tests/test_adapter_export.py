@@ -10,8 +10,8 @@ import json
 
 import pytest
 from emotion_monitor.models import ModelError, load_model
-from emotion_monitor.models.adapter_export import export_adapter
-from emotion_monitor.models.onnx_adapter import OnnxAdapterModel
+from emotion_monitor.models.adapters.export import export_adapter
+from emotion_monitor.models.adapters.onnx_model import OnnxAdapterModel
 from emotion_monitor.streamer import cli
 from published_fixtures import EXPECTED_LABELS, SPEECH_CLIP, make_wav2vec2_classifier
 

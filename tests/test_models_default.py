@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import load_clip, ravdess_clip
 from emotion_monitor.models.base import EMOTIONS, ModelError
-from emotion_monitor.models.default_model import DEFAULT_DIR, read_config
+from emotion_monitor.models.heads_model import DEFAULT_DIR, read_config
 from emotion_monitor.models.runtime import check_input_size, create_session
 
 
@@ -89,7 +89,7 @@ def _copy_of_default(folder, **config_changes):
 
 
 def test_model_folder_is_checked_when_it_loads(tmp_path):
-    from emotion_monitor.models.default_model import load_model_dir
+    from emotion_monitor.models.heads_model import load_model_dir
     from emotion_monitor.models.registry import load_model
 
     labels = list(read_config(DEFAULT_DIR)["labels"])

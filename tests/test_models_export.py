@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from emotion_monitor.models.default_model import DEFAULT_DIR, load_model_dir
+from emotion_monitor.models.heads_model import DEFAULT_DIR, load_model_dir
 from emotion_monitor.streamer.cli import main as cli
 
 

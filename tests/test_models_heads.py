@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from emotion_monitor.models.adapters.common import softmax
 from emotion_monitor.models.base import ModelError
-from emotion_monitor.models.train import (
+from emotion_monitor.models.training.heads import (
     fit_lda,
     fit_lda_shrinkages,
     fit_ridge,
     fit_ridge_alphas,
     fit_temperature,
-    softmax,
 )
 
 
@@ -127,7 +127,7 @@ def _heads_data(n_speakers: int):
 
 @pytest.mark.parametrize("n_speakers", [1, 2, 5])
 def test_train_heads_folds_choice_and_temperature(n_speakers):
-    from emotion_monitor.models.train import classifier_candidates, train_heads
+    from emotion_monitor.models.training.heads import classifier_candidates, train_heads
 
     x, y, va, groups = _heads_data(n_speakers)
     candidates = classifier_candidates("lda", [0.2, 0.9], n_classes=4)
@@ -172,7 +172,7 @@ def test_train_heads_folds_choice_and_temperature(n_speakers):
 @pytest.mark.parametrize("va_head", ["classes", "ridge"])
 def test_exported_heads_match_numpy(tmp_path, va_head):
     import onnxruntime as ort
-    from emotion_monitor.models.train import export_heads
+    from emotion_monitor.models.training.heads import export_heads
 
     rng = np.random.default_rng(2)
     mean, std = rng.standard_normal(6), rng.uniform(0.5, 2, 6)

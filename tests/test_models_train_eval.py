@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 from conftest import RAVDESS, ravdess_rows
 from emotion_monitor.models.base import EmotionModel, ModelError, Prediction
-from emotion_monitor.models.evaluate import concordance, evaluate, score
+from emotion_monitor.models.training.evaluate import concordance, evaluate, score
 from emotion_monitor.streamer.cli import main as cli
 
 
@@ -76,7 +76,7 @@ def trained(tmp_path_factory):
 
 
 def test_train_writes_heads_and_is_reproducible(trained, capsys):
-    from emotion_monitor.models.default_model import load_model_dir
+    from emotion_monitor.models.heads_model import load_model_dir
 
     out = trained["out"]
     config = json.loads((out / "config.json").read_text())
@@ -133,8 +133,8 @@ def test_embedding_cache_follows_the_audio_not_the_file(tmp_path):
     import os
     import shutil
 
-    from emotion_monitor.models.manifest import Row
-    from emotion_monitor.models.train import embed_rows, make_embedder
+    from emotion_monitor.models.training.feature_cache import embed_rows, make_embedder
+    from emotion_monitor.models.training.manifest import Row
 
     src = [RAVDESS / r["path"] for r in ravdess_rows("test")[:2]]
     copies = []
@@ -160,7 +160,7 @@ def test_embedding_cache_follows_the_audio_not_the_file(tmp_path):
 
 
 def test_augmentation_draws_follow_the_seed():
-    from emotion_monitor.models.augment import augment
+    from emotion_monitor.models.training.augment import augment
 
     x = (0.1 * np.random.default_rng(3).standard_normal(32000)).astype(np.float32)
     assert np.array_equal(augment(x, "noise"), augment(x.copy(), "noise"))
@@ -170,7 +170,7 @@ def test_augmentation_draws_follow_the_seed():
 
 
 def test_reverb_adds_a_decaying_tail_at_the_same_level():
-    from emotion_monitor.models.augment import augment
+    from emotion_monitor.models.training.augment import augment
 
     # a 0.2 s white-noise burst, then 1.3 s of silence: whatever follows the burst is the room
     rate = 16_000
@@ -192,7 +192,7 @@ def test_reverb_adds_a_decaying_tail_at_the_same_level():
 
 
 def test_speech_only_fills_the_window_with_the_speech():
-    from emotion_monitor.models.augment import augment
+    from emotion_monitor.models.training.augment import augment
 
     # a second of near-silence, 0.5 s of "speech", a little silence: like a RAVDESS clip
     rate = 16_000
@@ -219,7 +219,7 @@ def test_speech_only_fills_the_window_with_the_speech():
 
 def test_evaluate_cli_on_trained_heads(trained):
     # the heads folder is not a registry spec, so score it through the function
-    from emotion_monitor.models.default_model import load_model_dir
+    from emotion_monitor.models.heads_model import load_model_dir
 
     model = load_model_dir(trained["out"], device="cpu")
     result, true, va = evaluate(
@@ -373,7 +373,7 @@ def test_score_macro_f1():
 
 
 def test_calibration_figures():
-    from emotion_monitor.models.evaluate import calibration
+    from emotion_monitor.models.training.evaluate import calibration
 
     labels = ["a", "b"]
     sure = [Prediction(classes={"a": 1.0, "b": 0.0}), Prediction(classes={"a": 0.0, "b": 1.0})]
@@ -414,7 +414,7 @@ def test_evaluate_cli_default_model(tmp_path, capsys):
             "--plots",
             str(tmp_path / "plots"),
             "--streaming",
-            "--device",
+            "--model-device",
             "cpu",
         ]
     )
@@ -448,7 +448,7 @@ def test_evaluate_fails_when_nothing_is_scored(tmp_path, capsys):
         w = csv.DictWriter(f, fieldnames=["path", "emotion"])
         w.writeheader()
         w.writerows({"path": r["path"], "emotion": r["emotion"]} for r in rows)
-    assert cli(["evaluate", "--manifest", str(manifest), "--device", "cpu"]) == 1
+    assert cli(["evaluate", "--manifest", str(manifest), "--model-device", "cpu"]) == 1
     err = capsys.readouterr().err
     assert "no clip was scored (2 unreadable, 0 with other labels)" in err
     missing = str(tmp_path / rows[0]["path"])

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 from emotion_monitor.models.base import ModelError
-from emotion_monitor.models.embedding import pool_states
-from emotion_monitor.models.wav2vec2_encoder import Wav2Vec2Embedder, weighted_layer_sum
+from emotion_monitor.models.encoders.pooling import pool_states
+from emotion_monitor.models.encoders.wav2vec2 import Wav2Vec2Embedder, weighted_layer_sum
 
 TINY = dict(
     hidden_size=32,
@@ -115,7 +115,7 @@ def test_train_on_a_wav2vec2_checkpoint_and_serve(checkpoint, tmp_path):
     import csv
 
     from conftest import RAVDESS, ravdess_rows
-    from emotion_monitor.models.default_model import load_model_dir
+    from emotion_monitor.models.heads_model import load_model_dir
     from emotion_monitor.streamer.cli import main as cli
 
     rows = [r for r in ravdess_rows("train") if r["speaker"] == "Actor_03"][::4]

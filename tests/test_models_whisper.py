@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import load_clip, ravdess_clip
 from emotion_monitor.models.base import ModelError
-from emotion_monitor.models.ct2 import WeightSource, load_whisper_weights, locate, read_ct2
+from emotion_monitor.models.encoders.ct2 import WeightSource, load_whisper_weights, locate, read_ct2
+from emotion_monitor.models.encoders.whisper import WhisperEncoder
 from emotion_monitor.models.features import log_mel
-from emotion_monitor.models.whisper_encoder import WhisperEncoder
 
 #: log-mel parity tolerance vs transformers (both float32; in practice the difference is 0)
 MEL_TOL = 1e-4
@@ -150,8 +150,12 @@ def test_encoder_matches_transformers_on_30s_input(tiny):
 
 
 def test_encoder_onnx_matches_torch(tiny, tmp_path):
-    from emotion_monitor.models.export import encoder_parity, export_encoder, quantize_int8
-    from emotion_monitor.models.whisper_encoder import PooledWhisper
+    from emotion_monitor.models.encoders.onnx_cache import (
+        encoder_parity,
+        export_encoder,
+        quantize_int8,
+    )
+    from emotion_monitor.models.encoders.whisper import PooledWhisper
 
     # two encoders in one graph, as the default model runs them (features concatenated)
     pooled = PooledWhisper([(tiny, [1, 2, 4]), (tiny, [0, 3])])

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 from emotion_monitor.models import ModelError, load_model
-from emotion_monitor.models.adapter_common import normalise_labels
+from emotion_monitor.models.adapters.common import normalise_labels
 from emotion_monitor.models.registry import parse_spec
 from published_fixtures import EXPECTED_LABELS, make_pooled, make_vit_va
 
@@ -124,7 +124,7 @@ def test_vit_state_dict_variants(tmp_path, published, speech):
 
 
 def test_mel_filterbank_matches_slaney_reference():
-    from emotion_monitor.models.vit_va import mel_filterbank
+    from emotion_monitor.models.adapters.vit_va import mel_filterbank
     from transformers.audio_utils import mel_filter_bank
 
     ours = mel_filterbank(22050, 2048, 128)
@@ -142,7 +142,7 @@ def test_mel_filterbank_matches_slaney_reference():
 
 
 def test_mel_image(speech):
-    from emotion_monitor.models.vit_va import MEL_PARAMS, mel_image
+    from emotion_monitor.models.adapters.vit_va import MEL_PARAMS, mel_image
 
     img = mel_image(speech[:32000])
     assert img.shape == (3, 224, 224) and img.dtype == np.float32

@@ -14,8 +14,8 @@ import pytest
 import soundfile as sf
 from conftest import RAVDESS, load_clip, ravdess_rows
 from emotion_monitor.models.base import ModelError
-from emotion_monitor.models.manifest import read_manifest
-from emotion_monitor.models.train import fit_lda, train_heads
+from emotion_monitor.models.training.heads import fit_lda, train_heads
+from emotion_monitor.models.training.manifest import read_manifest
 from emotion_monitor.streamer.cli import main as cli
 from test_models_wav2vec2 import make_checkpoint
 
@@ -152,7 +152,7 @@ def test_train_reports_each_unusable_row_and_trains_on_the_rest(tmp_path, checkp
 
 
 def test_heads_predict_the_labels_trained(tmp_path, checkpoint, capsys):
-    from emotion_monitor.models.default_model import load_model_dir
+    from emotion_monitor.models.heads_model import load_model_dir
 
     rows = clips(("angry", "sad", "calm"))
     for r in rows:  # boredom is in the project's vocabulary, with its circumplex point
@@ -187,7 +187,7 @@ def test_cache_follows_the_checkpoint_weights(tmp_path, checkpoint):
 def test_a_relative_checkpoint_folder_is_found_from_anywhere(tmp_path, checkpoint, monkeypatch):
     import shutil
 
-    from emotion_monitor.models.default_model import load_model_dir
+    from emotion_monitor.models.heads_model import load_model_dir
 
     manifest = write_manifest(tmp_path / "m.csv", clips())
     monkeypatch.chdir(tmp_path)
@@ -230,7 +230,7 @@ def test_lda_without_variation_inside_any_class_is_nearest_mean():
 
 def test_cross_validation_survives_a_speaker_with_one_clip():
     # a fold that trains on the small speaker alone holds a single row
-    from emotion_monitor.models.train import classifier_candidates
+    from emotion_monitor.models.training.heads import classifier_candidates
 
     rng = np.random.default_rng(0)
     y = np.arange(41) % 4

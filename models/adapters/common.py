@@ -1,17 +1,16 @@
-"""Small helpers shared by the adapters for published checkpoints (HF, ViT, pooled, ONNX).
-
-Kept free of torch at import time: the torch-using helpers import it inside the function.
+"""Small helpers shared by the adapters for published checkpoints (HF, ViT, pooled, ONNX): label
+names, softmax (the project's one numpy softmax, which training uses too), predictions from
+outputs, equal-length batching, and the export plan.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from emotion_monitor.models.base import SAMPLE_RATE, EmotionModel, ModelError, Prediction
+from emotion_monitor.models.encoders.pooling import groups_by_length
 
 #: Abbreviations and synonyms seen in published checkpoints' id2label -> project vocabulary.
 #: Only unambiguous ones: IEMOCAP's "exc" (excited) or "fru" (frustrated) have no vocabulary entry
@@ -87,10 +86,7 @@ def predict_grouped(
     almost always of one length, so batches stay full.
     """
     out: list[Prediction | None] = [None] * len(windows)
-    groups: dict[int, list[int]] = {}
-    for i, w in enumerate(windows):
-        groups.setdefault(len(w), []).append(i)
-    for idx in groups.values():
+    for idx in groups_by_length(windows).values():
         for i, p in zip(
             idx, run([np.asarray(windows[i], dtype=np.float32) for i in idx]), strict=True
         ):
@@ -104,90 +100,6 @@ def zero_mean_unit_var(batch: np.ndarray) -> np.ndarray:
     mean = batch.mean(axis=-1, keepdims=True)
     var = batch.var(axis=-1, keepdims=True)
     return ((batch - mean) / np.sqrt(var + 1e-7)).astype(np.float32)
-
-
-def resolve_torch_device(device: str) -> str:
-    """ "auto" -> "cuda" when torch sees a GPU, else "cpu"; explicit names are checked."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(f"device {device!r} requested but torch sees no CUDA GPU")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ModelError(f"unknown device {device!r}; use auto, cpu or cuda")
-    return device
-
-
-def read_json(path: Path) -> dict:
-    """Read a JSON object, raising ModelError naming the file on any problem."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError as exc:
-        raise ModelError(f"{path}: missing") from exc
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{path}: unreadable JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ModelError(f"{path}: expected a JSON object")
-    return data
-
-
-#: Parameters a checkpoint may lack without changing inference: wav2vec2's mask embedding is used
-#: only for training-time masking, and older checkpoints were saved without it.
-UNUSED_AT_INFERENCE = ("masked_spec_embed",)
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (library errors can run to pages)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def weight_files(path: str | Path) -> str:
-    """``DIR (its weight files)`` for error messages; just the name for a hub id."""
-    if not Path(path).is_dir():
-        return str(path)
-    files = sorted(p.name for p in Path(path).iterdir() if p.suffix in (".safetensors", ".bin"))
-    return f"{path} ({', '.join(files) or 'no weights file'})"
-
-
-def from_pretrained_checked(cls, location: str | Path, what: str):
-    """``cls.from_pretrained(location)`` offline, refusing weights that do not fit the config.
-
-    transformers initialises missing or wrongly shaped parameters at random and only logs it,
-    which would serve a model that outputs noise; here any such tensor is a ModelError naming the
-    files. Corrupt or truncated files are a ModelError too (safetensors raises its own type).
-    """
-    where = weight_files(location)
-    config = Path(location) / "config.json"
-    if Path(location).is_dir() and not config.is_file():  # transformers would use defaults
-        raise ModelError(f"{config}: missing (the {what} checkpoint's architecture)")
-    try:
-        model, info = cls.from_pretrained(
-            str(location),
-            local_files_only=True,
-            output_loading_info=True,
-            ignore_mismatched_sizes=True,  # reported below, with the shapes
-        )
-    except Exception as exc:  # OSError, ValueError, SafetensorError, torch's unpickling errors
-        raise ModelError(f"{where}: cannot load the {what} weights ({first_line(exc)})") from exc
-    mismatched = sorted(info.get("mismatched_keys") or [], key=lambda m: m[0])
-    if mismatched:
-        shapes = "; ".join(f"{k}: file {list(a)}, config {list(b)}" for k, a, b in mismatched[:4])
-        raise ModelError(
-            f"{where}: the {what} weights do not fit {config} ({shapes}); does that config "
-            "(its layer sizes, and for a classifier its id2label) belong to these weights?"
-        )
-    missing = sorted(
-        k for k in info.get("missing_keys") or [] if not k.endswith(UNUSED_AT_INFERENCE)
-    )
-    if missing:
-        raise ModelError(
-            f"{where}: the {what} weights lack {len(missing)} parameters of the model its "
-            f"config.json describes (e.g. {', '.join(missing[:4])}); the file is incomplete or "
-            "from another model"
-        )
-    return model
 
 
 @dataclass

@@ -1,5 +1,7 @@
-"""The shipped default model: Whisper base + tiny.en encoders + trained ONNX heads.
+"""Encoder features -> ONNX heads: the shipped default model and every folder ``train`` writes.
 
+A heads folder holds ``config.json`` (encoder, layers, labels, ...) and ``heads.onnx``; the
+default model is the one shipped in the package (Whisper base + tiny.en encoders).
 ``load_default()`` returns an :class:`EmotionModel` whose ``predict`` maps a batch of 16 kHz
 windows to 8-class probabilities and (derived) valence/arousal. The encoder runs through the
 backend named in ``default/config.json`` (chosen by measurement, see ``MODEL_CARD.md``): ONNX
@@ -8,32 +10,38 @@ Runtime with the int8 encoder shipped in the package on CPU, or the torch encode
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from emotion_monitor.models.base import EmotionModel, ModelError, Prediction
+from emotion_monitor.models.base import (
+    SAMPLE_RATE,
+    EmotionModel,
+    ModelError,
+    Prediction,
+    read_json,
+)
+from emotion_monitor.models.encoders.backends import OrtEncoder, TorchEncoder
+from emotion_monitor.models.encoders.onnx_cache import cached_encoder_onnx
+from emotion_monitor.models.encoders.pooling import groups_by_length, prepare
+from emotion_monitor.models.encoders.wav2vec2 import Wav2Vec2Embedder
+from emotion_monitor.models.runtime import check_input_size, create_session, resolve_device
 
-DEFAULT_DIR = Path(__file__).resolve().parent / "default"
+#: The shipped default model (package data, found through the import system). The package is
+#: installed as plain files, so this is a real folder that ONNX Runtime can open files in.
+DEFAULT_DIR = Path(str(resources.files("emotion_monitor.models") / "default")).resolve()
 #: Largest batch sent to the encoder at once (bounds peak memory; the engine sends <= 32).
 MAX_BATCH = 32
 #: Whisper's positional table covers 30 s.
-MAX_WINDOW_SAMPLES = 30 * 16000
+MAX_WINDOW_SAMPLES = 30 * SAMPLE_RATE
 
 
 def read_config(folder: Path) -> dict:
     """The JSON config of a heads folder, with a clear error when it is missing or malformed."""
     path = Path(folder) / "config.json"
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{path}: cannot read model config ({exc})") from exc
-    if not isinstance(config, dict):
-        raise ModelError(f"{path}: expected a JSON object")
+    config = read_json(path)
     for key in ("encoder", "layers", "labels", "feature_dim", "heads"):
         if key not in config:
             raise ModelError(f"{path}: missing key {key!r}")
@@ -47,77 +55,7 @@ def read_config(folder: Path) -> dict:
     return config
 
 
-def _resolve_device(device: str) -> str:
-    if device not in ("auto", "cpu", "cuda"):
-        raise ModelError(f"unknown device {device!r}; use auto, cpu or cuda")
-    if device == "cpu":
-        return "cpu"
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if device == "cuda":
-        raise ModelError("device 'cuda' requested but torch sees no CUDA device")
-    return "cpu"
-
-
-class _OrtEncoder:
-    """Log-mel in torch, encoder + pooling in one ONNX Runtime session.
-
-    With ``per_window`` (used for the int8 graph) every window is its own ``run``: dynamic int8
-    quantisation picks the activation scale from the whole input tensor, so in a batch a
-    window's features would depend on its batchmates (measured: up to 0.06 in a class
-    probability). Single-window runs keep predictions independent of batching; a small thread
-    pool (one ORT thread each) runs them in parallel, which is as fast as batching on this CPU.
-    """
-
-    def __init__(self, path: Path, device: str, threads: int | None, per_window: bool = False):
-        from emotion_monitor.models.runtime import create_session
-
-        self.per_window = per_window
-        workers = threads or os.cpu_count() or 1
-        self.session, self.provider = create_session(
-            path, device, threads=1 if per_window else threads
-        )
-        self._pool = (
-            ThreadPoolExecutor(workers, "ort-encoder") if per_window and workers > 1 else None
-        )
-
-    def _run(self, mel: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"mel": mel})[0]
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        from emotion_monitor.models.features import log_mel
-
-        mel = log_mel(batch).numpy()
-        if not self.per_window:
-            return self._run(mel)
-        singles = [mel[i : i + 1] for i in range(len(mel))]
-        if self._pool is None or len(singles) == 1:
-            return np.concatenate([self._run(m) for m in singles])
-        return np.concatenate(list(self._pool.map(self._run, singles)))
-
-
-class _TorchEncoder:
-    """The torch encoder(s) (used on CUDA, and as a fallback / reference on CPU)."""
-
-    def __init__(self, encoder: str, layers, device: str):
-        from emotion_monitor.models.whisper_encoder import load_pooled_whisper
-
-        self.pooled = load_pooled_whisper(encoder, layers, device)
-        self.device = device
-        self.provider = device
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        import torch
-        from emotion_monitor.models.features import log_mel
-
-        with torch.inference_mode():
-            x = torch.from_numpy(batch).to(self.device)
-            return self.pooled(log_mel(x)).float().cpu().numpy()
-
-
-class DefaultModel(EmotionModel):
+class EncoderHeadsModel(EmotionModel):
     """Whisper encoder features -> ONNX heads. Stateless: every call depends only on its input."""
 
     has_valence_arousal = True
@@ -140,13 +78,11 @@ class DefaultModel(EmotionModel):
 
     def features(self, windows: Sequence[np.ndarray]) -> np.ndarray:
         """Pooled encoder features (batch, feature_dim) of windows of any lengths."""
-        from emotion_monitor.models.embedding import groups_by_length, prepare
-
         windows = prepare(windows, self.input_norm)
         longest = max(len(w) for w in windows)
         if longest > MAX_WINDOW_SAMPLES:
             raise ModelError(
-                f"window of {longest / 16000:.1f} s is longer than the encoder's 30 s; "
+                f"window of {longest / SAMPLE_RATE:.1f} s is longer than the encoder's 30 s; "
                 "cut long audio into windows first"
             )
         out = np.zeros((len(windows), int(self.config["feature_dim"])), np.float32)
@@ -185,8 +121,6 @@ class DefaultModel(EmotionModel):
 def _encoder_onnx(folder: Path, config: dict, backend: str) -> Path:
     """The ONNX encoder file for ``backend`` ("ort-int8" / "ort-fp32"): shipped in the package
     when present, else exported once from the pinned weights into the user cache."""
-    from emotion_monitor.models.export import cached_encoder_onnx
-
     shipped = folder / ("encoder_int8.onnx" if backend == "ort-int8" else "encoder_fp32.onnx")
     if shipped.exists():
         return shipped
@@ -195,36 +129,32 @@ def _encoder_onnx(folder: Path, config: dict, backend: str) -> Path:
 
 def load_model_dir(
     folder: str | Path, device: str = "auto", backend: str | None = None, threads: int | None = None
-) -> DefaultModel:
+) -> EncoderHeadsModel:
     """Load a heads folder written by ``emotion-monitor train`` (the default is one of these).
 
     ``backend`` overrides the encoder backend of the config: "torch", "ort-fp32" or "ort-int8".
     On CUDA the torch encoder is used (the int8 graph is a CPU optimisation).
     """
-    from emotion_monitor.models.runtime import check_input_size, create_session
-
     folder = Path(folder)
     config = read_config(folder)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     backend = backend or config.get("backend", "torch")
     if backend not in ("torch", "ort-fp32", "ort-int8"):
         raise ModelError(f"unknown encoder backend {backend!r}")
     if not config["encoder"].startswith("whisper"):
-        from emotion_monitor.models.wav2vec2_encoder import Wav2Vec2Embedder
-
         # heads trained on a wav2vec2-family encoder: that encoder runs in torch
         encoder = Wav2Vec2Embedder(config["encoder"], config["layers"], dev)
-    elif dev == "cuda" or backend == "torch":
-        encoder = _TorchEncoder(config["encoder"], config["layers"], dev)
+    elif dev != "cpu" or backend == "torch":
+        encoder = TorchEncoder(config["encoder"], config["layers"], dev)
     else:
         path = _encoder_onnx(folder, config, backend)
-        encoder = _OrtEncoder(path, "cpu", threads, per_window=backend == "ort-int8")
+        encoder = OrtEncoder(path, "cpu", threads, per_window=backend == "ort-int8")
     heads_path = folder / config["heads"]
     if not heads_path.is_file():
         raise ModelError(f"{folder / 'config.json'}: names heads file {heads_path}: missing")
     # one short window through the encoder: a config whose layers do not match the encoder
     # fails here, naming the files, instead of on the first window of a stream
-    produced = encoder(np.zeros((1, 16000), np.float32)).shape[1]
+    produced = encoder(np.zeros((1, SAMPLE_RATE), np.float32)).shape[1]
     if produced != int(config["feature_dim"]):
         raise ModelError(
             f"{folder / 'config.json'}: feature_dim is {config['feature_dim']} but encoder "
@@ -233,7 +163,7 @@ def load_model_dir(
     heads, heads_provider = create_session(heads_path, "cpu", threads=1)
     check_input_size(heads, produced, heads_path)
     _check_heads_outputs(heads, len(config["labels"]), heads_path)
-    return DefaultModel(folder, encoder, heads, heads_provider, config)
+    return EncoderHeadsModel(folder, encoder, heads, heads_provider, config)
 
 
 def _check_heads_outputs(session, n_labels: int, path: Path) -> None:

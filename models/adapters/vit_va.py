@@ -31,15 +31,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from emotion_monitor.models.adapter_common import (
-    ExportPlan,
-    GroupedAdapter,
-    first_line,
-    resolve_torch_device,
-    va_predictions,
-)
-from emotion_monitor.models.base import SAMPLE_RATE, ModelError, Prediction
+from emotion_monitor.models.adapters.common import ExportPlan, GroupedAdapter, va_predictions
+from emotion_monitor.models.base import SAMPLE_RATE, ModelError, Prediction, first_line
 from emotion_monitor.models.features import mel_filterbank
+from emotion_monitor.models.runtime import resolve_device
 
 #: Preprocessing parameters; written to onnx_model.json on export so ORT uses the same ones.
 MEL_PARAMS: dict = {
@@ -80,7 +75,7 @@ def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 def mel_image(samples_16k: np.ndarray, params: dict = MEL_PARAMS) -> np.ndarray:
     """One 16 kHz window -> normalised (3, size, size) float32 image (see the module docstring)."""
-    from scipy.signal import resample_poly
+    from scipy.signal import resample_poly  # lazy: scipy.signal
 
     sr = int(params["sample_rate"])
     x = resample_poly(np.asarray(samples_16k, dtype=np.float64), sr // 50, SAMPLE_RATE // 50)
@@ -101,8 +96,8 @@ def mel_image(samples_16k: np.ndarray, params: dict = MEL_PARAMS) -> np.ndarray:
 
 def build_module(config):
     """The torch module: ViTModel + the regression head (layout fixed by the published weights)."""
-    import torch
-    from transformers import ViTModel
+    import torch  # lazy: torch
+    from transformers import ViTModel  # lazy: transformers
 
     class ViTValenceArousal(torch.nn.Module):
         def __init__(self):
@@ -159,7 +154,7 @@ class ViTValenceArousalModel(GroupedAdapter):
         self.name = f"vit-va:{Path(location).name}"
 
     def _run(self, batch: list[np.ndarray]) -> list[Prediction]:
-        import torch
+        import torch  # lazy: torch
 
         pixels = torch.from_numpy(np.stack([mel_image(w, self.params) for w in batch]))
         with torch.inference_mode():
@@ -194,8 +189,8 @@ class ViTValenceArousalModel(GroupedAdapter):
 
 def load_vit_va(location: str, device: str = "auto") -> ViTValenceArousalModel:
     """Load ``DIR/config.json`` (ViT config) and the single ``DIR/*.pth`` state dict."""
-    import torch
-    from transformers import ViTConfig
+    import torch  # lazy: torch
+    from transformers import ViTConfig  # lazy: transformers
 
     path = Path(location)
     if not path.is_dir():
@@ -229,6 +224,6 @@ def load_vit_va(location: str, device: str = "auto") -> ViTValenceArousalModel:
             f"{weights[0]}: does not match ViT + head (missing {result.missing_keys[:5]}, "
             f"unexpected {result.unexpected_keys[:5]})"
         )
-    dev = resolve_torch_device(device)
+    dev = resolve_device(device)
     params = {**MEL_PARAMS, "image_size": int(config.image_size)}
     return ViTValenceArousalModel(module.to(dev).eval(), str(location), dev, params)

@@ -11,7 +11,59 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from emotion_monitor.models.base import ModelError, refuse_missing_folder
+from emotion_monitor.models.base import ModelError, first_line, refuse_missing_folder
+from emotion_monitor.models.encoders.pooling import groups_by_length, pool_states, prepare
+
+#: Parameters a checkpoint may lack without changing inference: wav2vec2's mask embedding is used
+#: only for training-time masking, and older checkpoints were saved without it.
+UNUSED_AT_INFERENCE = ("masked_spec_embed",)
+
+
+def weight_files(path: str | Path) -> str:
+    """``DIR (its weight files)`` for error messages; just the name for a hub id."""
+    if not Path(path).is_dir():
+        return str(path)
+    files = sorted(p.name for p in Path(path).iterdir() if p.suffix in (".safetensors", ".bin"))
+    return f"{path} ({', '.join(files) or 'no weights file'})"
+
+
+def from_pretrained_checked(cls, location: str | Path, what: str):
+    """``cls.from_pretrained(location)`` offline, refusing weights that do not fit the config.
+
+    transformers initialises missing or wrongly shaped parameters at random and only logs it,
+    which would serve a model that outputs noise; here any such tensor is a ModelError naming the
+    files. Corrupt or truncated files are a ModelError too (safetensors raises its own type).
+    """
+    where = weight_files(location)
+    config = Path(location) / "config.json"
+    if Path(location).is_dir() and not config.is_file():  # transformers would use defaults
+        raise ModelError(f"{config}: missing (the {what} checkpoint's architecture)")
+    try:
+        model, info = cls.from_pretrained(
+            str(location),
+            local_files_only=True,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,  # reported below, with the shapes
+        )
+    except Exception as exc:  # OSError, ValueError, SafetensorError, torch's unpickling errors
+        raise ModelError(f"{where}: cannot load the {what} weights ({first_line(exc)})") from exc
+    mismatched = sorted(info.get("mismatched_keys") or [], key=lambda m: m[0])
+    if mismatched:
+        shapes = "; ".join(f"{k}: file {list(a)}, config {list(b)}" for k, a, b in mismatched[:4])
+        raise ModelError(
+            f"{where}: the {what} weights do not fit {config} ({shapes}); does that config "
+            "(its layer sizes, and for a classifier its id2label) belong to these weights?"
+        )
+    missing = sorted(
+        k for k in info.get("missing_keys") or [] if not k.endswith(UNUSED_AT_INFERENCE)
+    )
+    if missing:
+        raise ModelError(
+            f"{where}: the {what} weights lack {len(missing)} parameters of the model its "
+            f"config.json describes (e.g. {', '.join(missing[:4])}); the file is incomplete or "
+            "from another model"
+        )
+    return model
 
 
 def load_wav2vec2(spec: str, device: str = "cpu"):
@@ -22,8 +74,7 @@ def load_wav2vec2(spec: str, device: str = "cpu"):
     from its feature-extractor config; wav2vec2-base does not, XLS-R does). Weights that lack
     tensors of the encoder or hold tensors of other shapes are a ModelError naming the files.
     """
-    from emotion_monitor.models.adapter_common import from_pretrained_checked
-    from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
+    from transformers import AutoConfig, AutoFeatureExtractor, AutoModel  # lazy: transformers
 
     refuse_missing_folder(spec, "checkpoint folder")
     try:
@@ -73,7 +124,7 @@ class Wav2Vec2Embedder:
 
     def hidden_states(self, batch: np.ndarray) -> list:
         """All hidden states for an equal-length batch (batch, samples)."""
-        import torch
+        import torch  # lazy: torch
 
         x = torch.as_tensor(batch, dtype=torch.float32, device=self.device)
         if self.normalise:
@@ -82,14 +133,12 @@ class Wav2Vec2Embedder:
             return list(self.model(x, output_hidden_states=True).hidden_states)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        from emotion_monitor.models.embedding import pool_states
 
         states = self.hidden_states(batch)
         return pool_states(states, self.layers).float().cpu().numpy()
 
     def embed(self, windows: Sequence[np.ndarray]) -> np.ndarray:
         """(batch, feature_dim) features for windows of any lengths."""
-        from emotion_monitor.models.embedding import groups_by_length, prepare
 
         windows = prepare(windows, self.input_norm)
         out = np.zeros((len(windows), self.feature_dim), np.float32)
@@ -100,7 +149,7 @@ class Wav2Vec2Embedder:
 
 def weighted_layer_sum(states: Sequence, weights: Sequence[float]):
     """Softmax-weighted sum of hidden states (the SUPERB recipe), (batch, frames, dim)."""
-    import torch
+    import torch  # lazy: torch
 
     w = torch.softmax(torch.as_tensor(list(weights), dtype=torch.float32), 0)
     return sum(wi * h for wi, h in zip(w, states, strict=True))

@@ -10,8 +10,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-
-SAMPLE_RATE = 16_000
+from emotion_monitor.models.base import SAMPLE_RATE
 
 
 def _mulaw_roundtrip(x: np.ndarray, mu: float = 255.0) -> np.ndarray:
@@ -24,7 +23,7 @@ def _mulaw_roundtrip(x: np.ndarray, mu: float = 255.0) -> np.ndarray:
 
 def telephone(x: np.ndarray) -> np.ndarray:
     """The 8 kHz mu-law phone round trip: 300-3400 Hz band, resample to 8 kHz, mu-law, back."""
-    from scipy.signal import butter, resample_poly, sosfilt
+    from scipy.signal import butter, resample_poly, sosfilt  # lazy: scipy.signal
 
     sos = butter(4, [300, 3400], btype="bandpass", fs=SAMPLE_RATE, output="sos")
     band = sosfilt(sos, x.astype(np.float64))
@@ -61,7 +60,7 @@ def reverb(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A random room: convolution with a synthetic impulse response (the direct sound, then a
     low-passed, exponentially decaying noise tail with a reverberation time of 0.2-0.8 s, 0-12 dB
     below the direct sound's energy), at the clip's level."""
-    from scipy.signal import fftconvolve, lfilter
+    from scipy.signal import fftconvolve, lfilter  # lazy: scipy.signal
 
     rt60 = rng.uniform(0.2, 0.8)
     t = np.arange(int(rt60 * SAMPLE_RATE)) / SAMPLE_RATE
@@ -98,7 +97,7 @@ def speech_only(x: np.ndarray, seconds: float = 2.0, floor_db: float = 35.0) -> 
 
 def speed(x: np.ndarray, factor: float) -> np.ndarray:
     """Play ``factor`` times faster (pitch and tempo together), a stand-in for other voices."""
-    from scipy.signal import resample_poly
+    from scipy.signal import resample_poly  # lazy: scipy.signal
 
     return resample_poly(x, 100, int(round(100 * factor))).astype(np.float32)
 

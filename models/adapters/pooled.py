@@ -31,16 +31,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from emotion_monitor.models.adapter_common import (
+from emotion_monitor.models.adapters.common import (
     ExportPlan,
     GroupedAdapter,
     class_predictions,
-    from_pretrained_checked,
-    read_json,
-    resolve_torch_device,
     zero_mean_unit_var,
 )
-from emotion_monitor.models.base import ModelError, Prediction
+from emotion_monitor.models.base import ModelError, Prediction, read_json
+from emotion_monitor.models.encoders.wav2vec2 import from_pretrained_checked
+from emotion_monitor.models.runtime import resolve_device
+from safetensors.numpy import load_file as load_numpy_tensors
 
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 
@@ -56,10 +56,8 @@ def load_scaler(path: Path) -> tuple[np.ndarray, np.ndarray]:
             '"scaler.json" in pooled_config.json'
         )
     if path.suffix == ".safetensors":
-        from safetensors.numpy import load_file
-
         try:
-            data = load_file(str(path))
+            data = load_numpy_tensors(str(path))
         except Exception as exc:  # safetensors raises its own error types
             raise ModelError(f"{path}: unreadable safetensors ({exc})") from exc
     else:
@@ -78,8 +76,8 @@ def load_scaler(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def build_classifier(cfg: dict, feature_dim: int):
     """The patch transformer over a pooled feature vector (parameter names = weight file keys)."""
-    import torch
-    from torch import nn
+    import torch  # lazy: torch
+    from torch import nn  # lazy: torch
 
     patch, d = int(cfg["patch_size"]), int(cfg["d_model"])
     if feature_dim % patch:
@@ -118,7 +116,7 @@ def build_classifier(cfg: dict, feature_dim: int):
 
 def build_pipeline(encoder, layers: list[int], combine: str, mean, scale, classifier):
     """Waveform -> logits in one torch module (what gets exported to ONNX)."""
-    import torch
+    import torch  # lazy: torch
 
     class PooledPipeline(torch.nn.Module):
         def __init__(self):
@@ -161,7 +159,7 @@ class PooledClassifier(GroupedAdapter):
         return zero_mean_unit_var(x) if self.do_normalize else x
 
     def _run(self, batch: list[np.ndarray]) -> list[Prediction]:
-        import torch
+        import torch  # lazy: torch
 
         with torch.inference_mode():
             logits = self.pipeline(torch.from_numpy(self._input(batch)).to(self.device))
@@ -192,8 +190,8 @@ class PooledClassifier(GroupedAdapter):
 
 def load_pooled_classifier(location: str, device: str = "auto") -> PooledClassifier:
     """Load ``DIR/pooled_config.json``, its wav2vec2 checkpoint, scaler and safetensors weights."""
-    from safetensors.torch import load_file
-    from transformers import Wav2Vec2Model
+    from safetensors.torch import load_file  # lazy: torch (safetensors.torch)
+    from transformers import Wav2Vec2Model  # lazy: transformers
 
     root = Path(location)
     cfg = read_json(root / "pooled_config.json")
@@ -247,7 +245,7 @@ def load_pooled_classifier(location: str, device: str = "auto") -> PooledClassif
         classifier.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ModelError(f"{weights}: does not match pooled_config.json ({exc})") from exc
-    dev = resolve_torch_device(device)
+    dev = resolve_device(device)
     pipeline = build_pipeline(encoder, layers, combine, mean, scale, classifier)
     pipeline = pipeline.to(dev).eval()
     return PooledClassifier(

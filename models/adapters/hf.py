@@ -11,13 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from emotion_monitor.models.adapter_common import (
+from emotion_monitor.models.adapters.common import (
     ExportPlan,
     GroupedAdapter,
     class_predictions,
-    from_pretrained_checked,
     normalise_labels,
-    resolve_torch_device,
 )
 from emotion_monitor.models.base import (
     SAMPLE_RATE,
@@ -25,6 +23,8 @@ from emotion_monitor.models.base import (
     Prediction,
     refuse_missing_folder,
 )
+from emotion_monitor.models.encoders.wav2vec2 import from_pretrained_checked
+from emotion_monitor.models.runtime import resolve_device
 
 #: Architectures exercised by the tests; others loadable by AutoModelForAudioClassification work
 #: through the same code but are untested.
@@ -65,7 +65,7 @@ class HFAudioClassifier(GroupedAdapter):
         )
 
     def _run(self, batch: list[np.ndarray]) -> list[Prediction]:
-        import torch
+        import torch  # lazy: torch
 
         feats = {
             k: torch.from_numpy(np.asarray(v)).to(self.device)
@@ -87,7 +87,7 @@ class HFAudioClassifier(GroupedAdapter):
 
     def export_plan(self) -> ExportPlan:
         """Describe the ONNX export: the classifier on extractor features, extraction outside."""
-        import torch
+        import torch  # lazy: torch
 
         class Logits(torch.nn.Module):
             def __init__(self, model):
@@ -124,7 +124,11 @@ class HFAudioClassifier(GroupedAdapter):
 
 def load_hf_classifier(location: str, device: str = "auto") -> HFAudioClassifier:
     """Load a local directory or an already-cached hub id; never downloads."""
-    from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClassification
+    from transformers import (  # lazy: transformers
+        AutoConfig,
+        AutoFeatureExtractor,
+        AutoModelForAudioClassification,
+    )
 
     refuse_missing_folder(location)
     local = Path(location).is_dir()
@@ -157,7 +161,7 @@ def load_hf_classifier(location: str, device: str = "auto") -> HFAudioClassifier
             f"{location}: feature extractor expects {extractor.sampling_rate} Hz, "
             f"only {SAMPLE_RATE} Hz checkpoints are supported"
         )
-    dev = resolve_torch_device(device)
+    dev = resolve_device(device)
     model = from_pretrained_checked(AutoModelForAudioClassification, location, "model")
     try:
         return HFAudioClassifier(model.to(dev).eval(), extractor, str(location), dev)

@@ -5,22 +5,28 @@ heads were trained on (batch, F), so the serving hot path is: log-mel (torch) ->
 Runtime) -> heads (ONNX Runtime). Variants: fp32, and int8 (dynamic quantisation of the MatMul
 weights, which ORT runs with VNNI/AVX-512 kernels on x86). Each variant is checked against torch.
 
-``--model SPEC`` exports a published model's adapter instead (:mod:`.adapter_export`), in fp32
-only. Either way the command prints the files it wrote with their sizes and the measured
-torch-vs-ORT difference, and fails (exit 1) when an fp32 difference exceeds its tolerance.
+``--model SPEC`` exports a published model's adapter instead
+(:mod:`emotion_monitor.models.adapters.export`), in fp32 only. Either way the command prints the
+files it wrote with their sizes and the measured torch-vs-ORT difference, and fails (exit 1) when
+an fp32 difference exceeds its tolerance.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
+from emotion_monitor.models.adapters.export import export_adapter
+from emotion_monitor.models.encoders.onnx_cache import (
+    encoder_parity,
+    export_encoder,
+    quantize_int8,
+)
+from emotion_monitor.models.heads_model import DEFAULT_DIR, read_config
 
 #: Maximum absolute difference of pooled features allowed between the fp32 ONNX encoder and torch
 #: (features are O(1)-O(10); float32 reassociation across kernels stays far below this).
@@ -29,83 +35,6 @@ FP32_TOLERANCE = 1e-3
 #: arousal) and its ONNX export: the 1e-4 that docs/published-models.md states and
 #: tests/test_adapter_export.py checks (measured differences are below 1e-6).
 ADAPTER_TOLERANCE = 1e-4
-
-
-def export_encoder(pooled, path: str | Path) -> Path:
-    """Export a :class:`PooledWhisper` (log-mel -> pooled features) to ONNX."""
-    import torch
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), warnings.catch_warnings():
-        # the TorchScript exporter is deprecated but is the one that honours dynamic_axes
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            pooled.eval(),
-            (torch.zeros(1, 80, 200),),
-            str(path),
-            dynamo=False,
-            input_names=["mel"],
-            output_names=["features"],
-            dynamic_axes={"mel": {0: "batch", 2: "frames"}, "features": {0: "batch"}},
-            opset_version=17,
-        )
-    return path
-
-
-def cache_dir() -> Path:
-    """Where encoders built at first use live: $XDG_CACHE_HOME/emotion-monitor (~/.cache/...)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "emotion-monitor"
-
-
-def cached_encoder_onnx(encoder: str, layers, backend: str) -> Path:
-    """Export (and for "ort-int8" quantise) the Whisper encoder spec ``encoder`` pooled over
-    ``layers`` (see ``encoder_parts``) into the user cache once; later calls return the file."""
-    from emotion_monitor.models.whisper_encoder import encoder_parts, load_pooled_whisper
-
-    tag = "+".join(f"{n}_L{'-'.join(map(str, ls))}" for n, ls in encoder_parts(encoder, layers))
-    folder = cache_dir() / tag
-    target = folder / ("encoder_int8.onnx" if backend == "ort-int8" else "encoder_fp32.onnx")
-    if target.exists():
-        return target
-    folder.mkdir(parents=True, exist_ok=True)
-    fp32 = folder / "encoder_fp32.onnx"
-    if not fp32.exists():
-        # write under a temporary name so a crash never leaves a half-written model behind
-        tmp = folder / "encoder_fp32.tmp.onnx"
-        export_encoder(load_pooled_whisper(encoder, layers), tmp)
-        tmp.replace(fp32)
-    if backend == "ort-int8":
-        tmp = folder / "encoder_int8.tmp.onnx"
-        quantize_int8(fp32, tmp)
-        tmp.replace(target)
-    return target
-
-
-def quantize_int8(src: str | Path, dst: str | Path) -> Path:
-    """Dynamic int8 quantisation of the MatMul/Gemm weights (activations stay float)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(
-        str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
-    )
-    return Path(dst)
-
-
-def encoder_parity(pooled, onnx_path: str | Path, audio: np.ndarray) -> float:
-    """Max absolute difference between a :class:`PooledWhisper` in torch and its ONNX Runtime
-    export on ``audio`` (batch, samples)."""
-    import torch
-    from emotion_monitor.models.features import log_mel
-    from emotion_monitor.models.runtime import create_session
-
-    mel = log_mel(audio)
-    with torch.no_grad():
-        ref = pooled(mel).numpy()
-    sess, _ = create_session(onnx_path, "cpu")
-    got = sess.run(None, {"mel": mel.numpy()})[0]
-    return float(np.abs(got - ref).max())
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -135,7 +64,6 @@ def _print_written(out: Path, names: list[str]) -> None:
 def export_published(spec: str, out: Path) -> int:
     """Export the published model ``spec`` into ``out`` (fp32), print what was written and the
     parity; 1 when the torch-vs-ORT difference exceeds :data:`ADAPTER_TOLERANCE`, else 0."""
-    from emotion_monitor.models.adapter_export import export_adapter
 
     export_adapter(spec, out)
     meta = json.loads((out / "onnx_model.json").read_text())
@@ -168,8 +96,7 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.model not in (None, "default"):
         return export_published(args.model, out)
-    from emotion_monitor.models.default_model import DEFAULT_DIR, read_config
-    from emotion_monitor.models.whisper_encoder import load_pooled_whisper
+    from emotion_monitor.models.encoders.whisper import load_pooled_whisper  # lazy: torch
 
     config = read_config(DEFAULT_DIR)
     encoder = load_pooled_whisper(config["encoder"], config["layers"])

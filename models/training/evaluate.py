@@ -17,9 +17,15 @@ from pathlib import Path
 
 import numpy as np
 from emotion_monitor.models.base import ModelError, Prediction
-from emotion_monitor.models.circumplex import CIRCUMPLEX, sign, valence_arousal
-from emotion_monitor.models.manifest import read_manifest
+from emotion_monitor.models.registry import load_model
+from emotion_monitor.models.training.augment import augment
+from emotion_monitor.models.training.circumplex import CIRCUMPLEX, sign, valence_arousal
+from emotion_monitor.models.training.manifest import read_manifest
+from emotion_monitor.models.training.plots import evaluation_plots
 from emotion_monitor.streamer.audio import load_audio
+from emotion_monitor.streamer.engine import Engine
+from emotion_monitor.streamer.settings import Settings
+from tqdm import tqdm
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,7 +50,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="score the final smoothed estimate of the streaming engine per clip",
     )
     p.add_argument("--batch", type=_positive_int, default=16, help="clips per predict call")
-    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--model-device",
+        default="auto",
+        help="inference device of the model: auto (CUDA when available), cpu or cuda",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -169,8 +179,6 @@ def concordance(
 
 def _stream_predict(model, clips: list[np.ndarray]) -> list[Prediction]:
     """Final smoothed estimate of the streaming engine for each clip (VAD off)."""
-    from emotion_monitor.streamer.engine import Engine
-    from emotion_monitor.streamer.settings import Settings
 
     out = []
     for k, x in enumerate(clips):
@@ -192,62 +200,6 @@ def _stream_predict(model, clips: list[np.ndarray]) -> list[Prediction]:
     return out
 
 
-def _plots(folder: Path, result: dict, true: list[str], va: list[tuple]) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    if result.get("confusion"):
-        labels = result["confusion"]["labels"]
-        cm = np.array(result["confusion"]["matrix"], float)
-        norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-        fig, ax = plt.subplots(figsize=(1 + 0.8 * len(labels), 1 + 0.7 * len(labels)))
-        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-        for i in range(len(labels)):
-            for j in range(len(labels)):
-                ax.text(
-                    j,
-                    i,
-                    int(cm[i, j]),
-                    ha="center",
-                    va="center",
-                    color="white" if norm[i, j] > 0.5 else "black",
-                    fontsize=8,
-                )
-        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-        ax.set_yticks(range(len(labels)), labels)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(f"UA {result['unweighted_accuracy']:.3f}, n={result['n']}")
-        fig.tight_layout()
-        path = folder / "confusion.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(str(path))
-    pts = [(t, v, a) for t, (v, a) in zip(true, va, strict=True) if v is not None and a is not None]
-    if pts:
-        fig, ax = plt.subplots(figsize=(6, 6))
-        for lab in sorted({t for t, _, _ in pts}):
-            xs = [(v, a) for t, v, a in pts if t == lab]
-            ax.scatter([p[0] for p in xs], [p[1] for p in xs], s=10, alpha=0.6, label=lab)
-        ax.axhline(0, color="grey", lw=0.5)
-        ax.axvline(0, color="grey", lw=0.5)
-        ax.set_xlim(-1, 1)
-        ax.set_ylim(-1, 1)
-        ax.set_xlabel("valence")
-        ax.set_ylabel("arousal")
-        ax.legend(fontsize=8, markerscale=2)
-        fig.tight_layout()
-        path = folder / "valence_arousal.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(str(path))
-    return written
-
-
 def evaluate(
     model,
     manifest: str | Path,
@@ -264,8 +216,6 @@ def evaluate(
     Raises :class:`ModelError` when ``labels`` names labels the model does not have, or when
     ``split`` matches no row.
     """
-    from emotion_monitor.models.augment import augment
-    from tqdm import tqdm
 
     model_labels = tuple(model.labels)
     if labels:
@@ -353,7 +303,6 @@ def evaluate(
 
 
 def main(args: argparse.Namespace) -> int:
-    from emotion_monitor.models import load_model
 
     labels = (
         [v.strip().lower() for v in args.labels.split(",") if v.strip()] if args.labels else None
@@ -362,7 +311,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: --labels {args.labels!r} names no label", file=sys.stderr)
         return 2
     try:
-        model = load_model(args.model, device=args.device)
+        model = load_model(args.model, device=args.model_device)
         result, true, va = evaluate(
             model,
             args.manifest,
@@ -379,7 +328,7 @@ def main(args: argparse.Namespace) -> int:
     for p in result["unreadable"]:
         print(f"unreadable: {p}", file=sys.stderr)
     if args.plots:
-        result["plots"] = _plots(Path(args.plots), result, true, va)
+        result["plots"] = evaluation_plots(Path(args.plots), result, true, va)
     summary = {
         k: result[k]
         for k in (

@@ -2,7 +2,7 @@
 
 Writes ``model.onnx`` (opset 17, dynamic batch and, for waveform models, dynamic length) and
 ``onnx_model.json`` (preprocessing, labels, outputs, the torch-vs-ORT difference measured at
-export) so :mod:`emotion_monitor.models.onnx_adapter` serves it with identical preprocessing.
+export) so :mod:`emotion_monitor.models.adapters.onnx_model` serves it with identical preprocessing.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from emotion_monitor.models.adapters.onnx_model import FORMAT_VERSION
 from emotion_monitor.models.base import ModelError
-from emotion_monitor.models.onnx_adapter import FORMAT_VERSION
+from emotion_monitor.models.registry import load_model
+from emotion_monitor.models.runtime import create_session
 
 OPSET = 17
 
@@ -23,8 +25,7 @@ def export_adapter(spec: str, out_dir: str | Path) -> Path:
 
     Raises ModelError for specs without an ONNX path (the default model has its own exporter).
     """
-    import torch
-    from emotion_monitor.models import load_model
+    import torch  # lazy: torch
 
     model = load_model(spec, device="cpu")
     if not hasattr(model, "export_plan"):
@@ -55,8 +56,6 @@ def export_adapter(spec: str, out_dir: str | Path) -> Path:
         plan.save_extractor.save_pretrained(str(out))
     with torch.inference_mode():
         expected = plan.module(example).float().numpy()
-
-    from emotion_monitor.models.runtime import create_session
 
     session, _ = create_session(out / "model.onnx", "cpu")
     got = session.run(None, {plan.input_name: plan.example})[0]

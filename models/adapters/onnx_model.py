@@ -5,8 +5,8 @@ preprocessing, which runs in numpy exactly as in the torch adapter:
 
 - ``waveform``: raw 16 kHz audio, zero-mean/unit-variance per window when ``do_normalize``
   (wav2vec2 / HuBERT classifiers, the pooled classifier);
-- ``vit_mel``: the mel-spectrogram image of :func:`emotion_monitor.models.vit_va.mel_image` with the
-  stored parameters;
+- ``vit_mel``: the mel-spectrogram image of :func:`.vit_va.mel_image` with the stored
+  parameters;
 - ``hf_feature_extractor``: the checkpoint's own transformers feature extractor saved next to the
   model (AST's Kaldi-style filterbank; numpy code when torchaudio is not installed).
 
@@ -18,14 +18,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from emotion_monitor.models.adapter_common import (
+from emotion_monitor.models.adapters.common import (
     GroupedAdapter,
     class_predictions,
-    read_json,
     va_predictions,
     zero_mean_unit_var,
 )
-from emotion_monitor.models.base import SAMPLE_RATE, ModelError, Prediction
+from emotion_monitor.models.adapters.vit_va import mel_image
+from emotion_monitor.models.base import SAMPLE_RATE, ModelError, Prediction, read_json
 from emotion_monitor.models.runtime import create_session
 
 FORMAT_VERSION = 1
@@ -53,8 +53,6 @@ class OnnxAdapterModel(GroupedAdapter):
             x = np.stack(batch).astype(np.float32)
             return zero_mean_unit_var(x) if self.preprocess.get("do_normalize") else x
         if kind == "vit_mel":
-            from emotion_monitor.models.vit_va import mel_image
-
             return np.stack([mel_image(w, self.preprocess) for w in batch])
         feats = self.extractor(batch, sampling_rate=SAMPLE_RATE, return_tensors="np")
         return np.asarray(feats["input_values"], dtype=np.float32)
@@ -98,7 +96,7 @@ def load_onnx_model(location: str, device: str = "auto") -> OnnxAdapterModel:
         raise ModelError(f"{root / 'onnx_model.json'}: a classifier needs labels")
     extractor = None
     if kind == "hf_feature_extractor":
-        from transformers import AutoFeatureExtractor
+        from transformers import AutoFeatureExtractor  # lazy: transformers
 
         try:
             extractor = AutoFeatureExtractor.from_pretrained(str(root), local_files_only=True)

@@ -3,7 +3,7 @@
 transformers' ``WhisperEncoder`` insists on 3000 mel frames (30 s). Attention cost and most of the
 matmul cost scale with the frame count, so a 2 s window is ~15x cheaper when it is encoded on its
 own, using the first T positional embeddings. The weights come from the pinned CTranslate2 data
-packages (see :mod:`emotion_monitor.models.ct2`).
+packages (see :mod:`emotion_monitor.models.encoders.ct2`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from emotion_monitor.models.base import ModelError
-from emotion_monitor.models.ct2 import load_whisper_weights
-from emotion_monitor.models.embedding import pool_states
+from emotion_monitor.models.encoders.ct2 import load_whisper_weights
+from emotion_monitor.models.encoders.pooling import pool_states
 from emotion_monitor.models.features import log_mel
 from torch import nn
 
