@@ -35,7 +35,7 @@ PACKET_MS = 20
 
 def utterances(seconds: float, offset: int) -> list[np.ndarray]:
     """Real speech: test-split utterances with leading/trailing silence trimmed."""
-    from emotion_monitor.streamer.audio import load_audio
+    from emotion_monitor.streamer.decode import load_audio
 
     with open(RAVDESS / "manifest.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["split"] == "test"]

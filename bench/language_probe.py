@@ -106,7 +106,7 @@ def _voice_problem(voice: str, text: str) -> str | None:
 
 def _speak(voice: str, text: str, speed: int, pitch: int, out: Path) -> tuple[np.ndarray, int]:
     """The voice's audio at 16 kHz mono and how many diphones MBROLA lacked (read as silence)."""
-    from emotion_monitor.streamer.audio import load_audio
+    from emotion_monitor.streamer.decode import load_audio
 
     cmd = ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(out), text]
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)

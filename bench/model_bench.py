@@ -33,7 +33,7 @@ def _engine_bench(streams: int, seconds: float) -> None:
     from pathlib import Path
 
     from emotion_monitor.models import load_model
-    from emotion_monitor.streamer.audio import load_audio
+    from emotion_monitor.streamer.decode import load_audio
     from emotion_monitor.streamer.engine import Engine
     from emotion_monitor.streamer.settings import Settings
 

@@ -24,7 +24,7 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "r
 
 def continuous_speech(seconds: float) -> np.ndarray:
     """Real speech with no pauses: RAVDESS utterances with their leading silence cut off."""
-    from emotion_monitor.streamer.audio import load_audio
+    from emotion_monitor.streamer.decode import load_audio
 
     with open(SHARED / "manifest.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["split"] == "test"]

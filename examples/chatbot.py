@@ -81,7 +81,7 @@ async def main(argv: list[str] | None = None) -> int:
             parser.error("--server needs --call")
         await follow_call(args.server, args.call)
         return 0
-    from emotion_monitor.streamer.audio import load_audio
+    from emotion_monitor.streamer.decode import load_audio
 
     files = [Path(f) for f in args.files] or default_turns()
     async with Monitor(model=args.model) as monitor:

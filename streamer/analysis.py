@@ -16,7 +16,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from emotion_monitor.streamer.audio import SAMPLE_RATE, UploadError
+from emotion_monitor.streamer.audio import SAMPLE_RATE
+from emotion_monitor.streamer.decode import UploadError
 from emotion_monitor.streamer.engine import MIN_TAIL, Engine
 from emotion_monitor.streamer.protocol import Event
 from emotion_monitor.streamer.quadrant import quadrant

@@ -20,24 +20,24 @@ from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from emotion_monitor.models import load_model
+from emotion_monitor.streamer.alerts import AlertMonitor
 from emotion_monitor.streamer.audio import (
     SAMPLE_RATE,
     AudioError,
     silence_nonfinite,
     to_mono,
 )
-from emotion_monitor.streamer.protocol import MAX_CHANNELS, Event
+from emotion_monitor.streamer.engine import Engine
+from emotion_monitor.streamer.protocol import MAX_CHANNELS, Alert, Event
+from emotion_monitor.streamer.service import MonitorService
+from emotion_monitor.streamer.settings import Settings
 from emotion_monitor.streamer.telephony.call import CallStream
 
 if TYPE_CHECKING:
     from emotion_monitor.models.base import EmotionModel
-    from emotion_monitor.streamer.protocol import Alert
-    from emotion_monitor.streamer.service import MonitorService
-    from emotion_monitor.streamer.settings import Settings
 
 log = logging.getLogger(__name__)
-
-# -- the in-process monitor ----------------------------------------------------------------
 
 
 class Monitor:
@@ -63,8 +63,6 @@ class Monitor:
         vad: Any = None,
         queue_size: int = 4096,
     ):
-        from emotion_monitor.streamer.settings import Settings
-
         self._model_spec = model
         self.settings = settings or Settings()
         self._vad = vad
@@ -86,14 +84,8 @@ class Monitor:
 
     async def start(self) -> None:
         """Load the model and start the inference worker."""
-        from emotion_monitor.streamer.alerts import AlertMonitor
-        from emotion_monitor.streamer.engine import Engine
-        from emotion_monitor.streamer.service import MonitorService
-
         model = self._model_spec
         if model is None or isinstance(model, str):
-            from emotion_monitor.models import load_model
-
             model = await asyncio.to_thread(load_model, model, self.settings.device)
         engine = await asyncio.to_thread(Engine, model, self.settings, self._vad)
         loop = asyncio.get_running_loop()
@@ -222,8 +214,6 @@ class Monitor:
         return entry
 
     async def _iterate(self, entry, alerts: bool) -> AsyncIterator[Event | Alert]:
-        from emotion_monitor.streamer.protocol import Alert
-
         queue, wanted = entry
         remaining = set(wanted) if wanted is not None else None
         try:

@@ -36,7 +36,7 @@ class SileroVAD:
     """Batched, stateful speech probability per 32 ms frame."""
 
     def __init__(self, path: str | Path | None = None):
-        import onnxruntime as ort
+        import onnxruntime as ort  # lazy: a heavy import, only when the gate is built
 
         options = ort.SessionOptions()
         # The gate is tiny; one thread keeps it from competing with the encoder for cores.

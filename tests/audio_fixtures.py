@@ -55,7 +55,7 @@ def _key(*parts) -> str:
 
 def espeak_16k(text: str, speed: int = 160, pitch: int = 50, amplitude: int = 100) -> np.ndarray:
     """:func:`espeak` decoded to 16 kHz mono float32."""
-    from emotion_monitor.streamer.audio import load_audio
+    from emotion_monitor.streamer.decode import load_audio
 
     return load_audio(espeak(text, speed, pitch, amplitude))
 
@@ -91,7 +91,7 @@ def ravdess_path(emotion: str, speaker: str = "Actor_19", intensity: str = "stro
 
 def ravdess_16k(emotion: str, speaker: str = "Actor_19") -> np.ndarray:
     """A RAVDESS clip as 16 kHz mono float32."""
-    from emotion_monitor.streamer.audio import load_audio
+    from emotion_monitor.streamer.decode import load_audio
 
     return load_audio(ravdess_path(emotion, speaker))
 

@@ -41,7 +41,7 @@ def ravdess_clip(
 
 def load_clip(path: Path) -> np.ndarray:
     """A clip as 16 kHz mono float32."""
-    from emotion_monitor.streamer.audio import load_audio
+    from emotion_monitor.streamer.decode import load_audio
 
     return load_audio(path)
 
@@ -52,6 +52,12 @@ def default_model():
     from emotion_monitor.models import load_model
 
     return load_model(None, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def real_model(default_model):
+    """The shipped default model, under the name the call tests use."""
+    return default_model
 
 
 # -- server fixtures (tests/test_server*.py, test_dashboard*.py) ----------------------------

@@ -27,6 +27,37 @@ _CONV = dict(
 _TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 
 
+TINY_WAV2VEC2 = dict(
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    intermediate_size=64,
+    conv_dim=(32, 32),
+    conv_stride=(5, 4),
+    conv_kernel=(10, 4),
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=2,
+)
+
+
+def make_wav2vec2_encoder(out, classifier: bool = False, normalize: bool = True, seed: int = 0):
+    """A tiny random wav2vec2 encoder (or sequence classifier) saved to ``out``."""
+    import torch  # lazy: torch loads in seconds
+    from transformers import (  # lazy: as in the other builders
+        Wav2Vec2Config,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2ForSequenceClassification,
+        Wav2Vec2Model,
+    )
+
+    torch.manual_seed(seed)
+    cfg = Wav2Vec2Config(**TINY_WAV2VEC2, num_labels=4)
+    model = Wav2Vec2ForSequenceClassification(cfg) if classifier else Wav2Vec2Model(cfg)
+    model.save_pretrained(out)
+    Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=normalize).save_pretrained(out)
+    return str(out)
+
+
 def _seed(seed: int) -> None:
     import torch
 

@@ -8,6 +8,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from call_fixtures import (
+    TIMEOUT,
+    LoudnessModel,
+    fast_settings,
+    running,
+    twilio_call,
+)
 from conftest import load_clip, ravdess_clip
 from emotion_monitor.streamer.alerts import (
     AlertEvaluator,
@@ -25,14 +32,6 @@ from emotion_monitor.streamer.engine import Engine
 from emotion_monitor.streamer.protocol import Alert
 from emotion_monitor.streamer.service import MonitorService
 from emotion_monitor.streamer.settings import Settings
-from test_calls import (
-    TIMEOUT,
-    LoudnessModel,
-    real_model,  # noqa: F401  (fixture)
-    running,
-    test_settings,
-    twilio_call,
-)
 
 
 def event(t1: float, track: str = "customer", stream: str = "c1", v=-0.5, a=0.7) -> dict:
@@ -251,7 +250,7 @@ async def test_alerts_reach_listeners_and_webhook_end_to_end():
         "loud_customer", (("arousal_smooth", ">", 0.0),), min_duration=1.0, track="customer"
     )
     rx = Receiver(failures=1)
-    settings = test_settings(alerts=(rule,), webhook_url=rx.url)
+    settings = fast_settings(alerts=(rule,), webhook_url=rx.url)
     loud = (np.random.default_rng(0).standard_normal(16000 * 4) * 0.3).astype(np.float32)
     try:
         async with running(settings=settings) as (server, col):
@@ -276,7 +275,7 @@ def test_an_alert_raised_by_a_streams_last_events_comes_before_its_stream_ended(
     # and stream_ended come out of one batch: a client that stops reading at stream_ended
     # (subscribe(until_ended=True), Monitor.events(streams=...)) must still get the alert.
     rule = AlertRule("loud", (("arousal_smooth", ">", 0.0),), min_duration=1.0)
-    service = MonitorService(Engine(LoudnessModel(), test_settings()))
+    service = MonitorService(Engine(LoudnessModel(), fast_settings()))
     alerts = AlertMonitor((rule,))
     alerts.attach(service)
     got, ended = [], threading.Event()

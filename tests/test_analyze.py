@@ -15,7 +15,7 @@ from conftest import load_clip
 from emotion_monitor.models import load_model
 from emotion_monitor.streamer import cli
 from emotion_monitor.streamer.analysis import predict_response, run_blocks
-from emotion_monitor.streamer.audio import UploadError, decode_upload, iter_file_blocks
+from emotion_monitor.streamer.decode import UploadError, decode_upload, iter_file_blocks
 from emotion_monitor.streamer.quadrant import QUADRANTS
 from emotion_monitor.streamer.settings import Settings
 from published_fixtures import EXPECTED_LABELS, SPEECH_CLIP

@@ -10,15 +10,14 @@ import uuid
 import numpy as np
 import pytest
 import websockets
-from emotion_monitor.streamer.settings import Settings
-from emotion_monitor.streamer.telephony import audiohook, simulators
-from test_calls import (
+from call_fixtures import (
     TIMEOUT,
     clips,
-    real_model,  # noqa: F401  (fixture)
     running,
     ws_url,
 )
+from emotion_monitor.streamer.settings import Settings
+from emotion_monitor.streamer.telephony import audiohook, simulators
 
 
 class HookClient:

@@ -9,18 +9,17 @@ import uuid
 
 import numpy as np
 import pytest
+from call_fixtures import (
+    TIMEOUT,
+    LoudnessModel,
+    clips,
+    fast_settings,
+    running,
+)
 from emotion_monitor.streamer.settings import Settings
 from emotion_monitor.streamer.telephony import audiosocket as asock
 from emotion_monitor.streamer.telephony import simulators
 from emotion_monitor.streamer.telephony.audiosocket import AudioSocketHandler, frame
-from test_calls import (
-    TIMEOUT,
-    LoudnessModel,
-    clips,
-    real_model,  # noqa: F401  (fixture)
-    running,
-    test_settings,
-)
 
 
 async def play(port: int, frames, read_reply: bool = False) -> bytes:
@@ -37,7 +36,7 @@ async def play(port: int, frames, read_reply: bool = False) -> bytes:
 
 
 def asock_settings(**kw) -> Settings:
-    return test_settings(audiosocket_port=0, **kw)
+    return fast_settings(audiosocket_port=0, **kw)
 
 
 async def test_call_at_8k_and_higher_rates_give_the_same_events():
@@ -86,7 +85,7 @@ async def test_angry_connection_more_aroused_than_sad_one(real_model):  # noqa: 
 
 
 async def test_configured_track_name():
-    async with running(settings=test_settings()) as (server, col):
+    async with running(settings=fast_settings()) as (server, col):
         server.add_tcp_listener("agent-leg", AudioSocketHandler(track="agent"))
         await server.stop()
         await server.start()  # listeners are opened on start
@@ -156,7 +155,7 @@ async def test_bad_frames_end_only_that_connection(caplog):
 
 async def test_idle_connection_is_ended(caplog):
     caplog.set_level(logging.WARNING, logger="emotion_monitor.streamer.telephony.audiosocket")
-    async with running(settings=test_settings()) as (server, col):
+    async with running(settings=fast_settings()) as (server, col):
         server.add_tcp_listener("idle", AudioSocketHandler(idle_timeout=0.3))
         await server.stop()
         await server.start()

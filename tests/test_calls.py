@@ -1,174 +1,36 @@
-"""Many calls at once through the real server and sockets, and the helpers the call tests share.
+"""Many calls at once through the real server and sockets.
 
-The protocol tests use :class:`LoudnessModel`, a deterministic stand-in whose arousal follows the
-window's loudness: it is batch-independent, so every event of a call served among 31 others can
-be compared exactly with the same call analysed alone (no cross-talk), and it is cheap enough for
-32 concurrent calls on a 2-core machine. The emotion tests use the shipped default model.
+The protocol tests use ``LoudnessModel`` (call_fixtures.py), a deterministic stand-in whose
+arousal follows the window's loudness: it is batch-independent, so every event of a call served
+among 31 others can be compared exactly with the same call analysed alone (no cross-talk), and it
+is cheap enough for 32 concurrent calls on a 2-core machine. The emotion tests use the shipped
+default model.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import uuid
-from collections import defaultdict
 
 import numpy as np
 import pytest
 import websockets
-from conftest import load_clip, ravdess_clip
-from emotion_monitor.models.base import EmotionModel, Prediction
+from call_fixtures import (
+    TIMEOUT,
+    LoudnessModel,
+    assert_contiguous,
+    clips,
+    fast_settings,
+    running,
+    twilio_call,
+    twilio_reference,
+    ws_url,
+)
 from emotion_monitor.streamer.alerts.rules import CUSTOMER_FRUSTRATION
-from emotion_monitor.streamer.audio import StreamResampler, mulaw_decode, mulaw_encode, resample
-from emotion_monitor.streamer.commands.serve import attach
 from emotion_monitor.streamer.engine import Engine
-from emotion_monitor.streamer.server.app import Server
 from emotion_monitor.streamer.service import MonitorService
-from emotion_monitor.streamer.settings import Settings
 from emotion_monitor.streamer.telephony import audiosocket, simulators
-
-TIMEOUT = 60.0
-
-
-class LoudnessModel(EmotionModel):
-    """Arousal from loudness (dBFS), valence its negative half; deterministic per window."""
-
-    name = "loudness"
-    has_valence_arousal = True
-
-    def predict(self, windows):
-        out = []
-        for w in windows:
-            db = 20 * np.log10(np.sqrt(np.mean(np.square(w, dtype=np.float64))) + 1e-9)
-            arousal = float(np.tanh((db + 30) / 10))
-            out.append(Prediction(valence=-0.5 * arousal, arousal=arousal))
-        return out
-
-
-@pytest.fixture(scope="session")
-def real_model():
-    """The shipped default model; the emotion tests skip until it is trained and shipped."""
-    from emotion_monitor.models import ModelError, load_model
-
-    try:
-        return load_model(None, device="cpu")
-    except ModelError as exc:
-        pytest.skip(f"default model not available yet: {exc}")
-
-
-def test_settings(**changes) -> Settings:
-    """Fast settings for protocol tests: no VAD, so silence is analysed too."""
-    return Settings(host="127.0.0.1", port=0, vad=False).replace(**changes)
-
-
-test_settings.__test__ = False  # a helper, not a test
-
-
-class Collector:
-    """Every message the service publishes, grouped for assertions; waits with timeouts."""
-
-    def __init__(self):
-        self.messages: list[dict] = []
-        self._changed = asyncio.Event()
-
-    def __call__(self, messages: list[dict]) -> None:
-        self.messages += messages
-        self._changed.set()
-
-    def events(self, stream: str | None = None) -> dict[tuple[str, str], list[dict]]:
-        out = defaultdict(list)
-        for m in self.messages:
-            if m["type"] == "event" and (stream is None or m["stream"] == stream):
-                out[(m["stream"], m["track"])].append(m)
-        return dict(out)
-
-    def of_type(self, kind: str) -> list[dict]:
-        return [m for m in self.messages if m["type"] == kind]
-
-    async def wait_for(self, predicate, timeout: float = TIMEOUT) -> None:
-        """Until ``predicate()``; re-checked on every message and every 50 ms (for conditions
-        that change without a message, such as a client connecting)."""
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                self._changed.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), 0.05)
-
-    async def ended(self, streams, timeout: float = TIMEOUT) -> None:
-        wanted = set(streams)
-        await self.wait_for(
-            lambda: wanted <= {m["stream"] for m in self.of_type("stream_ended")}, timeout
-        )
-
-
-@contextlib.asynccontextmanager
-async def running(model=None, settings: Settings | None = None, **auth):
-    """A real server on a free port, integrations attached as ``serve`` does it (``auth``:
-    the credentials keyword arguments of ``attach``).
-
-    Yields (server, collector).
-    """
-    settings = settings or test_settings()
-    service = MonitorService(Engine(model or LoudnessModel(), settings)).start()
-    collector = Collector()
-    service.add_listener(collector, asyncio.get_running_loop())
-    server = Server(service, settings)
-    extras = await attach(server, service, settings, **auth)
-    collector.integrations = extras
-    try:
-        await server.start()
-        yield server, collector
-    finally:
-        await extras.close_listeners()
-        await server.stop()
-        await asyncio.to_thread(service.stop)
-        await extras.close()
-
-
-def ws_url(server: Server, path: str) -> str:
-    return f"ws://127.0.0.1:{server.port}{path}"
-
-
-async def twilio_call(
-    server: Server, call_sid: str, customer, agent, pace: float = 0.0, headers=None, **kw
-) -> tuple[int, str]:
-    """Play a call into /twilio; returns the close (code, reason) the server answered with."""
-    async with websockets.connect(ws_url(server, "/twilio"), additional_headers=headers) as ws:
-        for msg in simulators.twilio_call(call_sid, customer, agent, **kw):
-            await ws.send(msg)
-            if pace:
-                await asyncio.sleep(pace)
-        with contextlib.suppress(websockets.ConnectionClosed):
-            await asyncio.wait_for(ws.recv(), TIMEOUT)
-        return ws.close_code, ws.close_reason
-
-
-def twilio_reference(model, settings: Settings, customer, agent) -> dict[str, list]:
-    """The events of a call analysed alone, offline, through the same conversions."""
-    engine = Engine(model, settings)
-    encoded = {
-        t: mulaw_encode(resample(a, 16000, 8000))
-        for t, a in (("customer", customer), ("agent", agent))
-    }
-    n = max(len(v) for v in encoded.values())
-    for track, data in encoded.items():
-        rs = StreamResampler(8000)
-        x = mulaw_decode(data + b"\xff" * (n - len(data)))
-        engine.feed("ref", np.concatenate([rs.process(x), rs.flush()]), track)
-    events = engine.flush()
-    return {t: [e.to_dict() for e in events if e.track == t] for t in ("customer", "agent")}
-
-
-def clips() -> tuple[np.ndarray, np.ndarray]:
-    """An angry (strong) clip and a sad one from the RAVDESS test split."""
-    return load_clip(ravdess_clip("angry")), load_clip(ravdess_clip("sad"))
-
-
-def assert_contiguous(events: dict[tuple[str, str], list[dict]]) -> None:
-    for key, evs in events.items():
-        assert [e["seq"] for e in evs] == list(range(len(evs))), key
-
 
 # -- tests -------------------------------------------------------------------------------
 
@@ -177,7 +39,7 @@ async def test_32_concurrent_twilio_calls_no_crosstalk_and_state_freed():
     angry, sad = clips()
     model = LoudnessModel()
     # A burst (calls sent faster than real time) may queue more windows than the default bound.
-    settings = test_settings(max_pending_windows=4096, alerts=(CUSTOMER_FRUSTRATION,))
+    settings = fast_settings(max_pending_windows=4096, alerts=(CUSTOMER_FRUSTRATION,))
     calls = {}
     for i in range(32):
         # Distinct audio per call and track: gain and a shift, so any mix-up shows.
@@ -210,7 +72,7 @@ async def test_32_concurrent_twilio_calls_no_crosstalk_and_state_freed():
 
 async def test_mixed_protocols_at_once_and_stream_limit():
     angry, sad = clips()
-    settings = test_settings(max_streams=3, audiosocket_port=0)
+    settings = fast_settings(max_streams=3, audiosocket_port=0)
     async with running(LoudnessModel(), settings) as (server, col):
         port = server.tcp_ports["audiosocket"]
         call_uuid = uuid.uuid4()
@@ -286,7 +148,7 @@ def test_callstream_coalesces_packets_but_never_holds_back_a_window_end():
     pushes: list[tuple[str, int]] = []
 
     class FakeService:
-        engine = Engine(LoudnessModel(), test_settings())  # window 2 s, hop 0.5 s
+        engine = Engine(LoudnessModel(), fast_settings())  # window 2 s, hop 0.5 s
 
         def open_stream(self, stream, **meta):
             pass
@@ -317,7 +179,7 @@ def test_service_inbox_is_bounded_by_audio_and_keeps_stream_start_and_end():
     # A worker that fell behind (here: not started yet) while a client sends large chunks: the
     # inbox keeps at most inbox_seconds of audio, dropping the oldest chunks, and never a
     # stream's start or end, so the stream still opens and ends once the worker runs.
-    service = MonitorService(Engine(LoudnessModel(), test_settings()), inbox_seconds=10.0)
+    service = MonitorService(Engine(LoudnessModel(), fast_settings()), inbox_seconds=10.0)
     got = []
     service.add_listener(got.extend)
     service.open_stream("big")

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from call_fixtures import TIMEOUT, LoudnessModel, clips, fast_settings, running, twilio_call
 from emotion_monitor.streamer.alerts.rules import AlertRule
 from emotion_monitor.streamer.api import Monitor
 from emotion_monitor.streamer.client import events_url, subscribe
 from emotion_monitor.streamer.engine import StreamLimitError
 from emotion_monitor.streamer.protocol import Alert, Event
-from test_calls import TIMEOUT, LoudnessModel, clips, running, test_settings, twilio_call
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ async def test_subscribe_reconnects_after_server_restart():
         task = asyncio.create_task(collect(url, ["CA9"]))
         await col.wait_for(lambda: first.clients == 1)
     # the first server is gone; a new one comes up on the same port
-    async with running(settings=test_settings(port=port)) as (second, col2):
+    async with running(settings=fast_settings(port=port)) as (second, col2):
         await col2.wait_for(lambda: second.clients == 1, timeout=TIMEOUT)
         await twilio_call(second, "CA9", angry, None)
         events = await asyncio.wait_for(task, TIMEOUT)
@@ -95,7 +95,7 @@ async def test_subscribe_without_reconnect_raises():
 async def test_monitor_analyze_events_alerts_and_limits():
     angry, sad = clips()
     rule = AlertRule("loud", (("arousal_smooth", ">", 0.0),), min_duration=0.25, track="customer")
-    settings = test_settings(alerts=(rule,), max_streams=1)
+    settings = fast_settings(alerts=(rule,), max_streams=1)
     async with Monitor(model=LoudnessModel(), settings=settings) as m:
         live = m.events()
         events = await m.analyze("call-1", {"customer": angry, "agent": sad * 0.1})
@@ -126,7 +126,7 @@ async def test_chatbot_example_picks_styles():
     chatbot = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(chatbot)
     angry, sad = clips()
-    async with Monitor(model=LoudnessModel(), settings=test_settings()) as m:
+    async with Monitor(model=LoudnessModel(), settings=fast_settings()) as m:
         styles = await chatbot.run_turns(m, [angry, sad * 0.05, np.zeros(16000, np.float32)])
     # the loudness stand-in calls loud speech tense (valence -, arousal +)
     assert styles[0].startswith("calm and apologetic")
@@ -136,7 +136,7 @@ async def test_chatbot_example_picks_styles():
 
 async def test_monitor_events_of_streams_that_already_ended_end_at_once():
     angry, _ = clips()
-    async with Monitor(model=LoudnessModel(), settings=test_settings()) as m:
+    async with Monitor(model=LoudnessModel(), settings=fast_settings()) as m:
         # the docs' pattern: subscribe first, then feed; the iterator ends with the stream
         live = m.events(streams=["live"])
         m.open("live")
@@ -165,7 +165,7 @@ async def test_monitor_events_of_streams_that_already_ended_end_at_once():
 
 async def test_monitor_analyze_converts_and_checks_the_audio():
     angry, sad = clips()
-    async with Monitor(model=LoudnessModel(), settings=test_settings(max_streams=1)) as m:
+    async with Monitor(model=LoudnessModel(), settings=fast_settings(max_streams=1)) as m:
 
         async def arousal(audio, **kw) -> list[float]:
             """t1 and arousal of every window, flat."""
@@ -211,7 +211,7 @@ async def test_analyze_returns_every_window_of_a_turn_longer_than_the_pending_qu
     rng = np.random.default_rng(0)
     customer = (0.1 * rng.standard_normal(16000 * 30)).astype(np.float32)
     agent = customer[: 16000 * 12]
-    settings = test_settings(max_pending_windows=8)  # a 30 s turn has 57 windows
+    settings = fast_settings(max_pending_windows=8)  # a 30 s turn has 57 windows
     async with Monitor(model=LoudnessModel(), settings=settings) as m:
         async with asyncio.timeout(TIMEOUT):
             events = await m.analyze("long", {"customer": customer, "agent": agent})

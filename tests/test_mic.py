@@ -21,9 +21,12 @@ from emotion_monitor.streamer.settings import Settings
 from emotion_monitor.streamer.sources.mic import MicrophoneSource
 from emotion_monitor.streamer.sources.runner import run_source
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("pulseaudio") is None, reason="needs the pulseaudio Debian package"
-)
+pytestmark = [
+    pytest.mark.slow,  # a real PulseAudio microphone
+    pytest.mark.skipif(
+        shutil.which("pulseaudio") is None, reason="needs the pulseaudio Debian package"
+    ),
+]
 
 
 @pytest.fixture

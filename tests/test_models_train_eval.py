@@ -13,6 +13,8 @@ from emotion_monitor.models.base import EmotionModel, ModelError, Prediction
 from emotion_monitor.models.training.evaluate import concordance, evaluate, score
 from emotion_monitor.streamer.cli import main as cli
 
+pytestmark = pytest.mark.slow  # training and evaluating heads
+
 
 def _write_manifest(path, rows, root=None):
     with open(path, "w", newline="") as f:

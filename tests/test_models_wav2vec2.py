@@ -4,39 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from emotion_monitor.models.base import ModelError
 from emotion_monitor.models.encoders.pooling import pool_states
 from emotion_monitor.models.encoders.wav2vec2 import Wav2Vec2Embedder, weighted_layer_sum
-
-TINY = dict(
-    hidden_size=32,
-    num_hidden_layers=3,
-    num_attention_heads=2,
-    intermediate_size=64,
-    conv_dim=(32, 32),
-    conv_stride=(5, 4),
-    conv_kernel=(10, 4),
-    num_conv_pos_embeddings=16,
-    num_conv_pos_embedding_groups=2,
-)
-
-
-def make_checkpoint(out, classifier: bool = False, normalize: bool = True, seed: int = 0):
-    """A tiny random wav2vec2 encoder (or sequence classifier) saved to ``out``."""
-    from transformers import (
-        Wav2Vec2Config,
-        Wav2Vec2FeatureExtractor,
-        Wav2Vec2ForSequenceClassification,
-        Wav2Vec2Model,
-    )
-
-    torch.manual_seed(seed)
-    cfg = Wav2Vec2Config(**TINY, num_labels=4)
-    model = Wav2Vec2ForSequenceClassification(cfg) if classifier else Wav2Vec2Model(cfg)
-    model.save_pretrained(out)
-    Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=normalize).save_pretrained(out)
-    return str(out)
+from published_fixtures import make_wav2vec2_encoder as make_checkpoint
 
 
 @pytest.fixture(scope="module")

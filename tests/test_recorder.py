@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 import pytest
+from call_fixtures import clips, fast_settings, running, twilio_call
 from conftest import load_clip, ravdess_clip
 from emotion_monitor.streamer import recorder
 from emotion_monitor.streamer.alerts.rules import AlertRule
@@ -15,14 +16,13 @@ from emotion_monitor.streamer.cli import main as cli_main
 from emotion_monitor.streamer.engine import Engine
 from emotion_monitor.streamer.protocol import Event
 from emotion_monitor.streamer.settings import Settings
-from test_calls import clips, running, test_settings, twilio_call
 
 
 async def test_served_calls_are_recorded_and_reported(tmp_path, capsys):
     db = tmp_path / "calls.sqlite"
     angry, sad = clips()
     rule = AlertRule("loud_customer", (("arousal_smooth", ">", -0.5),), 1.0, "customer")
-    settings = test_settings(record=str(db), alerts=(rule,))
+    settings = fast_settings(record=str(db), alerts=(rule,))
     async with running(settings=settings) as (server, col):
         await twilio_call(server, "CA1", np.tile(angry, 2), np.tile(sad * 0.3, 2))
         await twilio_call(server, "CA2", sad * 0.3, None)
@@ -199,7 +199,7 @@ async def test_calls_that_reuse_a_stream_id_are_reported_apart(tmp_path, capsys)
     db = tmp_path / "calls.sqlite"
     angry, sad = clips()
     rule = AlertRule("talking", (("t1", ">=", 0.0),), 0.3, "customer")
-    async with running(settings=test_settings(record=str(db), alerts=(rule,))) as (server, col):
+    async with running(settings=fast_settings(record=str(db), alerts=(rule,))) as (server, col):
         await twilio_call(server, "CA1", angry, None)
         await col.ended(["CA1"])
         first_life = len(col.of_type("event"))

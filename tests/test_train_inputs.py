@@ -17,7 +17,9 @@ from emotion_monitor.models.base import ModelError
 from emotion_monitor.models.training.heads import fit_lda, train_heads
 from emotion_monitor.models.training.manifest import read_manifest
 from emotion_monitor.streamer.cli import main as cli
-from test_models_wav2vec2 import make_checkpoint
+from published_fixtures import make_wav2vec2_encoder as make_checkpoint
+
+pytestmark = pytest.mark.slow  # training on tiny checkpoints
 
 FIELDS = ["path", "speaker", "emotion", "intensity", "split"]
 

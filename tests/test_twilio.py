@@ -10,18 +10,17 @@ import logging
 import numpy as np
 import pytest
 import websockets
-from emotion_monitor.streamer.settings import Settings
-from emotion_monitor.streamer.telephony import simulators, twilio
-from test_calls import (
+from call_fixtures import (
     TIMEOUT,
     LoudnessModel,
     clips,
-    real_model,  # noqa: F401  (fixture)
+    fast_settings,
     running,
-    test_settings,
     twilio_call,
     ws_url,
 )
+from emotion_monitor.streamer.settings import Settings
+from emotion_monitor.streamer.telephony import simulators, twilio
 
 CALL = "CA" + "ab" * 16
 
@@ -186,7 +185,7 @@ async def test_bad_inputs_close_with_codes_and_free_state():
 
 
 async def test_stream_limit_close_code():
-    settings = test_settings(max_streams=1)
+    settings = fast_settings(max_streams=1)
     async with running(LoudnessModel(), settings) as (server, col):
         async with websockets.connect(ws_url(server, "/twilio")) as first:
             msgs = list(simulators.twilio_call("CA1", np.zeros(8000, np.float32), None))

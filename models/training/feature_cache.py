@@ -17,7 +17,7 @@ from emotion_monitor.models.encoders.pooling import MIN_SAMPLES, layer_columns
 from emotion_monitor.models.encoders.wav2vec2 import Wav2Vec2Embedder
 from emotion_monitor.models.training.augment import RANDOM_AUGMENTATIONS, augment
 from emotion_monitor.models.training.manifest import Row
-from emotion_monitor.streamer.audio import load_audio
+from emotion_monitor.streamer.decode import load_audio
 from tqdm import tqdm
 
 

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from emotion_monitor.streamer.sources.mic import list_input_devices
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``emotion-monitor devices``."""
@@ -15,8 +17,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Print index, name, channels, default rate and a ``*`` on the default input device."""
     try:
-        from emotion_monitor.streamer.sources.mic import list_input_devices
-
         devices = list_input_devices()
     except OSError as exc:  # sounddevice raises OSError when libportaudio is missing
         print(

@@ -33,6 +33,7 @@ from emotion_monitor.streamer.engine import Engine
 from emotion_monitor.streamer.protocol import Event, SourceError
 from emotion_monitor.streamer.sources.base import Source
 from emotion_monitor.streamer.sources.runner import make_source, run_source
+from tqdm import tqdm
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -153,8 +154,6 @@ def _run(args: argparse.Namespace, source: Source, engine, out: TextIO | None) -
     )
     bar = None
     if source.duration is not None:
-        from tqdm import tqdm
-
         total = source.duration if args.duration is None else min(args.duration, source.duration)
         bar = tqdm(
             total=round(total, 1),

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib.metadata
 import importlib.resources
 import inspect
 from collections.abc import Awaitable, Callable
@@ -32,7 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from emotion_monitor.streamer import protocol
-from emotion_monitor.streamer.audio import MAX_UPLOAD_BYTES
+from emotion_monitor.streamer.decode import MAX_UPLOAD_BYTES
 from emotion_monitor.streamer.protocol import PROTOCOL_VERSION
 from emotion_monitor.streamer.server.fanout import Fanout
 from emotion_monitor.streamer.server.http import (
@@ -384,8 +385,6 @@ def _jsonable(value: Any) -> Any:
 
 def _version() -> str:
     try:
-        from importlib.metadata import version
-
-        return version("emotion-monitor")
+        return importlib.metadata.version("emotion-monitor")
     except Exception:  # not installed (running from a checkout)
         return "0+unknown"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from emotion_monitor.streamer.analysis import predict_response
-from emotion_monitor.streamer.audio import AudioError, decode_upload
+from emotion_monitor.streamer.audio import AudioError
+from emotion_monitor.streamer.decode import decode_upload
 from emotion_monitor.streamer.server.http import HttpRequest, HttpResponse, multipart_file
 from emotion_monitor.streamer.service import MonitorService
 from emotion_monitor.streamer.settings import Settings

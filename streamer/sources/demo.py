@@ -8,10 +8,12 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 from emotion_monitor.streamer.audio import (
     SAMPLE_RATE,
     AudioError,
 )
+from emotion_monitor.streamer.decode import load_audio
 from emotion_monitor.streamer.sources.files import FileSource
 
 log = logging.getLogger(__name__)
@@ -55,9 +57,6 @@ def synthesize_speech(
 
 def make_demo_dialogue(folder: str | Path, pause: float = 0.8) -> Path:
     """Synthesize :data:`DEMO_DIALOGUE` into ``folder/demo_dialogue.wav`` (16 kHz mono)."""
-    import soundfile as sf
-    from emotion_monitor.streamer.audio import load_audio
-
     folder = Path(folder)
     gap = np.zeros(int(pause * SAMPLE_RATE), np.float32)
     parts = []

@@ -12,15 +12,15 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+import soundfile as sf
 from emotion_monitor.streamer.audio import (
     SAMPLE_FORMATS,
     SAMPLE_RATE,
     AudioError,
     StreamResampler,
-    check_audio_path,
-    iter_file_blocks,
     pcm_to_float,
 )
+from emotion_monitor.streamer.decode import check_audio_path, iter_file_blocks
 from emotion_monitor.streamer.protocol import MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from emotion_monitor.streamer.sources.base import Item, Pacer, Source
 
@@ -77,8 +77,6 @@ class FileSource(Source):
         self.loop = loop
         self.name = name or self.path.name
         check_audio_path(self.path)
-        import soundfile as sf
-
         try:
             info = sf.info(str(self.path))
             self.duration = info.frames / info.samplerate if info.samplerate else None

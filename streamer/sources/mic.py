@@ -87,7 +87,7 @@ class MicrophoneSource(Source):
     def check(self) -> None:
         """Fail fast: raise AudioError unless PortAudio works and the device names one input."""
         try:
-            import sounddevice as sd
+            import sounddevice as sd  # lazy: PortAudio loads only when a microphone is used
         except OSError as exc:  # the PortAudio library itself is missing
             raise AudioError(f"no audio input: {exc} (Debian: apt install libportaudio2)") from exc
         try:
@@ -104,7 +104,7 @@ class MicrophoneSource(Source):
         )
 
     def _open(self) -> None:
-        import sounddevice as sd
+        import sounddevice as sd  # lazy: PortAudio loads only when a microphone is used
 
         info = sd.query_devices(self.device, kind="input")  # ValueError if absent or ambiguous
         rate = int(info["default_samplerate"])
@@ -153,7 +153,7 @@ class MicrophoneSource(Source):
         # PortAudio lists devices once, at initialisation: re-initialise it so that a device
         # that came back (or a restarted sound server) can be found again. sounddevice has no
         # public call for this, only the private _terminate/_initialize pair.
-        import sounddevice as sd
+        import sounddevice as sd  # lazy: PortAudio loads only when a microphone is used
 
         sd._terminate()
         sd._initialize()
@@ -220,7 +220,7 @@ def list_input_devices() -> list[dict]:
 
     Raises OSError when the PortAudio library itself is missing.
     """
-    import sounddevice as sd
+    import sounddevice as sd  # lazy: PortAudio loads only when a microphone is used
 
     try:
         default_in = sd.default.device[0]
