@@ -16,7 +16,6 @@ and answers the client's ``close`` with ``closed``.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import logging
@@ -26,8 +25,12 @@ from emotion_monitor.streamer.audio import mulaw_decode
 from emotion_monitor.streamer.engine import StreamLimitError
 from emotion_monitor.streamer.protocol import STREAM_ID
 from emotion_monitor.streamer.server.http import HttpRequest, HttpResponse
-from emotion_monitor.streamer.telephony.call import AGENT, CUSTOMER, CallStream, IdleTimer
-from websockets.exceptions import ConnectionClosed
+from emotion_monitor.streamer.telephony.call import (
+    AGENT,
+    CUSTOMER,
+    CallStream,
+    serve_call,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,10 @@ def position(samples: int, rate: int = RATE) -> str:
 
 
 class AudioHookSession:
-    """State of one AudioHook websocket, without the socket (testable on its own)."""
+    """State of one AudioHook websocket, without the socket (a :class:`CallSession`)."""
+
+    provider = "audiohook"
+    done_reason = "closed"
 
     def __init__(self, service: Any):
         self.service = service
@@ -59,6 +65,11 @@ class AudioHookSession:
         self.samples = 0  # per channel, for positions
         self.failed = False  # a disconnect was sent; waiting for close
         self.stats = {"frames": 0, "frames_while_paused": 0, "pings": 0}
+
+    @property
+    def stream(self) -> str | None:
+        """The session id, which names the stream."""
+        return self.id
 
     # -- messages ------------------------------------------------------------------------
 
@@ -233,21 +244,4 @@ class AudioHookHandler:
         self.idle_timeout = idle_timeout
 
     async def __call__(self, ws: Any, service: Any, settings: Any = None) -> None:
-        session = AudioHookSession(service)
-        idle = IdleTimer(self.idle_timeout, lambda: asyncio.ensure_future(ws.close(1000, "idle")))
-        try:
-            async for raw in ws:
-                idle.touch()
-                replies, done = session.handle(raw)
-                for reply in replies:
-                    await ws.send(json.dumps(reply))
-                if done:
-                    await ws.close(1000, "closed")
-                    break
-        except ConnectionClosed:
-            pass
-        finally:
-            idle.cancel()
-            session.close()
-        if idle.fired:
-            log.warning("audiohook %s: idle for %.0f s; closed", session.id, idle.timeout)
+        await serve_call(ws, AudioHookSession(service), self.idle_timeout)

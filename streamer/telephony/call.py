@@ -1,4 +1,6 @@
-"""What every telephony provider shares: the call stream, the idle timer, the track names.
+"""What every telephony provider shares: the call stream, the idle timer, the track names, and
+for websocket providers one small interface (:class:`CallSession`) and one socket loop
+(:func:`serve_call`), so Twilio and AudioHook differ only in parsing.
 
 :class:`CallStream` turns one call into one stream: it opens the stream with the call's metadata,
 resamples each track to 16 kHz with its own chunk-invariant resampler, and ends the stream
@@ -8,13 +10,15 @@ resamples each track to 16 kHz with its own chunk-invariant resampler, and ends 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from emotion_monitor.streamer.audio import SAMPLE_RATE, StreamResampler
 from emotion_monitor.streamer.service import MonitorService
+from websockets.exceptions import ConnectionClosed
 
 log = logging.getLogger(__name__)
 
@@ -134,3 +138,64 @@ class IdleTimer:
             self.on_idle()
         else:
             self._handle = self._loop.call_later(self.timeout - idle, self._check)
+
+
+class CallError(Exception):
+    """The peer broke its provider's protocol; ``close_code`` goes back on the websocket."""
+
+    def __init__(self, message: str, close_code: int = 1008):
+        super().__init__(message)
+        self.close_code = close_code
+
+
+class CallSession(Protocol):
+    """One call's state on a websocket provider, without the socket (testable on its own)."""
+
+    #: provider name for logs ("twilio", "audiohook")
+    provider: str
+    #: the stream id once the call has started, else None
+    stream: str | None
+    #: the close reason when the call ends normally
+    done_reason: str
+
+    def handle(self, raw: str | bytes) -> tuple[list[dict], bool]:
+        """One websocket message in: (JSON replies to send, whether the call is over).
+        Raises :class:`CallError` when the connection must close."""
+        ...
+
+    def close(self) -> None:
+        """End the call's stream (idempotent)."""
+        ...
+
+
+async def serve_call(ws: Any, session: CallSession, idle_timeout: float) -> None:
+    """Own one provider websocket: feed every message to ``session``, send its replies, close
+    on the end of the call, a :class:`CallError`, or ``idle_timeout`` seconds of silence; the
+    call's stream always ends."""
+    idle = IdleTimer(idle_timeout, lambda: asyncio.ensure_future(ws.close(1000, "idle")))
+    code, reason, done = 1000, session.done_reason, False
+    try:
+        async for raw in ws:
+            idle.touch()
+            replies, done = session.handle(raw)
+            for reply in replies:
+                await ws.send(json.dumps(reply))
+            if done:
+                break
+    except CallError as exc:
+        code, reason, done = exc.close_code, str(exc), True
+        log.warning("%s %s: closing (%d): %s", session.provider, session.stream, code, reason)
+    except ConnectionClosed:
+        pass
+    finally:
+        idle.cancel()
+        session.close()
+    if idle.fired:
+        log.warning(
+            "%s %s: no message for %.0f s; ended", session.provider, session.stream, idle_timeout
+        )
+    elif done:
+        # websocket close reasons are limited to 123 bytes
+        await ws.close(code, reason.encode()[:120].decode(errors="ignore"))
+    else:
+        log.info("%s %s: connection closed before the call ended", session.provider, session.stream)

@@ -22,7 +22,6 @@ of the wrong type, named in the reason), 1003 for binary frames or an unsupporte
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -37,8 +36,13 @@ from emotion_monitor.streamer.audio import mulaw_decode
 from emotion_monitor.streamer.engine import StreamLimitError
 from emotion_monitor.streamer.protocol import STREAM_ID
 from emotion_monitor.streamer.server.http import HttpRequest, HttpResponse
-from emotion_monitor.streamer.telephony.call import AGENT, CUSTOMER, CallStream, IdleTimer
-from websockets.exceptions import ConnectionClosed
+from emotion_monitor.streamer.telephony.call import (
+    AGENT,
+    CUSTOMER,
+    CallError,
+    CallStream,
+    serve_call,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +50,15 @@ TRACKS = {"inbound": CUSTOMER, "outbound": AGENT}
 TWILIO_RATE = 8000
 
 
-class TwilioError(Exception):
+class TwilioError(CallError):
     """The peer broke the Media Streams protocol; ``close_code`` goes back on the websocket."""
-
-    def __init__(self, message: str, close_code: int = 1008):
-        super().__init__(message)
-        self.close_code = close_code
 
 
 class TwilioSession:
-    """The state of one Media Streams websocket, without the socket (testable on its own)."""
+    """The state of one Media Streams websocket, without the socket (a :class:`CallSession`)."""
+
+    provider = "twilio"
+    done_reason = "stream stopped"
 
     def __init__(self, service: Any, max_gap: float = 5.0):
         self.service = service
@@ -66,8 +69,8 @@ class TwilioSession:
         self._skew: dict[str, int] = {}  # per track: samples forgiven after a gap > max_gap
         self.stats = {"media": 0, "gap_samples": 0, "marks": 0, "dtmf": 0}
 
-    def handle(self, raw: str | bytes) -> bool:
-        """Process one websocket message; returns True when the stream has stopped."""
+    def handle(self, raw: str | bytes) -> tuple[list[dict], bool]:
+        """Process one websocket message: (no replies, whether the stream has stopped)."""
         if isinstance(raw, bytes):
             raise TwilioError("binary frames are not part of Media Streams", 1003)
         try:
@@ -83,7 +86,7 @@ class TwilioSession:
             self._start(msg)
         elif event == "stop":
             self.close()
-            return True
+            return [], True
         elif event == "connected":
             log.debug("twilio connected: protocol %s %s", msg.get("protocol"), msg.get("version"))
         elif event == "mark":
@@ -92,13 +95,13 @@ class TwilioSession:
             self.stats["dtmf"] += 1
             dtmf = msg.get("dtmf")  # only logged, so a malformed one is not worth a hang-up
             digit = dtmf.get("digit") if isinstance(dtmf, dict) else None
-            log.info("twilio %s: DTMF %s", self._stream, digit)
+            log.info("twilio %s: DTMF %s", self.stream, digit)
         else:
             log.debug("twilio: ignoring event %r", event)  # forward compatible
-        return False
+        return [], False
 
     @property
-    def _stream(self) -> str | None:
+    def stream(self) -> str | None:
         return self.call.stream if self.call else None
 
     def _start(self, msg: dict) -> None:
@@ -147,7 +150,7 @@ class TwilioSession:
         name = _optional(media, "media.track", str, "inbound")
         track = TRACKS.get(name)
         if track is None:
-            log.debug("twilio %s: ignoring media of track %r", self._stream, name)
+            log.debug("twilio %s: ignoring media of track %r", self.stream, name)
             return
         try:
             data = base64.b64decode(media["payload"], validate=True)
@@ -249,32 +252,4 @@ class TwilioHandler:
         self.idle_timeout = idle_timeout
 
     async def __call__(self, ws: Any, service: Any, settings: Any = None) -> None:
-        session = TwilioSession(service, self.max_gap)
-        idle = IdleTimer(self.idle_timeout, lambda: asyncio.ensure_future(ws.close(1000, "idle")))
-        code, reason, stopped = 1000, "stream stopped", False
-        try:
-            async for raw in ws:
-                idle.touch()
-                if session.handle(raw):
-                    stopped = True
-                    break
-        except TwilioError as exc:
-            code, reason, stopped = exc.close_code, str(exc), True
-            log.warning("twilio %s: closing (%d): %s", session._stream, code, reason)
-        except ConnectionClosed:
-            pass
-        finally:
-            idle.cancel()
-            session.close()
-        if idle.fired:
-            log.warning("twilio %s: no message for %.0f s; ended", session._stream, idle.timeout)
-        elif not stopped:
-            log.info("twilio %s: connection closed without 'stop'", session._stream)
-        else:
-            await ws.close(code, _reason(reason))
-
-
-def _reason(text: str) -> str:
-    """Websocket close reasons are limited to 123 bytes."""
-    data = text.encode()[:120]
-    return data.decode(errors="ignore")
+        await serve_call(ws, TwilioSession(service, self.max_gap), self.idle_timeout)
