@@ -21,9 +21,9 @@ from emotion_monitor.models.registry import load_model
 from emotion_monitor.models.training.augment import augment
 from emotion_monitor.models.training.circumplex import CIRCUMPLEX, sign, valence_arousal
 from emotion_monitor.models.training.manifest import read_manifest
-from emotion_monitor.models.training.plots import evaluation_plots
 from emotion_monitor.streamer.decode import load_audio
 from emotion_monitor.streamer.engine import Engine
+from emotion_monitor.streamer.plots import evaluation_plots
 from emotion_monitor.streamer.settings import Settings
 from tqdm import tqdm
 
