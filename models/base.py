@@ -41,8 +41,8 @@ class ModelError(RuntimeError):
 
 def refuse_missing_folder(location: str, noun: str = "model directory") -> None:
     """ModelError ``"LOCATION: no such NOUN"`` when ``location`` is written as a path (it starts
-    with ``/``, ``.`` or ``~``; a hub id is ``org/name``) but is not a folder: offline,
-    transformers would take it for a hub id and blame its cache."""
+    with ``/``, ``.`` or ``~``; a hub id is ``org/name``) but is not a folder: it would otherwise
+    be looked up on the hub, and the error would blame the hub or its cache."""
     if location.startswith(("/", ".", "~")) and not Path(location).expanduser().is_dir():
         raise ModelError(f"{location}: no such {noun}")
 

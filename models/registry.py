@@ -77,7 +77,7 @@ def parse_spec(spec: str | None) -> tuple[str, str | None]:
     if path.exists():
         raise ModelError(f"{spec}: a file, not a model directory")
     refuse_missing_folder(spec)
-    # Anything else is taken as a Hugging Face hub id; loading it offline fails with a clear error.
+    # Anything else is a Hugging Face hub id: downloaded, or read from the cache (models/hub.py).
     return "hf", spec
 
 

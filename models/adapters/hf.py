@@ -3,7 +3,8 @@
 Spec: ``hf:ID_OR_DIR`` or a directory whose ``config.json`` names a ``*ForSequenceClassification``
 or ``*ForAudioClassification`` architecture. Audio goes through the checkpoint's own feature
 extractor (``AutoFeatureExtractor``) at 16 kHz; labels come from ``config.id2label``.
-Nothing is downloaded: a hub id works only when it is already in the local Hugging Face cache.
+A hub id is downloaded when the hub is reachable and read from the local Hugging Face cache
+otherwise (``models/hub.py``).
 """
 
 from __future__ import annotations
@@ -17,13 +18,9 @@ from emotion_monitor.models.adapters.common import (
     class_predictions,
     normalise_labels,
 )
-from emotion_monitor.models.base import (
-    SAMPLE_RATE,
-    ModelError,
-    Prediction,
-    refuse_missing_folder,
-)
+from emotion_monitor.models.base import SAMPLE_RATE, ModelError, Prediction, first_line
 from emotion_monitor.models.encoders.wav2vec2 import from_pretrained_checked
+from emotion_monitor.models.hub import resolve_checkpoint
 from emotion_monitor.models.runtime import resolve_device
 
 #: Architectures exercised by the tests; others loadable by AutoModelForAudioClassification work
@@ -123,26 +120,19 @@ class HFAudioClassifier(GroupedAdapter):
 
 
 def load_hf_classifier(location: str, device: str = "auto") -> HFAudioClassifier:
-    """Load a local directory or an already-cached hub id; never downloads."""
+    """Load a local directory or a hub id (downloaded or from the cache: ``resolve_checkpoint``)."""
     from transformers import (  # lazy: transformers
         AutoConfig,
         AutoFeatureExtractor,
         AutoModelForAudioClassification,
     )
 
-    refuse_missing_folder(location)
-    local = Path(location).is_dir()
+    folder = resolve_checkpoint(location)
     try:
-        config = AutoConfig.from_pretrained(location, local_files_only=True)
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as exc:  # ValueError: a config.json without model_type
-        if local:
-            raise ModelError(
-                f"{location}: not a Hugging Face checkpoint directory ({exc})"
-            ) from exc
         raise ModelError(
-            f"{location!r} is not a local directory and not in the Hugging Face cache; "
-            "it cannot be downloaded here. Download it elsewhere (e.g. `huggingface-cli download "
-            f"{location} --local-dir DIR`) and pass --model DIR"
+            f"{folder}: not a Hugging Face checkpoint directory ({first_line(exc)})"
         ) from exc
     archs = config.architectures or []
     if not any(a.endswith(("ForSequenceClassification", "ForAudioClassification")) for a in archs):
@@ -151,7 +141,7 @@ def load_hf_classifier(location: str, device: str = "auto") -> HFAudioClassifier
             "not an audio classification model"
         )
     try:
-        extractor = AutoFeatureExtractor.from_pretrained(location, local_files_only=True)
+        extractor = AutoFeatureExtractor.from_pretrained(folder, local_files_only=True)
     except OSError as exc:
         raise ModelError(
             f"{location}: no feature extractor (preprocessor_config.json): {exc}"
@@ -162,8 +152,8 @@ def load_hf_classifier(location: str, device: str = "auto") -> HFAudioClassifier
             f"only {SAMPLE_RATE} Hz checkpoints are supported"
         )
     dev = resolve_device(device)
-    model = from_pretrained_checked(AutoModelForAudioClassification, location, "model")
+    model = from_pretrained_checked(AutoModelForAudioClassification, folder, "model")
     try:
         return HFAudioClassifier(model.to(dev).eval(), extractor, str(location), dev)
     except ModelError as exc:  # labels from id2label
-        raise ModelError(f"{Path(location) / 'config.json'}: {exc}") from exc
+        raise ModelError(f"{folder / 'config.json'}: {exc}") from exc

@@ -1,8 +1,9 @@
-"""wav2vec2-family encoders (wav2vec2, XLS-R, HuBERT, WavLM...) through transformers, offline.
+"""wav2vec2-family encoders (wav2vec2, XLS-R, HuBERT, WavLM...) through transformers.
 
-Any Hugging Face checkpoint given as a hub id (must already be in the local HF cache: nothing is
-downloaded) or a local directory. Exposes every layer's hidden states and the same pooled
-multi-layer mean+std features as the Whisper encoder, so the heads and ``train`` work unchanged.
+Any Hugging Face checkpoint given as a hub id (downloaded when the hub is reachable, else taken
+from the local cache: see ``models/hub.py``) or a local directory. Exposes every layer's hidden
+states and the same pooled multi-layer mean+std features as the Whisper encoder, so the heads and
+``train`` work unchanged.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from emotion_monitor.models.base import ModelError, first_line, refuse_missing_folder
+from emotion_monitor.models.base import ModelError, first_line
 from emotion_monitor.models.encoders.pooling import groups_by_length, pool_states, prepare
+from emotion_monitor.models.hub import resolve_checkpoint
 
 #: Parameters a checkpoint may lack without changing inference: wav2vec2's mask embedding is used
 #: only for training-time masking, and older checkpoints were saved without it.
@@ -28,7 +30,8 @@ def weight_files(path: str | Path) -> str:
 
 
 def from_pretrained_checked(cls, location: str | Path, what: str):
-    """``cls.from_pretrained(location)`` offline, refusing weights that do not fit the config.
+    """``cls.from_pretrained(location)`` from a local directory (see ``resolve_checkpoint``),
+    refusing weights that do not fit the config.
 
     transformers initialises missing or wrongly shaped parameters at random and only logs it,
     which would serve a model that outputs noise; here any such tensor is a ModelError naming the
@@ -67,7 +70,7 @@ def from_pretrained_checked(cls, location: str | Path, what: str):
 
 
 def load_wav2vec2(spec: str, device: str = "cpu"):
-    """Load (model, normalise_input) for a hub id or local directory with ``local_files_only``.
+    """Load (model, normalise_input) for a hub id or local directory (``resolve_checkpoint``).
 
     For ``*ForSequenceClassification`` / ``*ForCTC`` checkpoints the base encoder inside is used.
     ``normalise_input`` says whether the checkpoint expects zero-mean unit-variance input (read
@@ -76,19 +79,18 @@ def load_wav2vec2(spec: str, device: str = "cpu"):
     """
     from transformers import AutoConfig, AutoFeatureExtractor, AutoModel  # lazy: transformers
 
-    refuse_missing_folder(spec, "checkpoint folder")
+    folder = resolve_checkpoint(spec, "checkpoint folder")
     try:
-        config = AutoConfig.from_pretrained(spec, local_files_only=True)
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as exc:
-        where = "directory" if Path(spec).exists() else "hub id (not in the local HF cache)"
         raise ModelError(
-            f"{spec}: cannot load a transformers config from this {where}: {exc}"
+            f"{spec}: cannot load a transformers config from {folder}: {first_line(exc)}"
         ) from exc
     # transformers fills missing or mis-shaped tensors with random values and only logs it: the
     # encoder would then embed noise, and heads trained or served on it would be silently wrong
-    model = from_pretrained_checked(AutoModel, spec, "wav2vec2 encoder")
+    model = from_pretrained_checked(AutoModel, folder, "wav2vec2 encoder")
     try:
-        fe = AutoFeatureExtractor.from_pretrained(spec, local_files_only=True)
+        fe = AutoFeatureExtractor.from_pretrained(folder, local_files_only=True)
         normalise = bool(getattr(fe, "do_normalize", True))
     except (OSError, ValueError):
         normalise = bool(getattr(config, "feat_extract_norm", "group") == "layer")
