@@ -7,6 +7,10 @@ step time under one hop) and the peak RSS.
 
     python bench/stream_bench.py                 # default model, N in 1,2,4,8,12,16,20,24
     python bench/stream_bench.py --streams 1 16 --seconds 20
+    python bench/stream_bench.py --model default heads:OLD --streams 32 40 48   # side by side
+
+With several ``--model`` specs, each N runs once per model, one after the other, so the models
+meet the same machine load (this machine is shared and noisy: compare within one run).
 """
 
 from __future__ import annotations
@@ -79,7 +83,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8, 12, 16, 20, 24])
     parser.add_argument("--seconds", type=float, default=15.0, help="stream time per run")
-    parser.add_argument("--model", default=None, help="model spec (default: shipped model)")
+    parser.add_argument(
+        "--model", nargs="+", default=[None], help="model spec(s) (default: the shipped model)"
+    )
     parser.add_argument("--window", type=float, default=2.0)
     parser.add_argument("--hop", type=float, default=0.5)
     args = parser.parse_args()
@@ -88,26 +94,32 @@ def main() -> None:
     from emotion_monitor.streamer.settings import Settings
 
     settings = Settings(window=args.window, hop=args.hop)
-    model = load_model(args.model, device="auto")
-    print(f"model: {model.describe()}  window {args.window} s  hop {args.hop} s")
+    models = {spec or "default": load_model(spec, device="auto") for spec in args.model}
+    for name, model in models.items():
+        print(f"model {name}: {model.describe()}")
+    print(f"window {args.window} s  hop {args.hop} s")
     print(
-        f"{'N':>3} {'windows':>7} {'speech':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
-        f"{'RTF':>6} keeps up"
+        f"{'model':>24} {'N':>3} {'windows':>7} {'speech':>6} {'p50 ms':>8} {'p95 ms':>8} "
+        f"{'p99 ms':>8} {'RTF':>6} keeps up"
     )
-    best = 0
+    best = dict.fromkeys(models, 0)
+    going = set(models)
     for n in args.streams:
-        r = run(model, n, args.seconds, settings)
-        print(
-            f"{n:>3} {r['windows']:>7} {r['speech_share']:>6.2f} {r['p50_ms']:>8.1f} "
-            f"{r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['rtf']:>6.2f} {r['keeps_up']}"
-        )
-        if r["keeps_up"]:
-            best = max(best, n)
-        else:
-            break
+        for name in [m for m in models if m in going]:
+            r = run(models[name], n, args.seconds, settings)
+            print(
+                f"{name[-24:]:>24} {n:>3} {r['windows']:>7} {r['speech_share']:>6.2f} "
+                f"{r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['rtf']:>6.2f} "
+                f"{r['keeps_up']}"
+            )
+            if r["keeps_up"]:
+                best[name] = max(best[name], n)
+            else:
+                going.discard(name)
+    for name, n in best.items():
+        print(f"largest N keeping up in real time, {name}: {n}")
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"largest N keeping up in real time: {best}")
-    print(f"peak RSS: {rss_mb:.0f} MB")
+    print(f"peak RSS (all models): {rss_mb:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -193,3 +193,39 @@ def test_exported_heads_match_numpy(tmp_path, va_head):
     assert np.allclose(got_va, expected_va, atol=1e-5)
     with pytest.raises(ValueError, match="either va_points or both"):
         export_heads(tmp_path / "bad.onnx", mean, std, w_cls, b_cls)
+
+
+def test_cell_weights_give_each_corpus_and_its_classes_equal_shares():
+    from emotion_monitor.models.training.heads import cell_weights
+
+    # corpus "a": 300 of class 0, 100 of class 1; corpus "b" (no class 1): 50 of 0, 50 of 2
+    y = np.array([0] * 300 + [1] * 100 + [0] * 50 + [2] * 50)
+    corpora = np.array(["a"] * 400 + ["b"] * 100)
+    w = cell_weights(y, corpora)
+    assert w.sum() == pytest.approx(1.0)
+    assert w[corpora == "a"].sum() == pytest.approx(0.5) == w[corpora == "b"].sum()
+    assert w[:300].sum() == pytest.approx(0.25) == w[300:400].sum()  # a's two classes
+    assert w[450:].sum() == pytest.approx(0.25)
+
+
+def test_a_corpus_without_a_class_teaches_nothing_about_it():
+    # Corpus "b" lacks class 1: weighted LDA takes class 1's mean from corpus "a" alone, so
+    # adding corpus "b" (however large) leaves class 1's discriminant where "a" put it, while
+    # the unweighted fit lets b's many rows of class 0 pull the shared covariance around.
+    from emotion_monitor.models.training.heads import cell_weights
+
+    rng = np.random.default_rng(5)
+    ya = rng.integers(0, 2, 400)
+    xa = rng.standard_normal((400, 4)) + np.eye(4)[ya] * 2
+    yb = np.zeros(4000, int)
+    xb = rng.standard_normal((4000, 4)) + np.eye(4)[0] * 2
+    x, y = np.concatenate([xa, xb]), np.concatenate([ya, yb])
+    corpora = np.array(["a"] * 400 + ["b"] * 4000)
+    w, b = fit_lda(x, y, 3, shrinkage=0.5, weights=cell_weights(y, corpora))
+    test_y = rng.integers(0, 2, 2000)
+    test_x = rng.standard_normal((2000, 4)) + np.eye(4)[test_y] * 2
+    recall_1 = np.mean((test_x[test_y == 1] @ w + b).argmax(1) == 1)
+    w0, b0 = fit_lda(x, y, 3, shrinkage=0.5, balanced=False)
+    recall_1_counts = np.mean((test_x[test_y == 1] @ w0 + b0).argmax(1) == 1)
+    assert recall_1 > 0.8 and recall_1 > recall_1_counts + 0.2
+    assert not np.any((test_x @ w + b).argmax(1) == 2)  # no corpus has class 2

@@ -489,3 +489,43 @@ def test_concordance_against_the_derived_targets():
     assert concordance(true, strength, [-v for v in exact], "valence") < -0.9
     # clips without a prediction or a circumplex point are left out
     assert concordance(["angry", "grumpy"], [None, None], [0.1, 0.2], "arousal") is None
+
+
+def test_short_augmentation_keeps_half_to_one_second_of_speech():
+    from emotion_monitor.models.training.augment import augment
+    from emotion_monitor.streamer.decode import load_audio
+
+    x = load_audio(RAVDESS / ravdess_rows("test")[0]["path"])
+    y = augment(x, "short", seed=0)
+    assert len(y) == 32000 and np.array_equal(y, augment(x, "short", seed=0))
+    frames = y.reshape(-1, 320).astype(np.float64)
+    energy_db = 10 * np.log10(np.mean(frames**2, 1) + 1e-12)
+    loud = np.flatnonzero(energy_db > energy_db.max() - 25) * 320 / 16000
+    assert 0.3 <= loud[-1] - loud[0] + 0.02 <= 1.05  # the speech spans 0.5-1 s (faded edges)
+    assert not np.array_equal(y, augment(x, "short", seed=1))
+
+
+def test_train_on_two_corpora_records_each(tmp_path, capsys):
+    # Two "corpora" (RAVDESS actors under two manifests, one without the calm class): the heads
+    # know every class either has, the config records both corpora, CV and test figures per corpus.
+    one = _subset(1, {"Actor_01", "Actor_02"}, "train") + _subset(1, {"Actor_20"}, "test")
+    two = [
+        r
+        for r in _subset(1, {"Actor_03", "Actor_04"}, "train") + _subset(1, {"Actor_21"}, "test")
+        if r["emotion"] != "calm"
+    ]
+    _write_manifest(tmp_path / "first.csv", one)
+    _write_manifest(tmp_path / "second.csv", two)
+    out = tmp_path / "heads"
+    argv = ["train", "--manifest", str(tmp_path / "first.csv")]
+    argv += ["--manifest", str(tmp_path / "second.csv"), "--root", str(RAVDESS)]
+    argv += ["--encoder", "whisper-tiny", "--augment", "clean", "--layers", "2"]
+    argv += ["--out", str(out), "--cache", str(tmp_path / "cache"), "--backend", "torch"]
+    assert cli(argv) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["corpora"] == {"first": len(one) - 8, "second": len(two) - 7}
+    assert "calm" in config["labels"]
+    assert config["train"]["class_weight"] == "cell"
+    assert {"ua_first", "ua_second"} <= set(config["train"]["cv"])
+    assert set(config["test"]["corpora"]) == {"first", "second"}
+    assert "first" in capsys.readouterr().out

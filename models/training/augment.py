@@ -95,6 +95,43 @@ def speech_only(x: np.ndarray, seconds: float = 2.0, floor_db: float = 35.0) -> 
     return np.tile(voiced, -(-target // len(voiced)))[:target].astype(np.float32)
 
 
+def short_speech(
+    x: np.ndarray, rng: np.random.Generator, seconds: float = 2.0, floor_db: float = 35.0
+) -> np.ndarray:
+    """0.5-1 s of the clip's speech (a random excerpt of its active part, faded in and out over
+    10 ms) at a random place in a ``seconds`` window whose rest is the clip's own background
+    (its frames more than ``floor_db`` below the loudest, repeated), or faint noise 50 dB below
+    the speech when the clip has under 0.2 s of it: a short utterance ("yes", "no way") in a
+    window, as the engine sees one."""
+    target = int(seconds * SAMPLE_RATE)
+    frame = SAMPLE_RATE // 50
+    n = len(x) // frame * frame
+    if n < frame:
+        return np.zeros(target, np.float32)
+    frames = x[:n].reshape(-1, frame).astype(np.float64)
+    energy_db = 10 * np.log10(np.mean(frames**2, 1) + 1e-12)
+    loud = energy_db > energy_db.max() - floor_db
+    active = np.flatnonzero(loud)
+    speech = x[active[0] * frame : (active[-1] + 1) * frame].astype(np.float64)
+    length = int(rng.uniform(0.5, 1.0) * SAMPLE_RATE)
+    start = int(rng.integers(0, max(len(speech) - length, 0) + 1))
+    part = speech[start : start + length].copy()
+    fade = min(SAMPLE_RATE // 100, len(part) // 4)
+    if fade:
+        ramp = np.linspace(0.0, 1.0, fade)
+        part[:fade] *= ramp
+        part[-fade:] *= ramp[::-1]
+    quiet = frames[~loud].reshape(-1)
+    if len(quiet) >= 10 * frame:
+        window = np.tile(quiet, -(-target // len(quiet)))[:target].copy()
+    else:
+        level = np.sqrt(np.mean(part**2) + 1e-12) * 10 ** (-50 / 20)
+        window = rng.standard_normal(target) * level
+    at = int(rng.integers(0, target - len(part) + 1))
+    window[at : at + len(part)] += part
+    return np.clip(window, -1.0, 1.0).astype(np.float32)
+
+
 def speed(x: np.ndarray, factor: float) -> np.ndarray:
     """Play ``factor`` times faster (pitch and tempo together), a stand-in for other voices."""
     from scipy.signal import resample_poly  # lazy: scipy.signal
@@ -113,11 +150,12 @@ AUGMENTATIONS = (
     "fast",
     "reverb",
     "speech_only",
+    "short",
 )
 
 
 #: the augmentations that draw random numbers (their results depend on the seed)
-RANDOM_AUGMENTATIONS = frozenset({"noise", "phone_noise", "crop", "crop_phone", "reverb"})
+RANDOM_AUGMENTATIONS = frozenset({"noise", "phone_noise", "crop", "crop_phone", "reverb", "short"})
 
 
 def augment(x: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
@@ -148,4 +186,6 @@ def augment(x: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
         return reverb(x, rng)
     if kind == "speech_only":
         return speech_only(x)
+    if kind == "short":
+        return short_speech(x, rng)
     raise ValueError(f"unknown augmentation {kind!r}; choose from {', '.join(AUGMENTATIONS)}")

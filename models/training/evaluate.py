@@ -37,10 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--channel",
         default="clean",
-        choices=("clean", "noise", "phone", "phone_noise", "reverb", "speech_only"),
+        choices=("clean", "noise", "phone", "phone_noise", "reverb", "speech_only", "short"),
         help="change the audio first (phone: 8 kHz mu-law round trip; noise: coloured noise "
         "and gain; phone_noise: noise, then the phone; reverb: a random room; speech_only: the "
-        "clip's speech without the silence around it, repeated or cut to 2 s)",
+        "clip's speech without the silence around it, repeated or cut to 2 s, i.e. continuous "
+        "speech; short: 0.5-1 s of the clip's speech in a 2 s window of its background)",
     )
     p.add_argument("--json", help="write the metrics to this JSON file")
     p.add_argument("--plots", help="folder for confusion-matrix and valence/arousal PNGs")

@@ -76,7 +76,12 @@ def _check_shrinkages(values: Sequence[float]) -> None:
 
 
 def fit_lda(
-    x: np.ndarray, y: np.ndarray, n_classes: int, shrinkage: float, balanced: bool = False
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    shrinkage: float,
+    balanced: bool = False,
+    weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Linear discriminant analysis with a shrunk within-class covariance; returns (W, b) with W
     of shape (features, classes), scores ``x @ W + b`` (log-posteriors up to a constant).
@@ -87,10 +92,13 @@ def fit_lda(
     band and speed move features along, and the discriminant discounts them.
 
     ``balanced`` gives every class the same prior and the same weight in the covariance (as the
-    balanced softmax loss does); otherwise both follow the class counts. A class absent from
-    ``y`` gets a zero column and a bias that keeps it out of every prediction.
+    balanced softmax loss does); otherwise both follow the class counts. ``weights`` (one per
+    row, e.g. :func:`cell_weights`) replace the class balance: the class means, the covariance
+    and the (then uniform) priors follow them. A class absent from ``y`` gets a zero column and
+    a bias that keeps it out of every prediction, so a corpus without a class teaches nothing
+    about it.
     """
-    return fit_lda_shrinkages(x, y, n_classes, [shrinkage], balanced)[0]
+    return fit_lda_shrinkages(x, y, n_classes, [shrinkage], balanced, weights)[0]
 
 
 def fit_lda_shrinkages(
@@ -99,6 +107,7 @@ def fit_lda_shrinkages(
     n_classes: int,
     shrinkages: Sequence[float],
     balanced: bool = False,
+    weights: np.ndarray | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """:func:`fit_lda` at each of ``shrinkages``, computing the within-class scatter once (it
     costs more than each solve)."""
@@ -108,9 +117,13 @@ def fit_lda_shrinkages(
     present = counts > 0
     means = np.zeros((n_classes, x.shape[1]))
     for k in np.flatnonzero(present):
-        means[k] = x64[y == k].mean(0)
+        rows = y == k
+        means[k] = np.average(x64[rows], axis=0, weights=None if weights is None else weights[rows])
     resid = x64 - means[y]
-    if balanced:
+    if weights is not None:
+        row_weight = weights / weights.sum()
+        log_prior = np.zeros(n_classes)
+    elif balanced:
         row_weight = 1.0 / (present.sum() * counts[y])
         log_prior = np.zeros(n_classes)
     else:
@@ -191,6 +204,23 @@ def fit_ridge_alphas(
     return fits
 
 
+def cell_weights(y: np.ndarray, corpora: np.ndarray) -> np.ndarray:
+    """Row weights that give every corpus the same total and, within it, every class present
+    the same share: 1 / (clips of the row's (corpus, class) cell x classes of its corpus).
+
+    A small corpus then counts as much as a large one, and a class only one corpus has is
+    learnt from that corpus without outweighing the classes both have.
+    """
+    weights = np.zeros(len(y), np.float64)
+    for corpus in np.unique(corpora):
+        in_corpus = corpora == corpus
+        classes = np.unique(y[in_corpus])
+        for k in classes:
+            cell = in_corpus & (y == k)
+            weights[cell] = 1.0 / (cell.sum() * len(classes))
+    return weights / len(np.unique(corpora))
+
+
 def unweighted_accuracy(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
     """Mean per-class recall over classes present in ``y``."""
     recalls = [np.mean(pred[y == k] == k) for k in range(n_classes) if np.any(y == k)]
@@ -264,21 +294,28 @@ class ClassHeadCandidates:
 
     parameter: str
     strengths: tuple[float, ...]
-    #: (x, y, strengths) -> one (W, b) per strength
-    fit_strengths: Callable[[np.ndarray, np.ndarray, list[float]], list]
+    #: (x, y, strengths, row weights or None) -> one (W, b) per strength
+    fit_strengths: Callable[[np.ndarray, np.ndarray, list[float], np.ndarray | None], list]
 
     @property
     def names(self) -> list[str]:
         return [f"{self.parameter}={s:g}" for s in self.strengths]
 
-    def fit(self, x: np.ndarray, y: np.ndarray, names: Sequence[str] | None = None) -> dict:
-        """``{name: (W, b)}`` for the named candidates (all by default), fitted on (x, y)."""
+    def fit(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        names: Sequence[str] | None = None,
+        weights: np.ndarray | None = None,
+    ) -> dict:
+        """``{name: (W, b)}`` for the named candidates (all by default), fitted on (x, y) with
+        optional row ``weights``."""
         chosen = [
             (n, s)
             for n, s in zip(self.names, self.strengths, strict=True)
             if names is None or n in names
         ]
-        fits = self.fit_strengths(x, y, [s for _, s in chosen])
+        fits = self.fit_strengths(x, y, [s for _, s in chosen], weights)
         return {n: fit for (n, _), fit in zip(chosen, fits, strict=True)}
 
 
@@ -294,15 +331,17 @@ def classifier_candidates(
     if kind == "lda":
         _check_shrinkages(strengths)  # here too, so a bad value fails before any embedding
 
-        def fit_together(x, y, shrinkages):
-            return fit_lda_shrinkages(x, y, n_classes, shrinkages, balanced)
+        def fit_together(x, y, shrinkages, weights):
+            return fit_lda_shrinkages(x, y, n_classes, shrinkages, balanced, weights)
 
         return ClassHeadCandidates("shrinkage", tuple(strengths), fit_together)
     if kind == "logistic":
         if any(v <= 0 for v in strengths):
             raise ModelError(f"logistic C values must be positive, got {list(strengths)}")
 
-        def fit_each(x, y, cs):
+        def fit_each(x, y, cs, weights):
+            if weights is not None:
+                raise ModelError("row weights (--class-weight cell) need the LDA head")
             return [fit_softmax(x, y, n_classes, c, seed=seed, balanced=balanced) for c in cs]
 
         return ClassHeadCandidates("C", tuple(strengths), fit_each)
@@ -317,6 +356,8 @@ def train_heads(
     candidates: ClassHeadCandidates,
     alphas: Sequence[float],
     n_folds: int = 9,
+    weights: np.ndarray | None = None,
+    corpora: np.ndarray | None = None,
 ) -> dict:
     """Pick the class head (one of ``candidates``) by leave-speaker-group-out CV, calibrate its
     softmax temperature on the held-out folds' scores, pick the valence/arousal head, refit on
@@ -329,6 +370,10 @@ def train_heads(
 
     The sorted speakers are dealt round-robin into ``n_folds`` folds (one speaker per fold when
     there are fewer; no CV, temperature 1 and the first candidates with a single speaker).
+
+    ``weights`` (per row) go to the class head fits; with ``corpora`` (the corpus of each row)
+    the CV figures include the chosen head's unweighted accuracy on each corpus's held-out rows
+    (``ua_<corpus>``, over the classes that corpus has).
 
     Returns a dict with the scaler, weights, the choices and the CV figures.
     """
@@ -354,7 +399,8 @@ def train_heads(
             y_held.append(y[te])
             va_held.append(va[te])
             xtr, xte = scaled(~te, te)
-            for name, (w, b) in candidates.fit(xtr, y[~te]).items():
+            w_tr = None if weights is None else weights[~te]
+            for name, (w, b) in candidates.fit(xtr, y[~te], weights=w_tr).items():
                 held_out[name].append(xte @ w + b)
                 pred = held_out[name][-1].argmax(1)
                 ua[name].append(unweighted_accuracy(y[te], pred, w.shape[1]))
@@ -365,6 +411,13 @@ def train_heads(
         cv = {f"ua_{name}": float(np.mean(v)) for name, v in ua.items()}
         cv.update({f"va_mse_alpha={a:g}": float(np.mean(v)) for a, v in err.items()})
         best = max(candidates.names, key=lambda name: np.mean(ua[name]))
+        if corpora is not None:
+            order = np.concatenate([np.flatnonzero([g in fold for g in groups]) for fold in folds])
+            pred = np.concatenate(held_out[best]).argmax(1)
+            for corpus in np.unique(corpora):
+                mine = corpora[order] == corpus
+                n_classes = held_out[best][0].shape[1]
+                cv[f"ua_{corpus}"] = unweighted_accuracy(y[order][mine], pred[mine], n_classes)
         best_a = min(alphas, key=lambda a: np.mean(err[a]))
         temperature = fit_temperature(np.concatenate(held_out[best]), np.concatenate(y_held))
         cv["va_mse_classes"] = float(
@@ -378,7 +431,7 @@ def train_heads(
         va_from_classes = cv["va_mse_classes"] < np.mean(err[best_a])
     mean, std = x.mean(0), x.std(0) + 1e-6
     xs = (x - mean) / std
-    w_cls, b_cls = candidates.fit(xs, y, [best])[best]
+    w_cls, b_cls = candidates.fit(xs, y, [best], weights)[best]
     if va_from_classes:
         va_fit = {"va_points": class_mean_targets(y, va, w_cls.shape[1])}
     else:

@@ -21,6 +21,8 @@ class Row:
     intensity: str | None = None
     split: str | None = None
     line: int | None = None
+    #: the corpus the clip belongs to: the manifest's ``corpus`` column, else the manifest's name
+    corpus: str | None = None
 
 
 def read_manifest(
@@ -65,6 +67,7 @@ def read_manifest(
                         # "Test" from a spreadsheet is the test split
                         split=(r.get("split") or "").strip().lower() or None,
                         line=reader.line_num,
+                        corpus=(r.get("corpus") or "").strip() or corpus_name(manifest),
                     )
                 )
     except UnicodeDecodeError as exc:
@@ -74,6 +77,13 @@ def read_manifest(
     except OSError as exc:
         raise ModelError(f"{manifest}: cannot read manifest ({exc})") from exc
     return rows
+
+
+def corpus_name(manifest: str | Path) -> str:
+    """The corpus a manifest without a ``corpus`` column holds: its folder's name when it is
+    called ``manifest.csv`` (``.../nemo_16k/manifest.csv`` -> ``nemo_16k``), else its stem."""
+    manifest = Path(manifest)
+    return manifest.parent.name if manifest.stem == "manifest" else manifest.stem
 
 
 def _row_problem(r: dict, n_columns: int) -> str | None:

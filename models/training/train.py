@@ -28,6 +28,7 @@ from emotion_monitor.models.training.circumplex import (
 )
 from emotion_monitor.models.training.feature_cache import PooledFeatures
 from emotion_monitor.models.training.heads import (
+    cell_weights,
     classifier_candidates,
     export_heads,
     train_heads,
@@ -46,7 +47,11 @@ VOCABULARY: tuple[str, ...] = EMOTIONS
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--manifest", required=True, help="CSV with path,emotion[,speaker,intensity,split]"
+        "--manifest",
+        required=True,
+        action="append",
+        help="CSV with path,emotion[,speaker,intensity,split,corpus]; repeat it to train on "
+        "several corpora (a manifest without a corpus column is one corpus, named after it)",
     )
     p.add_argument("--root", help="folder the manifest paths are relative to (default: its folder)")
     p.add_argument(
@@ -63,7 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--augment",
-        default="clean,phone,noise,crop,slow,fast,reverb,speech_only",
+        default="clean,phone,speech_only",
         help=f"augmentations of the training clips, comma-separated ({', '.join(AUGMENTATIONS)})",
     )
     p.add_argument(
@@ -80,7 +85,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="class head: lda (shrinkage linear discriminant analysis) or logistic (L2 softmax "
         "regression)",
     )
-    p.add_argument("--shrinkage", default="0.4,0.5,0.6,0.7,0.8", help="candidate LDA shrinkages")
+    p.add_argument(
+        "--shrinkage",
+        default="0.9",
+        help="candidate LDA shrinkages (default 0.9: chosen by leave-one-corpus-out, see the "
+        "model card)",
+    )
     p.add_argument("--C", default="0.01,0.03,0.1", help="candidate logistic inverse L2 strengths")
     p.add_argument(
         "--alpha",
@@ -97,10 +107,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--class-weight",
-        default="balanced",
-        choices=("balanced", "none"),
-        help="balanced: every class weighs the same (in the loss, the LDA covariance and "
-        "priors), as in unweighted accuracy; none: every clip weighs the same",
+        default="cell",
+        choices=("cell", "balanced", "none"),
+        help="cell (LDA only): every corpus weighs the same and, within it, every class it has "
+        "(a corpus without a class teaches nothing about it); balanced: every class weighs the "
+        "same (in the loss, the LDA covariance and priors), as in unweighted accuracy; none: "
+        "every clip weighs the same",
     )
     p.add_argument(
         "--out", default="artifacts/heads", help="output folder (heads.onnx + config.json)"
@@ -183,6 +195,15 @@ def select_rows(rows: Sequence[Row]) -> tuple[list[Row], list[Row], list[str]]:
     return train, test, notes
 
 
+def test_scores(y: np.ndarray, pred: np.ndarray, n_classes: int) -> dict:
+    """Clips, accuracy and unweighted accuracy (None, not NaN, when there is no clip)."""
+    return {
+        "clips": len(y),
+        "accuracy": float(np.mean(pred == y)) if len(y) else None,
+        "unweighted_accuracy": unweighted_accuracy(y, pred, n_classes) if len(y) else None,
+    }
+
+
 def _check_out(out: Path) -> None:
     """ModelError unless ``out`` is, or can become, a writable folder: found before the hours of
     embedding, not after (the folder itself is made only when there is something to write)."""
@@ -238,7 +259,7 @@ def main(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     problems: list[str] = []
-    rows = read_manifest(args.manifest, args.root, problems)
+    rows = [r for m in args.manifest for r in read_manifest(m, args.root, problems)]
     train, test, notes = select_rows(rows)
     # rows left out, for the closing summary: malformed ones and those select_rows dropped
     n_skipped = len(problems) + len(rows) - len(train) - len(test)
@@ -246,13 +267,16 @@ def main(args: argparse.Namespace) -> int:
         print(f"skipped: {line}")
     if not train:
         raise ModelError(
-            f"{args.manifest}: no training rows (rows whose split column is 'test' are held out "
+            f"{', '.join(args.manifest)}: no training rows (rows whose split column is 'test' "
+            "are held out "
             "for the final scores; training uses rows with split 'train' or no split column)"
         )
     # parse the head options first: a typo must not cost an embedding run
     strengths = ("--shrinkage", args.shrinkage) if args.classifier == "lda" else ("--C", args.C)
     strength_values = _numbers(*strengths)
     classifier_candidates(args.classifier, strength_values)  # checks the values
+    if args.class_weight == "cell" and args.classifier != "lda":
+        raise ModelError("--class-weight cell needs --classifier lda; use balanced or none")
     alphas = _numbers("--alpha", args.alpha)
     if args.folds < 2:
         raise ModelError(f"--folds must be at least 2, got {args.folds}")
@@ -316,8 +340,15 @@ def main(args: argparse.Namespace) -> int:
             "note: clips without a speaker are each their own cross-validation group, so the CV "
             "figures and the calibration measure speakers seen in training, not new ones"
         )
-    per_speaker = Counter(r.speaker for r in used if r.speaker)
-    if len(per_speaker) > 1 and max(per_speaker.values()) > 4 * min(per_speaker.values()):
+    # within a corpus: corpora differ in size by design (the cell weights even that out)
+    per_speaker = Counter((r.corpus, r.speaker) for r in used if r.speaker)
+    uneven = [
+        {s: n for (c, s), n in per_speaker.items() if c == corpus}
+        for corpus in sorted({c for c, _ in per_speaker})
+    ]
+    uneven = [c for c in uneven if len(c) > 1 and max(c.values()) > 4 * min(c.values())]
+    if uneven:
+        per_speaker = uneven[0]
         # folds are dealt by speaker name, not size: a fold can hold almost nothing, and its
         # scores then drive the choice of the head and the temperature
         few, many = min(per_speaker, key=per_speaker.get), max(per_speaker, key=per_speaker.get)
@@ -339,11 +370,16 @@ def main(args: argparse.Namespace) -> int:
         np.array([valence_arousal(r.emotion, r.intensity) for r in used], np.float32),
         (len(augs), 1),
     )
-    groups = np.tile(np.array([r.speaker or str(i) for i, r in enumerate(train)])[ok], len(augs))
-    heads = train_heads(x, y, va, groups, candidates, alphas, args.folds)
+    # a speaker is named within its corpus: two corpora may both have a "speaker 1"
+    speaker_ids = [f"{r.corpus}/{r.speaker}" if r.speaker else str(i) for i, r in enumerate(train)]
+    groups = np.tile(np.array(speaker_ids)[ok], len(augs))
+    corpora = np.tile(np.array([r.corpus for r in used]), len(augs))
+    weights = cell_weights(y, corpora) if args.class_weight == "cell" else None
+    heads = train_heads(x, y, va, groups, candidates, alphas, args.folds, weights, corpora)
     if heads["folds"]:
         cv = heads["cv"]
         ua = ", ".join(f"{n} {cv[f'ua_{n}']:.3f}" for n in candidates.names)
+        ua += "".join(f"; {c} {cv[f'ua_{c}']:.3f}" for c in sorted(set(corpora)))
         mse = ", ".join(f"{k[7:]} {v:.3f}" for k, v in cv.items() if k.startswith("va_mse_"))
         groups_kind = "speakers" if speakers else "clips"
         print(
@@ -371,8 +407,9 @@ def main(args: argparse.Namespace) -> int:
         "valence_arousal": "derived targets, see emotion_monitor.models.training.circumplex",
         "heads": "heads.onnx",
         "train": {
-            "manifest": str(args.manifest),
+            "manifest": [str(m) for m in args.manifest],
             "clips": int(ok.sum()),
+            "corpora": dict(sorted(Counter(r.corpus for r in used).items())),
             "augment": augs,
             "classifier": f"{args.classifier} {heads['classifier']}",
             "temperature": heads["temperature"],
@@ -399,13 +436,13 @@ def main(args: argparse.Namespace) -> int:
         xs = (tf["clean"][tok] - heads["mean"]) / heads["std"]
         yt = np.array([labels.index(r.emotion) for r in test])[tok]
         pred = (xs @ heads["w_cls"] + heads["b_cls"]).argmax(1)
-        config["test"] = {  # None, not NaN (invalid JSON), when no test clip could be read
-            "clips": int(tok.sum()),
-            "accuracy": float(np.mean(pred == yt)) if tok.any() else None,
-            "unweighted_accuracy": unweighted_accuracy(yt, pred, len(labels))
-            if tok.any()
-            else None,
-        }
+        test_corpora = np.array([r.corpus for r in test])[tok]
+        config["test"] = test_scores(yt, pred, len(labels))
+        if len(set(test_corpora)) > 1:  # each corpus over its own classes
+            config["test"]["corpora"] = {
+                c: test_scores(yt[test_corpora == c], pred[test_corpora == c], len(labels))
+                for c in sorted(set(test_corpora))
+            }
         print(f"test split: {json.dumps(config['test'])}")
     _write_outputs(out, heads, config)
     print(
