@@ -107,12 +107,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--class-weight",
-        default="cell",
+        default=None,
         choices=("cell", "balanced", "none"),
-        help="cell (LDA only): every corpus weighs the same and, within it, every class it has "
+        help="cell (LDA only; its default): every corpus weighs the same and, within it, every "
+        "class it has "
         "(a corpus without a class teaches nothing about it); balanced: every class weighs the "
-        "same (in the loss, the LDA covariance and priors), as in unweighted accuracy; none: "
-        "every clip weighs the same",
+        "same (in the loss, the LDA covariance and priors), as in unweighted accuracy (the "
+        "logistic head's default); none: every clip weighs the same",
     )
     p.add_argument(
         "--out", default="artifacts/heads", help="output folder (heads.onnx + config.json)"
@@ -275,6 +276,8 @@ def main(args: argparse.Namespace) -> int:
     strengths = ("--shrinkage", args.shrinkage) if args.classifier == "lda" else ("--C", args.C)
     strength_values = _numbers(*strengths)
     classifier_candidates(args.classifier, strength_values)  # checks the values
+    if args.class_weight is None:
+        args.class_weight = "cell" if args.classifier == "lda" else "balanced"
     if args.class_weight == "cell" and args.classifier != "lda":
         raise ModelError("--class-weight cell needs --classifier lda; use balanced or none")
     alphas = _numbers("--alpha", args.alpha)
