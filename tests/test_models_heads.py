@@ -229,3 +229,15 @@ def test_a_corpus_without_a_class_teaches_nothing_about_it():
     recall_1_counts = np.mean((test_x[test_y == 1] @ w0 + b0).argmax(1) == 1)
     assert recall_1 > 0.8 and recall_1 > recall_1_counts + 0.2
     assert not np.any((test_x @ w + b).argmax(1) == 2)  # no corpus has class 2
+
+
+@pytest.mark.parametrize("rows, features", [(50, 200), (400, 30)])
+def test_ridge_solves_the_same_problem_wide_or_tall(rows, features):
+    # wide data is solved through the rows' Gram matrix, tall data through the features'
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((rows, features)), rng.standard_normal((rows, 2))
+    w, b = fit_ridge(x, y, 3.0)
+    xc = x - x.mean(0)
+    expected = np.linalg.solve(xc.T @ xc + 3.0 * np.eye(features), xc.T @ (y - y.mean(0)))
+    assert np.abs(w - expected).max() < 1e-5
+    assert np.abs(x @ w + b - (xc @ expected + y.mean(0))).max() < 1e-4

@@ -68,7 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--augment",
-        default="clean,phone,speech_only",
+        default="clean,phone,noise,speech_only",
         help=f"augmentations of the training clips, comma-separated ({', '.join(AUGMENTATIONS)})",
     )
     p.add_argument(
