@@ -302,7 +302,7 @@ def test_an_alert_raised_by_a_streams_last_events_comes_before_its_stream_ended(
     assert got[kinds.index("alert") - 1]["t1"] == alert["t"]  # right after its event
 
 
-async def test_frustrated_customer_alert_with_the_default_model(real_model):  # noqa: F811
+async def test_frustrated_customer_alert_with_the_default_model(real_model):
     # strong angry utterances in a row (~12 s) from the customer, a sad agent
     def run_of(emotion: str) -> np.ndarray:
         return np.concatenate(
