@@ -400,12 +400,13 @@ def train_heads(
     if folds:
         ua = {name: [] for name in candidates.names}
         held_out = {name: [] for name in candidates.names}
-        y_held, va_held, points_held = [], [], []
+        y_held, va_held, points_held, rows_held = [], [], [], []
         err = {a: [] for a in alphas}
 
         # the CV is most of a warm-cache run (minutes for the default recipe): show it moving
         for fold in tqdm(folds, desc="cross-validation", unit="fold"):
             te = np.array([g in fold for g in groups])
+            rows_held.append(np.flatnonzero(te))
             y_held.append(y[te])
             va_held.append(va[te])
             xtr, xte = scaled(~te, te)
@@ -422,12 +423,12 @@ def train_heads(
         cv.update({f"va_mse_alpha={a:g}": float(np.mean(v)) for a, v in err.items()})
         best = max(candidates.names, key=lambda name: np.mean(ua[name]))
         if corpora is not None:
-            order = np.concatenate([np.flatnonzero([g in fold for g in groups]) for fold in folds])
-            pred = np.concatenate(held_out[best]).argmax(1)
+            held_corpora = corpora[np.concatenate(rows_held)]
+            truth, pred = np.concatenate(y_held), np.concatenate(held_out[best]).argmax(1)
+            n_classes = held_out[best][0].shape[1]
             for corpus in np.unique(corpora):
-                mine = corpora[order] == corpus
-                n_classes = held_out[best][0].shape[1]
-                cv[f"ua_{corpus}"] = unweighted_accuracy(y[order][mine], pred[mine], n_classes)
+                mine = held_corpora == corpus
+                cv[f"ua_{corpus}"] = unweighted_accuracy(truth[mine], pred[mine], n_classes)
         best_a = min(alphas, key=lambda a: np.mean(err[a]))
         temperature = fit_temperature(np.concatenate(held_out[best]), np.concatenate(y_held))
         cv["va_mse_classes"] = float(

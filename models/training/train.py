@@ -344,22 +344,19 @@ def main(args: argparse.Namespace) -> int:
             "figures and the calibration measure speakers seen in training, not new ones"
         )
     # within a corpus: corpora differ in size by design (the cell weights even that out)
-    per_speaker = Counter((r.corpus, r.speaker) for r in used if r.speaker)
-    uneven = [
-        {s: n for (c, s), n in per_speaker.items() if c == corpus}
-        for corpus in sorted({c for c, _ in per_speaker})
-    ]
-    uneven = [c for c in uneven if len(c) > 1 and max(c.values()) > 4 * min(c.values())]
-    if uneven:
-        per_speaker = uneven[0]
-        # folds are dealt by speaker name, not size: a fold can hold almost nothing, and its
-        # scores then drive the choice of the head and the temperature
-        few, many = min(per_speaker, key=per_speaker.get), max(per_speaker, key=per_speaker.get)
-        print(
-            f"warning: speakers hold very different numbers of clips ({few}: {per_speaker[few]}, "
-            f"{many}: {per_speaker[many]}); cross-validation folds are dealt by speaker, so the "
-            "CV figures and the calibration can be unreliable"
-        )
+    for corpus in sorted({r.corpus for r in used}):
+        per_speaker = Counter(r.speaker for r in used if r.speaker and r.corpus == corpus)
+        if len(per_speaker) > 1 and max(per_speaker.values()) > 4 * min(per_speaker.values()):
+            # folds are dealt by speaker name, not size: a fold can hold almost nothing, and its
+            # scores then drive the choice of the head and the temperature
+            few = min(per_speaker, key=per_speaker.get)
+            many = max(per_speaker, key=per_speaker.get)
+            print(
+                f"warning: speakers hold very different numbers of clips ({few}: "
+                f"{per_speaker[few]}, {many}: {per_speaker[many]}); cross-validation folds are "
+                "dealt by speaker, so the CV figures and the calibration can be unreliable"
+            )
+            break
     candidates = classifier_candidates(
         args.classifier,
         strength_values,

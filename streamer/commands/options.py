@@ -50,9 +50,6 @@ def add_stdin_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-# -- building blocks ---------------------------------------------------------------------------
-
-
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """``--model`` and ``--model-device`` (where inference runs)."""
     p.add_argument(

@@ -105,9 +105,12 @@ async def _serve(model, settings: Settings, args: argparse.Namespace, source) ->
     server = Server(service, settings)
     extras = thread = None
     try:
-        track = getattr(args, "audiosocket_track", None) or CUSTOMER
         extras = await attach(
-            server, service, settings, audiosocket_track=track, **auth_from_args(args)
+            server,
+            service,
+            settings,
+            audiosocket_track=args.audiosocket_track,
+            **auth_from_args(args),
         )
         await server.start()
         print(f"emotion-monitor dashboard: {server.url}", flush=True)
@@ -194,19 +197,17 @@ def call_center_settings(settings: Settings, args: argparse.Namespace) -> Settin
     by :class:`Settings` (naming ``webhook_url`` / ``audiosocket_port``), the ``--record`` folder
     and the ``--alerts-config`` file here.
     """
-
-    record = getattr(args, "record", None)
-    if record and not Path(record).resolve().parent.is_dir():
-        raise ValueError(f"--record {record}: the folder does not exist")
+    if args.record and not Path(args.record).resolve().parent.is_dir():
+        raise ValueError(f"--record {args.record}: the folder does not exist")
     rules = None
-    if getattr(args, "alerts_config", None):
+    if args.alerts_config:
         rules = load_alert_rules(args.alerts_config)
     elif not settings.alerts:
         rules = (CUSTOMER_FRUSTRATION,)
     return settings.replace(
-        audiosocket_port=getattr(args, "audiosocket_port", None),
-        record=getattr(args, "record", None),
-        webhook_url=getattr(args, "webhook", None),
+        audiosocket_port=args.audiosocket_port,
+        record=args.record,
+        webhook_url=args.webhook,
         alerts=rules,
     )
 
@@ -239,9 +240,9 @@ def auth_from_args(args: argparse.Namespace) -> dict[str, str | None]:
 
     They stay out of :class:`Settings`, which the server shows to any client."""
     return {
-        "twilio_auth_token": getattr(args, "twilio_auth_token", None),
-        "audiohook_api_key": getattr(args, "audiohook_api_key", None),
-        "public_url": getattr(args, "public_url", None),
+        "twilio_auth_token": args.twilio_auth_token,
+        "audiohook_api_key": args.audiohook_api_key,
+        "public_url": args.public_url,
     }
 
 
