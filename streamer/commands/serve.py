@@ -8,6 +8,7 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import sys
 import tempfile
 import threading
@@ -26,6 +27,14 @@ from emotion_monitor.streamer.commands.options import (
 )
 from emotion_monitor.streamer.engine import Engine
 from emotion_monitor.streamer.recorder import Recorder
+from emotion_monitor.streamer.server.access import (
+    TOKEN_ENV,
+    Access,
+    is_loopback,
+    is_private_address,
+    read_token_file,
+    tls_context,
+)
 from emotion_monitor.streamer.server.app import ListenError, Server
 from emotion_monitor.streamer.service import MonitorService
 from emotion_monitor.streamer.settings import Settings
@@ -49,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port (default 8765; 0: any)")
     add_analysis_arguments(parser)
+    add_access_arguments(parser)
     add_call_center_arguments(parser)
 
 
@@ -59,6 +69,8 @@ def main(args: argparse.Namespace) -> int:
     """
     try:
         settings = call_center_settings(settings_from_args(args), args)
+        access, tls = access_from_args(args)
+        check_exposure(settings, access, args.insecure)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -87,7 +99,7 @@ def main(args: argparse.Namespace) -> int:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
         try:
-            asyncio.run(_serve(model, settings, args, source))
+            asyncio.run(_serve(model, settings, args, source, access, tls))
         except ListenError as exc:  # a port is taken: the message names which listener and port
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -100,9 +112,11 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(model, settings: Settings, args: argparse.Namespace, source) -> None:
+async def _serve(
+    model, settings: Settings, args: argparse.Namespace, source, access: Access, tls
+) -> None:
     service = MonitorService(Engine(model, settings)).start()
-    server = Server(service, settings)
+    server = Server(service, settings, access=access, tls=tls)
     extras = thread = None
     try:
         extras = await attach(
@@ -139,6 +153,72 @@ async def _serve(model, settings: Settings, args: argparse.Namespace, source) ->
         await asyncio.to_thread(service.stop)  # flushes open streams
         if extras is not None:
             await extras.close()  # after the service, so the recorder gets the last events
+
+
+# -- access: token, origins, TLS -------------------------------------------------------------
+
+
+def add_access_arguments(parser: argparse.ArgumentParser) -> None:
+    """The access flags of ``emotion-monitor serve`` (see docs/protocol.md, Security)."""
+    group = parser.add_argument_group("access")
+    group.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help="require this access token on every route but /healthz (default: "
+        f"${TOKEN_ENV}; prefer --token-file: a flag shows in the process list)",
+    )
+    group.add_argument("--token-file", metavar="PATH", help="read the access token from a file")
+    group.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow serving a non-loopback address (and AudioSocket on a public one) without "
+        "a token",
+    )
+    group.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="also let pages of this origin (https://host[:port]) open /ws and /ingest; "
+        "repeatable (default: the server's own origin only)",
+    )
+    group.add_argument("--tls-cert", metavar="PEM", help="serve https/wss with this certificate")
+    group.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+
+
+def access_from_args(args: argparse.Namespace) -> tuple[Access, ssl.SSLContext | None]:
+    """The access policy and TLS context from the flags (``ValueError`` naming the flag)."""
+    if args.token and args.token_file:
+        raise ValueError("give the token once: --token or --token-file, not both")
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    if args.token_file:
+        token = read_token_file(args.token_file)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    tls = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    return Access(token, tuple(args.allowed_origin)), tls
+
+
+def check_exposure(settings: Settings, access: Access, insecure: bool) -> None:
+    """Refuse (``ValueError``) to expose the calls without being told to.
+
+    A non-loopback address needs a token; AudioSocket, which has no authentication at all,
+    needs a loopback or one private-network address. ``--insecure`` overrides both.
+    """
+    if insecure:
+        return
+    if not access.enabled and not is_loopback(settings.host):
+        raise ValueError(
+            f"refusing to serve {settings.host or 'every interface'} without a token: anyone "
+            "who reaches it could read every call and inject audio. Pass --token-file PATH, "
+            f"--token TOKEN or set ${TOKEN_ENV} (or --insecure to serve it open anyway)"
+        )
+    if settings.audiosocket_port is not None and not is_private_address(settings.host):
+        raise ValueError(
+            f"refusing AudioSocket on {settings.host or 'every interface'}: raw TCP "
+            "AudioSocket has no authentication. Serve on 127.0.0.1 or a private-network "
+            "address Asterisk reaches (or pass --insecure)"
+        )
 
 
 # -- the call-center integrations ----------------------------------------------------------
@@ -259,7 +339,9 @@ async def attach(
 
     ``/twilio`` and ``/audiohook`` always, refusing unsigned Twilio connections when
     ``twilio_auth_token`` is given and AudioHook connections without ``audiohook_api_key`` when
-    that is given (``public_url``: see :class:`TwilioSignatureCheck`); the AudioSocket TCP
+    that is given (``public_url``: see :class:`TwilioSignatureCheck`); without them the routes
+    need the server's access token when it has one (on /audiohook in ``X-API-KEY``, as Genesys
+    sends it; on /twilio as a Bearer header, which Twilio cannot send); the AudioSocket TCP
     listener when ``settings.audiosocket_port`` is set; alert rules (``settings.alerts``, with
     the webhook ``settings.webhook_url``) and the SQLite recorder (``settings.record``) when
     configured.
@@ -276,12 +358,14 @@ async def attach(
     twilio_check = (
         TwilioSignatureCheck(twilio_auth_token, public_url) if twilio_auth_token else None
     )
-    hook_check = ApiKeyCheck(audiohook_api_key) if audiohook_api_key else None
+    # Genesys can send only its X-API-KEY: with no key of its own the route takes the token there
+    hook_key = audiohook_api_key or server.access.token
+    hook_check = ApiKeyCheck(hook_key) if hook_key else None
     server.add_websocket_route("/twilio", TwilioHandler(), authorize=twilio_check)
     server.add_websocket_route("/audiohook", AudioHookHandler(), authorize=hook_check)
     checks = {"/twilio": twilio_check, "/audiohook": hook_check}
     unchecked = [route for route, check in checks.items() if check is None]
-    if unchecked and settings.host not in ("127.0.0.1", "localhost", "::1"):
+    if unchecked and not server.access.enabled and not is_loopback(settings.host):
         log.warning(
             "%s accept(s) any caller on %s: set --twilio-auth-token / --audiohook-api-key",
             " and ".join(unchecked),
