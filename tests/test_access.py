@@ -12,9 +12,11 @@ import ipaddress
 import json
 import logging
 import os
+import signal
 import ssl
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 
@@ -30,6 +32,7 @@ from emotion_monitor.streamer.service import MonitorService
 from emotion_monitor.streamer.telephony import simulators
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as sync_connect
 
 TOKEN = "tok-Rk3v9Qw2Zp7Lx5Nc8Vb"
 WRONG = "tok-Rk3v9Qw2Zp7Lx5Nc8Vc"  # one character off
@@ -354,3 +357,50 @@ def test_serve_takes_the_token_from_its_environment(tmp_path):
     assert "refusing" not in done.stderr and "cannot load model" in done.stderr
     done = serve_refusal("--host", "0.0.0.0", env={"EMOTION_MONITOR_TOKEN": "short"})
     assert done.returncode == 2 and "at least 16 characters" in done.stderr
+
+
+def test_serve_with_a_token_file_and_tls(tiny_checkpoints, tmp_path):
+    """`serve` as a user runs it: token from a file, https/wss from the TLS flags; nothing it
+    prints holds the token, whatever the requests carried."""
+    cert, key = self_signed(tmp_path)
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emotion_monitor.streamer.cli", "serve", "--port", "0"]
+        + ["--model", str(tiny_checkpoints["classifier"]), "--token-file", str(token_file)]
+        + ["--tls-cert", cert, "--tls-key", key],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    started = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:
+            output.append(line)
+            if "dashboard: " in line:
+                started.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert started.wait(120), "".join(output)
+        url = output[-1].split("dashboard: ", 1)[1].strip()
+        assert url.startswith("https://127.0.0.1:")
+        trust = ssl.create_default_context(cafile=cert)
+        assert request(url + "healthz", context=trust)[0] == 200
+        assert request(url, bearer(TOKEN), context=trust)[0] == 200
+        assert request(url, bearer(WRONG), context=trust)[0] == 401
+        assert request(f"{url}?token={TOKEN}", context=trust)[0] == 401  # never in a URL
+        wss = url.replace("https://", "wss://") + "ws"
+        with sync_connect(wss, ssl=trust, additional_headers=bearer(TOKEN)) as ws:
+            assert json.loads(ws.recv(timeout=TIMEOUT))["type"] == "hello"
+        with pytest.raises(InvalidStatus):
+            with sync_connect(f"{wss}?token={TOKEN}", ssl=trust):
+                pass
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        reader.join(10)
+    assert TOKEN not in "".join(output)
