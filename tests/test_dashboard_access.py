@@ -100,3 +100,21 @@ def test_dashboard_asks_for_the_token_once(tiny_model, browser):  # noqa: F811
         finally:
             halt.set()
             source.join(10)
+
+
+def test_dashboard_asks_again_when_the_server_changes_its_token(tiny_model, browser):  # noqa: F811
+    """A refused websocket says nothing to a page; the dashboard re-checks and signs in anew."""
+    with ProtectedServerThread(tiny_model, TOKEN) as srv:
+        page = browser.new_page()
+        page.goto(srv.url)
+        sign_in(page, TOKEN)
+        page.wait_for_function(LIVE, timeout=TIMEOUT_MS)
+        port = srv.server.port
+        srv.call(srv.server.stop)
+        new_token = "dash-2Vn8Tq5Jm3Xw7Hc9Pz"
+        settings = srv.settings.replace(port=port)
+        srv.server = Server(srv.service, settings, access=Access(new_token))
+        srv.call(srv.server.start)  # same port, another token
+        page.wait_for_selector("#sign-in", timeout=TIMEOUT_MS)
+        sign_in(page, new_token)
+        page.wait_for_function(LIVE, timeout=TIMEOUT_MS)
