@@ -14,6 +14,9 @@ class RedactingLogger(logging.LoggerAdapter):
 
     SECRET_HEADERS = frozenset({"authorization", "cookie", "x-api-key", "x-twilio-signature"})
 
+    def process(self, msg, kwargs):
+        return msg, kwargs  # keep the caller's `extra` (websockets puts the connection there)
+
     def log(self, level, msg, *args, **kwargs):
         if args and self.isEnabledFor(level):
             args = self._redact(msg, args)

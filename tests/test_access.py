@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import importlib.util
 import io
 import ipaddress
 import json
@@ -19,6 +20,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 import soundfile as sf
@@ -304,6 +306,29 @@ async def test_client_subscribe_takes_the_token_and_fails_fast_without_it():
         event = await asyncio.wait_for(first, TIMEOUT)
         assert event.stream == "call-1"
         await feed.aclose()
+
+
+async def test_chatbot_example_follows_a_call_with_the_token_from_its_environment(
+    monkeypatch, capsys
+):
+    path = Path(__file__).resolve().parents[1] / "examples" / "chatbot.py"
+    spec = importlib.util.spec_from_file_location("chatbot", path)
+    chatbot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(chatbot)
+    customer, _ = clips()
+    async with protected() as server:
+        argv = ["--server", f"ws://127.0.0.1:{server.port}", "--call", "call-7"]
+        monkeypatch.delenv("EMOTION_MONITOR_TOKEN", raising=False)
+        with pytest.raises(InvalidStatus):
+            await asyncio.wait_for(chatbot.main(argv), TIMEOUT)
+        monkeypatch.setenv("EMOTION_MONITOR_TOKEN", TOKEN)
+        bot = asyncio.ensure_future(chatbot.main(argv))
+        await asyncio.wait_for(_wait_clients(server, 1), TIMEOUT)
+        server.service.open_stream("call-7", source="test")
+        server.service.push("call-7", customer[: 4 * 16_000], track="customer")
+        server.service.end_stream("call-7")
+        assert await asyncio.wait_for(bot, TIMEOUT) == 0  # it stopped at the call's end
+    assert "customer sounds" in capsys.readouterr().out
 
 
 async def _wait_clients(server: Server, n: int) -> None:
