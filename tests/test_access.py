@@ -362,6 +362,8 @@ def test_serve_refuses_a_public_address_without_a_token():
     [
         (("--token", "short"), "at least 16 characters"),
         (("--host", "0.0.0.0", "--token", TOKEN, "--audiosocket-port", "0"), "AudioSocket"),
+        (("--audiosocket-host", "0.0.0.0", "--audiosocket-port", "0"), "--audiosocket-host"),
+        (("--tls-cert", "/nonexistent.pem", "--tls-key", "/none.pem"), "cannot load --tls-cert"),
         (("--token", TOKEN, "--token-file", "/nonexistent"), "not both"),
         (("--token-file", "/nonexistent/token"), "--token-file /nonexistent/token"),
         (("--tls-cert", "/nonexistent.pem"), "go together"),
@@ -379,6 +381,9 @@ def test_serve_takes_the_token_from_its_environment(tmp_path):
     missing model) is the next check, not the refusal."""
     env = {"EMOTION_MONITOR_TOKEN": TOKEN}
     done = serve_refusal("--host", "0.0.0.0", "--model", str(tmp_path / "none"), env=env)
+    assert "refusing" not in done.stderr and "cannot load model" in done.stderr
+    audiosocket = ("--audiosocket-port", "0", "--audiosocket-host", "127.0.0.1")
+    done = serve_refusal("--host", "0.0.0.0", *audiosocket, "--model", "/none", env=env)
     assert "refusing" not in done.stderr and "cannot load model" in done.stderr
     done = serve_refusal("--host", "0.0.0.0", env={"EMOTION_MONITOR_TOKEN": "short"})
     assert done.returncode == 2 and "at least 16 characters" in done.stderr

@@ -70,7 +70,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         settings = call_center_settings(settings_from_args(args), args)
         access, tls = access_from_args(args)
-        check_exposure(settings, access, args.insecure)
+        check_exposure(settings, access, args.insecure, args.audiosocket_host)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -124,6 +124,7 @@ async def _serve(
             service,
             settings,
             audiosocket_track=args.audiosocket_track,
+            audiosocket_host=args.audiosocket_host,
             **auth_from_args(args),
         )
         await server.start()
@@ -199,11 +200,14 @@ def access_from_args(args: argparse.Namespace) -> tuple[Access, ssl.SSLContext |
     return Access(token, tuple(args.allowed_origin)), tls
 
 
-def check_exposure(settings: Settings, access: Access, insecure: bool) -> None:
+def check_exposure(
+    settings: Settings, access: Access, insecure: bool, audiosocket_host: str | None = None
+) -> None:
     """Refuse (``ValueError``) to expose the calls without being told to.
 
-    A non-loopback address needs a token; AudioSocket, which has no authentication at all,
-    needs a loopback or one private-network address. ``--insecure`` overrides both.
+    A non-loopback address needs a token; AudioSocket (on ``audiosocket_host``, default the
+    server's), which has no authentication at all, needs a loopback or one private-network
+    address. ``--insecure`` overrides both.
     """
     if insecure:
         return
@@ -213,11 +217,12 @@ def check_exposure(settings: Settings, access: Access, insecure: bool) -> None:
             "who reaches it could read every call and inject audio. Pass --token-file PATH, "
             f"--token TOKEN or set ${TOKEN_ENV} (or --insecure to serve it open anyway)"
         )
-    if settings.audiosocket_port is not None and not is_private_address(settings.host):
+    host = settings.host if audiosocket_host is None else audiosocket_host
+    if settings.audiosocket_port is not None and not is_private_address(host):
         raise ValueError(
-            f"refusing AudioSocket on {settings.host or 'every interface'}: raw TCP "
-            "AudioSocket has no authentication. Serve on 127.0.0.1 or a private-network "
-            "address Asterisk reaches (or pass --insecure)"
+            f"refusing AudioSocket on {host or 'every interface'}: raw TCP AudioSocket has no "
+            "authentication. Give it a private address Asterisk reaches with --audiosocket-host "
+            "(or pass --insecure)"
         )
 
 
@@ -232,6 +237,12 @@ def add_call_center_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="PORT",
         help="also listen for Asterisk AudioSocket (TCP) calls on this port",
+    )
+    group.add_argument(
+        "--audiosocket-host",
+        metavar="ADDR",
+        help="address of the AudioSocket listener (default: --host); it has no authentication, "
+        "so loopback or a private address only, unless --insecure",
     )
     group.add_argument(
         "--audiosocket-track",
@@ -331,6 +342,7 @@ async def attach(
     service: MonitorService,
     settings: Settings,
     audiosocket_track: str = CUSTOMER,
+    audiosocket_host: str | None = None,
     twilio_auth_token: str | None = None,
     audiohook_api_key: str | None = None,
     public_url: str | None = None,
@@ -342,7 +354,8 @@ async def attach(
     that is given (``public_url``: see :class:`TwilioSignatureCheck`); without them the routes
     need the server's access token when it has one (on /audiohook in ``X-API-KEY``, as Genesys
     sends it; on /twilio as a Bearer header, which Twilio cannot send); the AudioSocket TCP
-    listener when ``settings.audiosocket_port`` is set; alert rules (``settings.alerts``, with
+    listener when ``settings.audiosocket_port`` is set (on ``audiosocket_host``, default the
+    server's host); alert rules (``settings.alerts``, with
     the webhook ``settings.webhook_url``) and the SQLite recorder (``settings.record``) when
     configured.
     Call from the server's event loop.
@@ -373,5 +386,7 @@ async def attach(
         )
     if settings.audiosocket_port is not None:
         out.audiosocket = AudioSocketHandler(track=audiosocket_track)
-        server.add_tcp_listener("audiosocket", out.audiosocket, port=settings.audiosocket_port)
+        server.add_tcp_listener(
+            "audiosocket", out.audiosocket, audiosocket_host, settings.audiosocket_port
+        )
     return out
