@@ -10,12 +10,14 @@ Two ways to get the emotion of a user's turn:
     python examples/chatbot.py                       # two RAVDESS clips as user turns
     python examples/chatbot.py turn1.wav turn2.wav --model default
     python examples/chatbot.py --server ws://127.0.0.1:8765 --call CA0123...
+    EMOTION_MONITOR_TOKEN=... python examples/chatbot.py --server wss://host:8765 --call CA01...
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -51,11 +53,12 @@ async def run_turns(monitor: Monitor, turns: list[np.ndarray]) -> list[str]:
     return styles
 
 
-async def follow_call(url: str, call: str) -> None:
-    """React to a live call's alerts from a running server (stops when the call ends)."""
+async def follow_call(url: str, call: str, token: str | None = None) -> None:
+    """React to a live call's alerts from a running server (stops when the call ends);
+    ``token``: the server's access token, if it runs with one."""
     from emotion_monitor.streamer.client import subscribe
 
-    async for item in subscribe(url, streams=[call], until_ended=True):
+    async for item in subscribe(url, streams=[call], until_ended=True, token=token):
         if isinstance(item, Alert):
             print(f"[{item.t:6.1f} s] {item.name} on {item.track}: switch to a calmer script")
         elif isinstance(item, Event) and item.speech and item.track == "customer":
@@ -75,11 +78,16 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="model spec (default: the shipped model)")
     parser.add_argument("--server", help="follow a live call on this server instead")
     parser.add_argument("--call", help="stream id of the call to follow (with --server)")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("EMOTION_MONITOR_TOKEN"),
+        help="the server's access token (default: $EMOTION_MONITOR_TOKEN)",
+    )
     args = parser.parse_args(argv)
     if args.server:
         if not args.call:
             parser.error("--server needs --call")
-        await follow_call(args.server, args.call)
+        await follow_call(args.server, args.call, args.token)
         return 0
     from emotion_monitor.streamer.decode import load_audio
 

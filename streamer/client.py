@@ -10,7 +10,8 @@
 
 The server sends ``hello`` first; the client answers with ``subscribe`` (on every reconnect) and
 yields decoded items. When the connection drops or cannot be opened it retries with exponential
-backoff (0.5 s doubling up to ``max_backoff``), forever unless ``reconnect=False``.
+backoff (0.5 s doubling up to ``max_backoff``), forever unless ``reconnect=False``. A server
+run with a token needs it: ``subscribe(url, token=os.environ["EMOTION_MONITOR_TOKEN"])``.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl as ssl_module
 from collections.abc import AsyncIterator, Iterable
 from urllib.parse import urlsplit, urlunsplit
 
 from emotion_monitor.streamer.protocol import PROTOCOL_VERSION, Alert, Event
+from emotion_monitor.streamer.redact import RedactingLogger
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,8 @@ async def subscribe(
     reconnect: bool = True,
     max_backoff: float = 10.0,
     open_timeout: float = 10.0,
+    token: str | None = None,
+    ssl: ssl_module.SSLContext | None = None,
 ) -> AsyncIterator[Event | Alert | dict]:
     """Yield items from a server's ``/ws`` feed.
 
@@ -64,6 +69,10 @@ async def subscribe(
         until_ended: with ``streams``, stop once each of them has sent ``stream_ended``.
         reconnect: retry after a failed or lost connection (else the error propagates).
         max_backoff: longest wait between reconnection attempts, seconds.
+        token: the server's access token (``serve --token``), sent as ``Authorization:
+            Bearer``. A refused token (HTTP 401/403) raises ``InvalidStatus`` at once, even with
+            ``reconnect``: retrying cannot fix it.
+        ssl: TLS context for ``wss://`` (e.g. one trusting a self-signed certificate).
     """
     url = events_url(url)
     wanted = list(streams) if streams is not None else None
@@ -72,7 +81,14 @@ async def subscribe(
     backoff = 0.5
     while True:
         try:
-            async with connect(url, open_timeout=open_timeout, max_size=None) as ws:
+            async with connect(
+                url,
+                open_timeout=open_timeout,
+                max_size=None,
+                additional_headers={"Authorization": f"Bearer {token}"} if token else None,
+                ssl=ssl,
+                logger=RedactingLogger(logging.getLogger("websockets.client")),
+            ) as ws:
                 await ws.send(
                     json.dumps({"type": "subscribe", "v": PROTOCOL_VERSION, "streams": wanted})
                 )
@@ -92,7 +108,7 @@ async def subscribe(
                             return
             reason = "server closed the connection"
         except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
-            if isinstance(exc, InvalidURI) or not reconnect:
+            if isinstance(exc, InvalidURI) or _refused(exc) or not reconnect:
                 raise
             reason = f"{type(exc).__name__}: {exc}"
         if not reconnect:
@@ -100,6 +116,11 @@ async def subscribe(
         log.warning("events feed %s: %s; reconnecting in %.1f s", url, reason, backoff)
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, max_backoff)
+
+
+def _refused(exc: Exception) -> bool:
+    """The server said no to who we are (a missing or wrong token, a refused origin)."""
+    return isinstance(exc, InvalidStatus) and exc.response.status_code in (401, 403)
 
 
 def _decode(msg: dict) -> Event | Alert | dict:

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import sys
 import tempfile
 import threading
@@ -26,6 +27,14 @@ from emotion_monitor.streamer.commands.options import (
 )
 from emotion_monitor.streamer.engine import Engine
 from emotion_monitor.streamer.recorder import Recorder
+from emotion_monitor.streamer.server.access import (
+    TOKEN_ENV,
+    Access,
+    is_loopback,
+    is_private_address,
+    read_token_file,
+    tls_context,
+)
 from emotion_monitor.streamer.server.app import ListenError, Server
 from emotion_monitor.streamer.service import MonitorService
 from emotion_monitor.streamer.settings import Settings
@@ -49,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port (default 8765; 0: any)")
     add_analysis_arguments(parser)
+    add_access_arguments(parser)
     add_call_center_arguments(parser)
 
 
@@ -59,6 +69,8 @@ def main(args: argparse.Namespace) -> int:
     """
     try:
         settings = call_center_settings(settings_from_args(args), args)
+        access, tls = access_from_args(args)
+        check_exposure(settings, access, args.insecure, args.audiosocket_host)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -87,7 +99,7 @@ def main(args: argparse.Namespace) -> int:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
         try:
-            asyncio.run(_serve(model, settings, args, source))
+            asyncio.run(_serve(model, settings, args, source, access, tls))
         except ListenError as exc:  # a port is taken: the message names which listener and port
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -100,9 +112,11 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(model, settings: Settings, args: argparse.Namespace, source) -> None:
+async def _serve(
+    model, settings: Settings, args: argparse.Namespace, source, access: Access, tls
+) -> None:
     service = MonitorService(Engine(model, settings)).start()
-    server = Server(service, settings)
+    server = Server(service, settings, access=access, tls=tls)
     extras = thread = None
     try:
         extras = await attach(
@@ -110,6 +124,7 @@ async def _serve(model, settings: Settings, args: argparse.Namespace, source) ->
             service,
             settings,
             audiosocket_track=args.audiosocket_track,
+            audiosocket_host=args.audiosocket_host,
             **auth_from_args(args),
         )
         await server.start()
@@ -141,6 +156,76 @@ async def _serve(model, settings: Settings, args: argparse.Namespace, source) ->
             await extras.close()  # after the service, so the recorder gets the last events
 
 
+# -- access: token, origins, TLS -------------------------------------------------------------
+
+
+def add_access_arguments(parser: argparse.ArgumentParser) -> None:
+    """The access flags of ``emotion-monitor serve`` (see docs/protocol.md, Security)."""
+    group = parser.add_argument_group("access")
+    group.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help="require this access token on every route but /healthz (default: "
+        f"${TOKEN_ENV}; prefer --token-file: a flag shows in the process list)",
+    )
+    group.add_argument("--token-file", metavar="PATH", help="read the access token from a file")
+    group.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow serving a non-loopback address (and AudioSocket on a public one) without "
+        "a token",
+    )
+    group.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="also let pages of this origin (https://host[:port]) open /ws and /ingest; "
+        "repeatable (default: the server's own origin only)",
+    )
+    group.add_argument("--tls-cert", metavar="PEM", help="serve https/wss with this certificate")
+    group.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+
+
+def access_from_args(args: argparse.Namespace) -> tuple[Access, ssl.SSLContext | None]:
+    """The access policy and TLS context from the flags (``ValueError`` naming the flag)."""
+    if args.token and args.token_file:
+        raise ValueError("give the token once: --token or --token-file, not both")
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    if args.token_file:
+        token = read_token_file(args.token_file)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    tls = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    return Access(token, tuple(args.allowed_origin)), tls
+
+
+def check_exposure(
+    settings: Settings, access: Access, insecure: bool, audiosocket_host: str | None = None
+) -> None:
+    """Refuse (``ValueError``) to expose the calls without being told to.
+
+    A non-loopback address needs a token; AudioSocket (on ``audiosocket_host``, default the
+    server's), which has no authentication at all, needs a loopback or one private-network
+    address. ``--insecure`` overrides both.
+    """
+    if insecure:
+        return
+    if not access.enabled and not is_loopback(settings.host):
+        raise ValueError(
+            f"refusing to serve {settings.host or 'every interface'} without a token: anyone "
+            "who reaches it could read every call and inject audio. Pass --token-file PATH, "
+            f"--token TOKEN or set ${TOKEN_ENV} (or --insecure to serve it open anyway)"
+        )
+    host = settings.host if audiosocket_host is None else audiosocket_host
+    if settings.audiosocket_port is not None and not is_private_address(host):
+        raise ValueError(
+            f"refusing AudioSocket on {host or 'every interface'}: raw TCP AudioSocket has no "
+            "authentication. Give it a private address Asterisk reaches with --audiosocket-host "
+            "(or pass --insecure)"
+        )
+
+
 # -- the call-center integrations ----------------------------------------------------------
 
 
@@ -152,6 +237,12 @@ def add_call_center_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="PORT",
         help="also listen for Asterisk AudioSocket (TCP) calls on this port",
+    )
+    group.add_argument(
+        "--audiosocket-host",
+        metavar="ADDR",
+        help="address of the AudioSocket listener (default: --host); it has no authentication, "
+        "so loopback or a private address only, unless --insecure",
     )
     group.add_argument(
         "--audiosocket-track",
@@ -251,6 +342,7 @@ async def attach(
     service: MonitorService,
     settings: Settings,
     audiosocket_track: str = CUSTOMER,
+    audiosocket_host: str | None = None,
     twilio_auth_token: str | None = None,
     audiohook_api_key: str | None = None,
     public_url: str | None = None,
@@ -259,8 +351,11 @@ async def attach(
 
     ``/twilio`` and ``/audiohook`` always, refusing unsigned Twilio connections when
     ``twilio_auth_token`` is given and AudioHook connections without ``audiohook_api_key`` when
-    that is given (``public_url``: see :class:`TwilioSignatureCheck`); the AudioSocket TCP
-    listener when ``settings.audiosocket_port`` is set; alert rules (``settings.alerts``, with
+    that is given (``public_url``: see :class:`TwilioSignatureCheck`); without them the routes
+    need the server's access token when it has one (on /audiohook in ``X-API-KEY``, as Genesys
+    sends it; on /twilio as a Bearer header, which Twilio cannot send); the AudioSocket TCP
+    listener when ``settings.audiosocket_port`` is set (on ``audiosocket_host``, default the
+    server's host); alert rules (``settings.alerts``, with
     the webhook ``settings.webhook_url``) and the SQLite recorder (``settings.record``) when
     configured.
     Call from the server's event loop.
@@ -276,12 +371,14 @@ async def attach(
     twilio_check = (
         TwilioSignatureCheck(twilio_auth_token, public_url) if twilio_auth_token else None
     )
-    hook_check = ApiKeyCheck(audiohook_api_key) if audiohook_api_key else None
+    # Genesys can send only its X-API-KEY: with no key of its own the route takes the token there
+    hook_key = audiohook_api_key or server.access.token
+    hook_check = ApiKeyCheck(hook_key) if hook_key else None
     server.add_websocket_route("/twilio", TwilioHandler(), authorize=twilio_check)
     server.add_websocket_route("/audiohook", AudioHookHandler(), authorize=hook_check)
     checks = {"/twilio": twilio_check, "/audiohook": hook_check}
     unchecked = [route for route, check in checks.items() if check is None]
-    if unchecked and settings.host not in ("127.0.0.1", "localhost", "::1"):
+    if unchecked and not server.access.enabled and not is_loopback(settings.host):
         log.warning(
             "%s accept(s) any caller on %s: set --twilio-auth-token / --audiohook-api-key",
             " and ".join(unchecked),
@@ -289,5 +386,7 @@ async def attach(
         )
     if settings.audiosocket_port is not None:
         out.audiosocket = AudioSocketHandler(track=audiosocket_track)
-        server.add_tcp_listener("audiosocket", out.audiosocket, port=settings.audiosocket_port)
+        server.add_tcp_listener(
+            "audiosocket", out.audiosocket, audiosocket_host, settings.audiosocket_port
+        )
     return out

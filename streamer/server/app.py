@@ -27,6 +27,8 @@ import dataclasses
 import importlib.metadata
 import importlib.resources
 import inspect
+import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,8 @@ from urllib.parse import urlsplit
 from emotion_monitor.streamer import protocol
 from emotion_monitor.streamer.decode import MAX_UPLOAD_BYTES
 from emotion_monitor.streamer.protocol import PROTOCOL_VERSION
+from emotion_monitor.streamer.redact import RedactingLogger
+from emotion_monitor.streamer.server.access import Access
 from emotion_monitor.streamer.server.fanout import Fanout
 from emotion_monitor.streamer.server.http import (
     FrontDoor,
@@ -44,7 +48,6 @@ from emotion_monitor.streamer.server.http import (
     PostHandler,
     call_handler,
     get_request,
-    same_origin,
     static_response,
     to_ws_response,
 )
@@ -89,6 +92,7 @@ class Server:
             ``max_message_bytes``, ``ping_interval``, ``ping_timeout``).
         static_dir: dashboard files served at ``/`` (default: the packaged dashboard).
         max_upload_bytes: largest ``POST /predict`` body accepted.
+        access, tls: who may connect (:class:`.access.Access`; default: open) and TLS (https/wss).
 
     Lifecycle: register routes, ``await start()``, ..., ``await stop()``. The server does not
     start or stop the service; its owner does.
@@ -100,7 +104,11 @@ class Server:
         settings: Settings | None = None,
         static_dir: Path | None = None,
         max_upload_bytes: int = MAX_UPLOAD_BYTES,
+        access: Access | None = None,
+        tls: ssl.SSLContext | None = None,
     ):
+        self.access = access or Access()
+        self.tls = tls
         self.service = service
         self.settings = settings or service.engine.settings
         self.static_dir = static_dir or dashboard_files()
@@ -135,7 +143,9 @@ class Server:
             ("GET", "/metrics"): self._metrics,
             ("POST", "/predict"): PredictRoute(service, self.settings, self.stats),
         }
-        self._posts = PostHandler(self._http_routes, self._ws_routes, max_upload_bytes)
+        self._posts = PostHandler(
+            self._http_routes, self._ws_routes, max_upload_bytes, self.access.authenticate
+        )
 
     # -- extension points -------------------------------------------------------------------
 
@@ -149,7 +159,8 @@ class Server:
 
         ``authorize``, when given, sees the upgrade request first (an :class:`HttpRequest` with
         headers and ``target``): returning an :class:`HttpResponse` refuses the connection with
-        it (401, 403 ...), returning ``None`` lets it through.
+        it (401, 403 ...), returning ``None`` lets it through. It replaces the server's token
+        check on this route (a provider's own credential, such as Twilio's signature).
 
         ``handler`` is ``async handler(ws, service, settings)`` or simply ``async handler(ws)``
         (told apart by its number of positional parameters). ``ws`` is a
@@ -223,6 +234,8 @@ class Server:
                 max_size=s.max_message_bytes * 2,
                 ping_interval=s.ping_interval,
                 ping_timeout=s.ping_timeout,
+                ssl=self.tls,
+                logger=RedactingLogger(logging.getLogger("websockets.server")),
                 # Per-client deflate compresses every broadcast once per client; events are small.
                 compression=None,
                 server_header=f"emotion-monitor/{_version()}",
@@ -280,7 +293,7 @@ class Server:
         """Dashboard URL."""
         host = self.settings.host
         host = f"[{host}]" if ":" in host else ("127.0.0.1" if host in ("", "0.0.0.0") else host)
-        return f"http://{host}:{self.port}/"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}/"
 
     @property
     def tcp_ports(self) -> dict[str, int]:
@@ -335,15 +348,14 @@ class Server:
             resp.headers["Allow"] = "GET, POST"
             return to_ws_response(resp)
         if path in self._ws_routes:
-            # Only the browser-facing routes: telephony platforms may send an Origin of their own.
-            if path in BROWSER_ROUTES and not same_origin(request.headers):
-                return to_ws_response(
-                    HttpResponse.error(403, "forbidden_origin", "cross-origin websocket refused")
-                )
-            authorize = self._ws_authorize.get(path)
-            refusal = authorize(get_request(request)) if authorize is not None else None
+            browser = path in BROWSER_ROUTES  # telephony platforms may send an Origin of their own
+            own_check = self._ws_authorize.get(path)
+            refusal = self.access.check_upgrade(get_request(request), browser, own_check)
             # None: websockets goes on with the upgrade (a non-upgrade GET gets 426 from it)
             return None if refusal is None else to_ws_response(refusal)
+        refusal = self.access.authenticate(get_request(request))
+        if refusal is not None:  # every page, static file and GET route but /healthz
+            return to_ws_response(refusal)
         route = self._http_routes.get(("GET", path))
         if route is not None:
             return to_ws_response(await call_handler(route, get_request(request)))

@@ -127,7 +127,8 @@ class PostHandler:
     most ``max_body`` bytes), calls the route and writes one response, then closes.
 
     ``routes`` and ``ws_paths`` are the server's live route tables (a POST to a websocket path is
-    a 405, to an unknown path a 404).
+    a 405, to an unknown path a 404). ``authenticate`` sees every request's head before anything
+    else (see :class:`~.access.Access`): a response it returns is the answer.
     """
 
     def __init__(
@@ -135,10 +136,12 @@ class PostHandler:
         routes: dict[tuple[str, str], HttpHandler],
         ws_paths: Collection[str],
         max_body: int,
+        authenticate: Callable[[HttpRequest], HttpResponse | None] = lambda request: None,
     ):
         self.routes = routes
         self.ws_paths = ws_paths
         self.max_body = max_body
+        self.authenticate = authenticate
 
     def take_over(self, transport: asyncio.Transport, head: bytes) -> None:
         """Take over a connection whose request line says POST (called by the front door)."""
@@ -159,7 +162,8 @@ class PostHandler:
             await writer.drain()
             # Lingering close: a client still sending a refused body (413 before reading it)
             # would get a reset instead of the answer if we closed with unread data pending.
-            writer.write_eof()
+            if writer.can_write_eof():  # TLS transports cannot half-close
+                writer.write_eof()
             async with asyncio.timeout(LINGER_S):
                 while await reader.read(1 << 16):
                     pass
@@ -180,6 +184,9 @@ class PostHandler:
         except ValueError:
             return HttpResponse.error(400, "bad_request", "malformed request line or header")
         path = urlsplit(target).path
+        refusal = self.authenticate(HttpRequest(method, path, headers=headers, target=target))
+        if refusal is not None:  # before the route: no probing which paths exist
+            return refusal
         route = self.routes.get((method, path))
         if route is None:
             allowed = [m for m, p in self.routes if p == path]
@@ -226,17 +233,6 @@ def serialize(resp: HttpResponse) -> bytes:
         *(f"{k}: {v}" for k, v in resp.headers.items()),
     ]
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + resp.body
-
-
-def same_origin(headers: Headers) -> bool:
-    """Browsers send Origin; any other web page must not read a local monitor's calls.
-
-    Clients that are not browsers (telephony platforms, scripts) send no Origin and pass.
-    """
-    origin = headers.get("Origin")
-    if origin is None:
-        return True
-    return urlsplit(origin).netloc.lower() == headers.get("Host", "").lower()
 
 
 def lower_keys(items) -> dict[str, str]:

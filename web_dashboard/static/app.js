@@ -32,13 +32,15 @@ function connect() {
   setStatus("connecting", "connecting");
   const ws = new WebSocket(wsUrl("/ws"));
   state.ws = ws;
-  ws.onopen = () => { state.retry = 500; setStatus("connected", "live"); };
+  let opened = false;
+  ws.onopen = () => { opened = true; state.retry = 500; setStatus("connected", "live"); };
   ws.onmessage = (e) => {
     let msg;
     try { msg = JSON.parse(e.data); } catch { return; }
     handle(msg);
   };
   ws.onclose = () => {
+    if (!opened) window.emotionAuth?.recheck(); // refused for a stale token? (auth.js)
     // Back off up to 8 s so a restarting server is not hammered, then try again.
     const wait = state.retry;
     state.retry = Math.min(wait * 2, 8000);
