@@ -160,8 +160,9 @@ class Monitor:
     ) -> None:
         """Push ``audio`` block by block, each once the events of the one before are in.
 
-        The engine keeps at most ``max_pending_windows`` windows waiting (it drops the oldest
-        beyond that), so an utterance pushed at once would lose all but its last windows.
+        Each track may have at most ``max_pending_windows`` windows of audio waiting (the
+        service drops what comes beyond that), so an utterance pushed at once would lose most
+        of its windows.
         Messages taken from ``queue`` meanwhile are appended to ``got``.
         """
         settings = self._require().engine.settings

@@ -2,6 +2,10 @@
 
 ``feed`` only stores samples; ``step`` runs the voice activity gate over every track at once,
 cuts the windows that are complete and runs the model on them in batches across all streams.
+Each step takes an equal share of a batch from every track, so a track with a large backlog (a
+sender faster than real time) is worked off over several steps and never delays the others'
+windows by more than one batch; ``backlog`` tells the owner how much audio each track has
+waiting.
 ``push`` is ``feed`` + ``step`` for the single-stream case. Windows are placed by sample count
 (one every ``hop`` seconds of stream time), so the events do not depend on how the audio was
 chunked on arrival.
@@ -123,19 +127,59 @@ class Engine:
         NaN and infinite samples are replaced by silence (keeping stream time exact) and counted
         in ``stats["nonfinite_samples"]``.
         """
-        key = (stream, track)
-        state = self._tracks.get(key)
-        if state is None:
-            if stream not in self.streams:
-                check_stream_limit(stream, len(self.streams), self.settings.max_streams)
-            state = self._tracks[key] = _Track(buf=np.zeros(0, np.float32))
-            if self.vad is not None:
-                state.vad_state, state.vad_context = self.vad.initial_state()
+        state = self._track(stream, track)
         samples, nonfinite = silence_nonfinite(np.asarray(samples, np.float32).reshape(-1))
         self.stats["nonfinite_samples"] += nonfinite
         state.buf = np.concatenate([state.buf, samples]) if len(state.buf) else samples.copy()
         state.total += len(samples)
         state.feeds.append((state.total, self.clock()))
+
+    def _track(self, stream: str, track: str) -> _Track:
+        state = self._tracks.get((stream, track))
+        if state is None:
+            if stream not in self.streams:
+                check_stream_limit(stream, len(self.streams), self.settings.max_streams)
+            state = self._tracks[(stream, track)] = _Track(buf=np.zeros(0, np.float32))
+            if self.vad is not None:
+                state.vad_state, state.vad_context = self.vad.initial_state()
+        return state
+
+    def skip(self, stream: str, track: str, n: int) -> int:
+        """Note that ``n`` samples of (stream, track) were lost before reaching the engine.
+
+        Stream time moves on by ``n`` samples, so later events keep their true ``t0``. The
+        complete windows before the gap are cut now (analysed by the next step); every window
+        that needed lost samples is never cut and is counted in ``stats["windows_dropped"]``.
+        Only this track pays. Returns the sample index where the lost audio began.
+        """
+        st = self._track(stream, track)
+        if self.vad is not None:
+            self._run_vad({(stream, track): st.total // FRAME})
+        while self._complete(st):  # what arrived before the gap is still analysed (next step)
+            self._pending.append(
+                self._cut((stream, track), st, st.next_start, st.next_start + self.window)
+            )
+            st.next_start += self.hop
+        end = st.total + n
+        next_start = -(-end // self.hop) * self.hop  # the first window wholly after the gap
+        self.stats["windows_dropped"] += max(0, (next_start - st.next_start) // self.hop)
+        st.buf, st.buf_start = np.zeros(0, np.float32), end
+        st.total, st.next_start, st.last_end = end, max(st.next_start, next_start), end
+        if self.vad is not None:  # the gate starts afresh at the first whole frame after it
+            st.vad_state, st.vad_context = self.vad.initial_state()
+            st.vad_probs, st.vad_first = [], -(-end // FRAME)
+        st.feeds.append((end, self.clock()))
+        return end - n
+
+    def backlog(self, stream: str, track: str = "main") -> int:
+        """Samples of (stream, track) received but not yet in an analysed window (0 if unknown)."""
+        st = self._tracks.get((stream, track))
+        return 0 if st is None else st.total - st.last_end
+
+    @property
+    def behind(self) -> bool:
+        """Whether some track has complete windows that a later :meth:`step` will analyse."""
+        return any(self._complete(st) for st in self._tracks.values())
 
     def push(self, stream: str, samples: np.ndarray, track: str = "main") -> list[Event]:
         """Feed samples and return the events of every window they completed."""
@@ -148,11 +192,15 @@ class Engine:
         The last window ends at the end of the audio (shorter than ``window`` if the stream is),
         so the tail is never lost. All per-stream state is freed.
         """
-        events = self.step()
         keys = [k for k in self._tracks if stream is None or k[0] == stream]
+        events = self.step()
+        while any(self._complete(self._tracks[k]) for k in keys):
+            events += self.step()
+        if self.vad is not None:
+            self._run_vad({k: self._tracks[k].total // FRAME for k in keys})
         for key in keys:
             st = self._tracks[key]
-            tail_start = max(0, st.total - self.window)
+            tail_start = max(st.buf_start, st.total - self.window)
             if st.total - st.last_end >= MIN_TAIL and st.total > 0:
                 self._pending.append(self._cut(key, st, tail_start, st.total))
         events += self._process_pending()
@@ -163,30 +211,40 @@ class Engine:
     # -- processing -------------------------------------------------------------------------
 
     def step(self) -> list[Event]:
-        """Run the gate, cut complete windows and analyse them; returns the new events."""
-        if self.vad is not None:
-            self._run_vad()
+        """Run the gate, cut complete windows and analyse them; returns the new events.
+
+        Each track gets an equal share of ``max_batch`` (at least one window): what a track
+        has beyond its share waits for the next step (see :attr:`behind`), so one track's
+        backlog never holds back the others' windows.
+        """
+        share = max(1, self.settings.max_batch // max(1, len(self._tracks)))
+        if self.vad is not None:  # the gate runs as far as this step's windows need
+            last_end = self.window + (share - 1) * self.hop
+            self._run_vad(
+                {
+                    k: min(st.total, st.next_start + last_end) // FRAME
+                    for k, st in self._tracks.items()
+                }
+            )
         for key, st in self._tracks.items():
-            while st.next_start + self.window <= st.total:
-                self._enqueue(self._cut(key, st, st.next_start, st.next_start + self.window))
+            for _ in range(share):
+                if not self._complete(st):
+                    break
+                self._pending.append(self._cut(key, st, st.next_start, st.next_start + self.window))
                 st.next_start += self.hop
             self._trim(st)
         return self._process_pending()
 
-    def _enqueue(self, window: _Window) -> None:
-        # Overflow policy: drop the oldest waiting window and count it, so a slow model never
-        # makes memory grow; the events that are produced stay in order.
-        if len(self._pending) >= self.settings.max_pending_windows:
-            self._pending.popleft()
-            self.stats["windows_dropped"] += 1
-        self._pending.append(window)
+    def _complete(self, st: _Track) -> bool:
+        return st.next_start + self.window <= st.total
 
-    def _run_vad(self) -> None:
-        """Advance every track's gate over its complete frames, batching tracks per frame."""
+    def _run_vad(self, upto: dict[tuple[str, str], int]) -> None:
+        """Advance each track's gate up to frame ``upto[key]``, batching tracks per frame."""
         todo = []
-        for st in self._tracks.values():
+        for key, last in upto.items():
+            st = self._tracks[key]
             done = st.vad_first + len(st.vad_probs)
-            todo.append((st, done, st.total // FRAME))
+            todo.append((st, done, last))
         while True:
             batch = [(st, k) for st, k, n in todo if k < n]
             if not batch:

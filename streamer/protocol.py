@@ -279,6 +279,27 @@ class StreamEnded(Message):
 
 
 @dataclass
+class StreamOverflow(Message):
+    """Audio of one track was sent faster than it could be analysed and was dropped: stream
+    time ``t0``..``t1`` has no events (later events keep their true ``t0``)."""
+
+    TYPE: ClassVar[str] = "stream_overflow"
+    stream: str = ""
+    track: str = "main"
+    t0: float = 0.0
+    t1: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StreamOverflow:
+        return cls(
+            stream=_field(d, "stream", str),
+            track=_field(d, "track", str, "main"),
+            t0=float(_field(d, "t0", (int, float))),
+            t1=float(_field(d, "t1", (int, float))),
+        )
+
+
+@dataclass
 class ErrorMessage(Message):
     """Something the client sent was refused; ``code`` is stable, ``message`` is for people."""
 
@@ -299,6 +320,7 @@ SERVER_MESSAGES: dict[str, type] = {
         Subscribed,
         StreamStarted,
         StreamEnded,
+        StreamOverflow,
         ErrorMessage,
         Event,
         Alert,

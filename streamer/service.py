@@ -9,6 +9,7 @@ called on its own loop via ``call_soon_threadsafe``, so handlers never touch the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -17,8 +18,8 @@ from collections.abc import Callable
 
 import numpy as np
 from emotion_monitor.streamer.audio import SAMPLE_RATE
-from emotion_monitor.streamer.engine import Engine, check_stream_limit
-from emotion_monitor.streamer.protocol import StreamEnded, StreamStarted
+from emotion_monitor.streamer.engine import Engine, StreamLimitError, check_stream_limit
+from emotion_monitor.streamer.protocol import StreamEnded, StreamOverflow, StreamStarted
 
 log = logging.getLogger(__name__)
 
@@ -31,27 +32,43 @@ Processor = Callable[[list[dict]], list[dict]]
 class MonitorService:
     """Runs an :class:`Engine` on a worker thread and broadcasts its messages.
 
-    Messages are protocol-v1 dicts: ``event`` (see :class:`Event`), ``stream_started`` and
-    ``stream_ended``. The inbox is bounded twice, by chunks (``inbox_size``) and by audio
-    (``inbox_seconds`` of 16 kHz samples over all streams): beyond either, the oldest audio chunk
-    is dropped and counted in ``stats["chunks_dropped"]`` (a stream's start and end are never
-    dropped; the engine's own pending-window queue is bounded the same way), so a slow model
-    never makes memory grow, however large the chunks.
+    Messages are protocol-v1 dicts: ``event`` (see :class:`Event`), ``stream_started``,
+    ``stream_ended`` and ``stream_overflow``.
+
+    Every (stream, track) has its own budget of audio waiting for analysis: one window plus
+    ``max_pending_windows`` hops (settings), counted from :meth:`push` until the audio is in an
+    analysed window, and at most ``inbox_size`` chunks. A producer that can wait does so before
+    it reads more (:meth:`wait_for_room`, :meth:`wait_for_room_sync`) and never loses anything.
+    A chunk pushed while its track is over budget is dropped and counted
+    (``stats["chunks_dropped"]``); the engine skips its stream time, so later events keep their
+    true ``t0``, and a ``stream_overflow`` message tells that stream's listeners which seconds
+    are missing. Other streams never pay; a stream's start and end are never dropped.
     """
 
-    def __init__(self, engine: Engine, inbox_size: int = 8192, inbox_seconds: float = 600.0):
+    def __init__(self, engine: Engine, inbox_size: int = 8192):
         self.engine = engine
         self._inbox: deque = deque()
         self._inbox_size = inbox_size
-        self._inbox_max_samples = int(inbox_seconds * SAMPLE_RATE)
-        self._inbox_samples = 0  # audio samples waiting in the inbox
-        self._cond = threading.Condition()
+        settings = engine.settings
+        self._budget = engine.window + settings.max_pending_windows * engine.hop  # samples
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)  # the worker waits for work
+        self._room = threading.Condition(self._lock)  # producer threads wait for room
+        self._queued: dict[tuple[str, str], list[int]] = {}  # key -> [samples, chunks] in inbox
+        self._analysing: dict[tuple[str, str], int] = {}  # key -> samples in the engine
+        self._open_skip: dict[tuple[str, str], list] = {}  # key -> its "skip" item in the inbox
+        self._waiters: list[tuple[str, asyncio.AbstractEventLoop, asyncio.Future]] = []
         self._listeners: list[tuple[Listener, asyncio.AbstractEventLoop | None]] = []
         self._processors: list[Processor] = []
         self._streams: dict[str, dict] = {}  # stream id -> metadata, for open streams
         self._thread: threading.Thread | None = None
         self._running = False
-        self.stats = {"chunks_dropped": 0, "streams_started": 0, "streams_ended": 0}
+        self.stats = {
+            "chunks_dropped": 0,
+            "streams_started": 0,
+            "streams_ended": 0,
+            "streams_refused": 0,
+        }
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -109,34 +126,73 @@ class MonitorService:
         with self._cond:
             if stream in self._streams:
                 raise ValueError(f"stream {stream!r} is already open")
-            check_stream_limit(stream, len(self._streams), self.engine.settings.max_streams)
+            try:
+                check_stream_limit(stream, len(self._streams), self.engine.settings.max_streams)
+            except StreamLimitError:
+                self.stats["streams_refused"] += 1
+                raise
             self._streams[stream] = dict(meta)
             self.stats["streams_started"] += 1
             self._inbox.append(("start", stream, dict(meta)))
             self._cond.notify()
 
     def push(self, stream: str, samples: np.ndarray, track: str = "main") -> None:
-        """Queue 16 kHz mono float32 samples of an open stream (any thread)."""
+        """Queue 16 kHz mono float32 samples of an open stream (any thread).
+
+        Never blocks: over the track's budget the chunk is dropped (see the class).
+        """
+        samples = np.asarray(samples, np.float32)
+        key = (stream, track)
         with self._cond:
             if stream not in self._streams:
                 raise KeyError(f"stream {stream!r} is not open; call open_stream first")
-            samples = np.asarray(samples, np.float32)
-            self._inbox.append(("audio", stream, track, samples))
-            self._inbox_samples += len(samples)
-            while (
-                len(self._inbox) > self._inbox_size or self._inbox_samples > self._inbox_max_samples
-            ) and self._drop_oldest_audio():
-                pass
+            queued = self._queued.setdefault(key, [0, 0])
+            if self._pending(key) >= self._budget or queued[1] >= self._inbox_size:
+                self.stats["chunks_dropped"] += 1
+                skip = self._open_skip.get(key)
+                if skip is None:  # consecutive drops of a track make one gap
+                    skip = self._open_skip[key] = ["skip", stream, track, 0]
+                    self._inbox.append(skip)
+                skip[3] += len(samples)
+            else:
+                self._open_skip.pop(key, None)
+                self._inbox.append(("audio", stream, track, samples))
+                queued[0] += len(samples)
+                queued[1] += 1
             self._cond.notify()
 
-    def _drop_oldest_audio(self) -> bool:
-        for i, item in enumerate(self._inbox):
-            if item[0] == "audio":
-                del self._inbox[i]
-                self._inbox_samples -= len(item[3])
-                self.stats["chunks_dropped"] += 1
-                return True
-        return False
+    def _pending(self, key: tuple[str, str]) -> int:
+        return self._queued.get(key, (0, 0))[0] + self._analysing.get(key, 0)
+
+    def _has_room(self, stream: str) -> bool:
+        if stream not in self._streams:
+            return True  # nothing to wait for: push will say the stream is gone
+        return all(
+            self._pending(key) < self._budget and chunks < self._inbox_size
+            for key, (_, chunks) in self._queued.items()
+            if key[0] == stream
+        )
+
+    async def wait_for_room(self, stream: str) -> None:
+        """Return once every track of ``stream`` is under its budget (or the stream is gone).
+
+        ``/ingest`` awaits this before reading the next message, so a sender faster than real
+        time is held back by TCP instead of losing audio or taking other streams' capacity.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._cond:
+                if self._has_room(stream):
+                    return
+                woken = loop.create_future()
+                self._waiters.append((stream, loop, woken))
+            with contextlib.suppress(TimeoutError):  # re-check now and then, whatever happens
+                await asyncio.wait_for(woken, 1.0)
+
+    def wait_for_room_sync(self, stream: str, timeout: float | None = None) -> bool:
+        """Block the calling thread until ``stream`` has room; False on ``timeout``."""
+        with self._cond:
+            return self._room.wait_for(lambda: self._has_room(stream), timeout)
 
     def end_stream(self, stream: str) -> None:
         """Analyse the rest of a stream, announce its end and free its state."""
@@ -146,30 +202,63 @@ class MonitorService:
             self.stats["streams_ended"] += 1
             self._inbox.append(("end", stream))
             self._cond.notify()
+            self._wake_waiters()
 
     # -- worker -----------------------------------------------------------------------------
 
     def _work(self) -> None:
+        behind = False  # the engine has windows left over from its last step
         while True:
             with self._cond:
-                while not self._inbox and self._running:
+                while not self._inbox and self._running and not behind:
                     self._cond.wait(0.5)
-                if not self._inbox and not self._running:
+                if not self._inbox and not self._running and not behind:
                     return
                 items = list(self._inbox)
                 self._inbox.clear()
-                self._inbox_samples = 0
+                self._open_skip.clear()
             try:
                 messages = self._handle(items)
             except Exception:  # keep serving every other stream; the traceback goes to the log
                 log.exception("inference worker failed on a batch")
-                continue
+                messages = []
+            finally:
+                behind = self.engine.behind
+                self._account(items)
             for process in list(self._processors):
                 try:
                     messages = process(messages)
                 except Exception:  # the batch's own events still go out
                     log.exception("message processor %r failed on a batch", process)
             self.publish(messages)
+
+    def _account(self, items: list) -> None:
+        """Move the handled audio from the inbox's count to the engine's, and wake producers."""
+        with self._cond:
+            for item in items:
+                if item[0] == "audio":
+                    queued = self._queued.get((item[1], item[2]))
+                    if queued is not None:
+                        queued[0] -= len(item[3])
+                        queued[1] -= 1
+            for key in list(self._queued):
+                if key[0] in self._streams:
+                    self._analysing[key] = self.engine.backlog(*key)
+                elif not self._queued[key][1]:  # ended and handled: forget it
+                    del self._queued[key]
+                    self._analysing.pop(key, None)
+            self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        """Wake producers whose stream has room again (call with the lock held)."""
+        self._room.notify_all()
+        waiting = []
+        for stream, loop, woken in self._waiters:
+            if not self._has_room(stream):
+                waiting.append((stream, loop, woken))
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(_resolve, woken)
+        self._waiters = waiting
 
     def _handle(self, items: list) -> list[dict]:
         messages: list[dict] = []
@@ -179,6 +268,10 @@ class MonitorService:
                 messages.append(StreamStarted(stream, time.time(), item[2]).to_dict())
             elif kind == "audio":
                 self.engine.feed(stream, item[3], track=item[2])
+            elif kind == "skip":
+                start = self.engine.skip(stream, item[2], item[3])
+                t0, t1 = start / SAMPLE_RATE, (start + item[3]) / SAMPLE_RATE
+                messages.append(StreamOverflow(stream, item[2], t0, t1).to_dict())
             else:  # flush steps the engine first, so earlier audio keeps its order
                 messages += [e.to_dict() for e in self.engine.flush(stream)]
                 messages.append(StreamEnded(stream, time.time()).to_dict())
@@ -194,3 +287,8 @@ class MonitorService:
                 fn(messages)
             elif not loop.is_closed():
                 loop.call_soon_threadsafe(fn, messages)
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -84,7 +84,9 @@ class Settings:
     # bounds
     max_batch: int = 32
     max_streams: int = 64
-    max_pending_windows: int = 256
+    # per (stream, track): audio waiting for analysis, in windows (hops of audio); a sender
+    # past it is held back (/ingest) or loses its own audio (counted and reported)
+    max_pending_windows: int = 64
     # server
     host: str = "127.0.0.1"
     port: int = 8765

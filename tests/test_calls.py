@@ -175,22 +175,56 @@ def test_callstream_coalesces_packets_but_never_holds_back_a_window_end():
     assert pushes[-1] == ("end", 0) and sum(n for _, n in pushes) == 48100
 
 
-def test_service_inbox_is_bounded_by_audio_and_keeps_stream_start_and_end():
-    # A worker that fell behind (here: not started yet) while a client sends large chunks: the
-    # inbox keeps at most inbox_seconds of audio, dropping the oldest chunks, and never a
-    # stream's start or end, so the stream still opens and ends once the worker runs.
-    service = MonitorService(Engine(LoudnessModel(), fast_settings()), inbox_seconds=10.0)
+def test_an_overflowing_stream_loses_only_its_own_audio_with_true_t0_and_a_report():
+    # A worker that fell behind (here: not started yet) while one producer pushes 40 s at once
+    # without waiting for room: its track keeps one window + max_pending_windows hops of audio,
+    # the rest is dropped, the engine skips that stream time (later events keep their true t0)
+    # and a stream_overflow message names the missing seconds. A second stream pushed
+    # meanwhile loses nothing; both streams still open and end.
+    settings = fast_settings(max_pending_windows=8)  # 2 s + 8 x 0.5 s = 6 s per track
+    service = MonitorService(Engine(LoudnessModel(), settings))
     got = []
     service.add_listener(got.extend)
     service.open_stream("big")
+    service.open_stream("calm")
     chunk = np.full(16000 * 4, 0.1, np.float32)  # 4 s per chunk
     for _ in range(10):
         service.push("big", chunk)
+    service.push("calm", np.full(16000 * 5, 0.1, np.float32))
+    service.push("big", chunk[:16000])  # dropped too: the worker has not caught up
     service.end_stream("big")
-    assert service.stats["chunks_dropped"] == 8  # 40 s sent, 8 s (two chunks) kept
+    service.end_stream("calm")
+    assert service.stats["chunks_dropped"] == 9  # 4 + 4 s kept (the second one overshoots)
     service.start()
     service.stop()
     kinds = [m["type"] for m in got]
-    assert kinds[0] == "stream_started" and kinds[-1] == "stream_ended"
-    events = [m for m in got if m["type"] == "event"]
-    assert events and events[-1]["t1"] <= 8.0  # only the kept 8 s were analysed
+    assert kinds.count("stream_started") == 2 and kinds[-1] == "stream_ended"
+    overflow = [m for m in got if m["type"] == "stream_overflow"]
+    assert overflow == [
+        {"type": "stream_overflow", "v": 1, "stream": "big", "track": "main", "t0": 8.0, "t1": 41.0}
+    ]
+    big = [m for m in got if m["type"] == "event" and m["stream"] == "big"]
+    assert [m["seq"] for m in big] == list(range(len(big)))
+    assert [m["t0"] for m in big] == [k * 0.5 for k in range(13)]  # every window of the 8 s
+    calm = [m["t0"] for m in got if m["type"] == "event" and m["stream"] == "calm"]
+    assert calm == [k * 0.5 for k in range(7)]  # every window of its 5 s
+    assert service.engine.stats["windows_dropped"] == 69  # starts 6.5 .. 40.5 s
+
+
+def test_after_an_overflow_the_stream_goes_on_at_its_true_stream_time():
+    settings = fast_settings(max_pending_windows=2)  # 2 s + 1 s per track
+    service = MonitorService(Engine(LoudnessModel(), settings))
+    got = []
+    service.add_listener(got.extend)
+    service.open_stream("s")
+    service.push("s", np.full(16000 * 3, 0.1, np.float32))
+    service.push("s", np.full(16000 * 2, 0.1, np.float32))  # over budget: dropped (3..5 s)
+    service.start()
+    assert service.wait_for_room_sync("s", TIMEOUT)
+    service.push("s", np.full(16000 * 3, 0.1, np.float32))  # 5..8 s
+    service.end_stream("s")
+    service.stop()
+    events = [(m["t0"], m["t1"]) for m in got if m["type"] == "event"]
+    assert events == [(0.0, 2.0), (0.5, 2.5), (1.0, 3.0), (5.0, 7.0), (5.5, 7.5), (6.0, 8.0)]
+    overflow = [(m["t0"], m["t1"]) for m in got if m["type"] == "stream_overflow"]
+    assert overflow == [(3.0, 5.0)]

@@ -94,6 +94,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         device=args.model_device,
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
+        max_streams=getattr(args, "max_streams", None),
     )
     if args.config:
         return Settings.from_toml(args.config, **flags)

@@ -57,6 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port (default 8765; 0: any)")
+    parser.add_argument(
+        "--max-streams",
+        type=int,
+        metavar="N",
+        help="capacity: streams served at once; more are refused (1013), never degraded "
+        "(default 64; set it to what bench/stream_bench.py reports)",
+    )
     add_analysis_arguments(parser)
     add_access_arguments(parser)
     add_call_center_arguments(parser)

@@ -1,14 +1,17 @@
 """Events out: one bounded queue per subscriber, each drained by its own task.
 
 Broadcasting only appends to queues, so a client that reads slowly (or not at all) never delays
-anyone else; when its queue is full the oldest message is dropped and counted.
+anyone else. When a queue is full an event is dropped and counted: the oldest event of the
+stream with the most events waiting, so one stream's burst costs that stream first. Control
+messages (hello, stream started/ended/overflow, alerts, errors) are never dropped: a client
+whose queue is full of them is closed with :data:`CLOSE_TOO_SLOW` instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 
 from emotion_monitor.streamer import protocol
@@ -16,6 +19,11 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 log = logging.getLogger(__name__)
+
+#: websocket close code of a subscriber too slow to take even the control messages
+CLOSE_TOO_SLOW = 4008
+#: message types a full queue may drop (every other type is a control message)
+DROPPABLE = frozenset({"event"})
 
 
 class Subscriber:
@@ -25,24 +33,65 @@ class Subscriber:
         self.ws = ws
         self.size = size
         self.streams = streams  # None: every stream
-        self.queue: deque[str] = deque()
+        self.queue: deque[tuple[str, str | None]] = deque()  # (text, stream if droppable)
+        self._droppable: Counter[str] = Counter()  # stream -> droppable messages queued
         self.dropped = 0
         self.errors = 0
+        self.too_slow = False
         self._wakeup = asyncio.Event()
         self.task = asyncio.create_task(self._pump())
 
     def wants(self, stream: str | None) -> bool:
         return stream is None or self.streams is None or stream in self.streams
 
-    def offer(self, text: str) -> bool:
-        """Queue a message; returns False when it pushed out an older one."""
-        dropped = len(self.queue) >= self.size
-        if dropped:
-            self.queue.popleft()
+    def offer(self, text: str, droppable_of: str | None = None) -> bool:
+        """Queue a message (an event of stream ``droppable_of``, or a control message when
+        None); returns False when something was dropped or the client is being closed."""
+        if self.too_slow:
+            return False
+        pushed_out = False
+        if len(self.queue) >= self.size:
+            victim = self._most_waiting(droppable_of)
+            if victim is None:
+                self._close_too_slow()
+                return False
             self.dropped += 1
-        self.queue.append(text)
+            if not self._drop_oldest(victim):  # none of its stream queued: it goes itself
+                return False
+            pushed_out = True
+        self.queue.append((text, droppable_of))
+        if droppable_of is not None:
+            self._droppable[droppable_of] += 1
         self._wakeup.set()
-        return not dropped
+        return not pushed_out
+
+    def _most_waiting(self, incoming: str | None) -> str | None:
+        """The stream whose oldest queued event goes when the queue is full (None: no event
+        is queued). The incoming event's stream counts itself, so a burst pays first."""
+        counts = self._droppable.copy()
+        if incoming is not None:
+            counts[incoming] += 1
+        counts = +counts  # only positive counts
+        if not counts:
+            return None
+        return max(counts, key=counts.__getitem__)
+
+    def _drop_oldest(self, stream: str) -> bool:
+        for i, (_, of) in enumerate(self.queue):
+            if of == stream:
+                del self.queue[i]
+                self._droppable[stream] -= 1
+                return True
+        return False
+
+    def _close_too_slow(self) -> None:
+        self.too_slow = True
+        self.queue.clear()
+        self._droppable.clear()
+        log.warning("closing subscriber %s: its queue is full of control messages", self.ws.id)
+        self.task.cancel()
+        reason = f"too slow: {self.size} control messages waiting"
+        asyncio.ensure_future(self.ws.close(CLOSE_TOO_SLOW, reason))
 
     async def _pump(self) -> None:
         try:
@@ -50,7 +99,10 @@ class Subscriber:
                 await self._wakeup.wait()
                 self._wakeup.clear()
                 while self.queue:
-                    await self.ws.send(self.queue.popleft())
+                    text, of = self.queue.popleft()
+                    if of is not None:
+                        self._droppable[of] -= 1
+                    await self.ws.send(text)
         except ConnectionClosed:
             pass
 
@@ -78,6 +130,7 @@ class Fanout:
         self.stats = stats
         self.on_event = on_event
         self.clients: set[Subscriber] = set()
+        stats.setdefault("slow_clients_closed", 0)
 
     def register(self, ws: ServerConnection, streams: set[str] | None) -> Subscriber | None:
         """A new subscriber to ``streams`` (None: all), or None when the server is full."""
@@ -102,11 +155,18 @@ class Fanout:
                 log.warning("dropping a message that is not valid JSON: %.200r", msg)
                 continue
             stream = msg.get("stream")
+            droppable_of = stream if msg.get("type") in DROPPABLE else None
             for client in self.clients:
                 if client.wants(stream):
-                    self.offer(client, text)
+                    self.offer(client, text, droppable_of)
 
-    def offer(self, client: Subscriber, text: str) -> None:
+    def offer(self, client: Subscriber, text: str, droppable_of: str | None = None) -> None:
+        """Queue ``text`` to one client, counting what its full queue drops (see
+        :meth:`Subscriber.offer`)."""
         self.stats["messages_queued"] += 1
-        if not client.offer(text):
-            self.stats["messages_dropped"] += 1
+        was_slow, dropped = client.too_slow, client.dropped
+        if not client.offer(text, droppable_of):
+            if client.dropped > dropped:
+                self.stats["messages_dropped"] += 1
+            elif client.too_slow and not was_slow:
+                self.stats["slow_clients_closed"] += 1

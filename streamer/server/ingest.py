@@ -71,6 +71,11 @@ class IngestStream:
                 "stream_gone", "the server ended this stream", fatal=True, close_code=1001
             ) from None
 
+    async def wait_for_room(self) -> None:
+        """Hold the connection (its socket is not read) while the stream's budget is full."""
+        if self.fmt is not None:
+            await self.service.wait_for_room(self.fmt.stream)
+
     def stop(self) -> None:
         """End the open stream, if any (idempotent, never raises)."""
         if self.fmt is None or self.resampler is None:

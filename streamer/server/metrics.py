@@ -47,13 +47,25 @@ def metrics_text(
         "windows_dropped_total",
         "counter",
         engine["windows_dropped"],
-        "Windows dropped because inference fell behind.",
+        "Windows lost because their stream sent audio beyond its budget.",
     )
     metric(
         "chunks_dropped_total",
         "counter",
         service["chunks_dropped"],
-        "Audio chunks dropped because the service inbox was full.",
+        "Audio chunks dropped because their stream's budget of pending audio was full.",
+    )
+    metric(
+        "streams_refused_total",
+        "counter",
+        service["streams_refused"],
+        "Streams refused because the server was at capacity (max_streams).",
+    )
+    metric(
+        "slow_clients_closed_total",
+        "counter",
+        server["slow_clients_closed"],
+        "Subscribers closed (4008) because their queue was full of control messages.",
     )
     metric(
         "messages_queued_total",

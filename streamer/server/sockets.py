@@ -115,6 +115,7 @@ class EventSockets:
                     self._check_size(message)
                     if isinstance(message, bytes):
                         ingest.audio(message)
+                        await ingest.wait_for_room()  # backpressure: a fast sender waits
                         continue
                     msg = protocol.decode(message)
                     if isinstance(msg, protocol.Start):

@@ -179,6 +179,7 @@ def feed_service(
                     on_error(item)
             else:
                 service.push(source.name, item)
+                service.wait_for_room_sync(source.name)  # a file read faster than real time waits
     except Exception as exc:  # the server stays up for /ingest clients; say why the source died
         print(f"source {source.name} failed: {exc}", file=sys.stderr, flush=True)
     finally:
