@@ -278,6 +278,9 @@ def _summarize_stream(stream: str, meta_row, events, alerts) -> dict:
     summary = {
         "stream": stream,
         "meta": json.loads(meta_row["meta"]) if meta_row and meta_row["meta"] else {},
+        # wall-clock seconds; ``ended`` is None while the call lasts (or if the server died)
+        "started": meta_row["started"] if meta_row else None,
+        "ended": meta_row["ended"] if meta_row else None,
         "duration": max((e["t1"] for e in events), default=0.0),
         "tracks": {},
         "alerts": alerts,

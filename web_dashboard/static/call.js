@@ -145,7 +145,9 @@ function render() {
   $("#agent-arousal").textContent = fmtNum(view.agentArousal);
   const tr = view.trend;
   const { ctx, w, h } = fitCanvas($("#trend"));
-  drawLines(ctx, w, h, tr.t, [[tr.v, "#4fc3f7"], [tr.a, "#ffb74d"]], view.t - TREND_S, view.t);
+  // The last TREND_S seconds; a younger call fills the width with what it has.
+  const t0 = tr.t.length ? Math.max(tr.t[0], view.t - TREND_S) : view.t - TREND_S;
+  drawLines(ctx, w, h, tr.t, [[tr.v, "#4fc3f7"], [tr.a, "#ffb74d"]], t0, Math.max(view.t, t0 + 1));
   const a = view.alert;
   $("#alert").hidden = a === null;
   if (a) {
@@ -169,8 +171,9 @@ async function loadHistory(attempt) {
     return;
   }
   if (view.live) return; // it started (again) meanwhile
-  if (resp.ok) { showHistory(body); return; }
-  if (body.code === "no_such_call" && attempt < HISTORY_TRIES) {
+  // A call whose end is not written yet may still miss its last events: ask again shortly.
+  if (resp.ok && (body.ended !== null || attempt >= HISTORY_TRIES)) { showHistory(body); return; }
+  if ((resp.ok || body.code === "no_such_call") && attempt < HISTORY_TRIES) {
     setState(view.history === null && attempt === 0 ? "waiting for the call\u2026" : "ended; loading its history\u2026");
     setTimeout(() => { if (!view.live) loadHistory(attempt + 1); }, 500 * 2 ** attempt);
     return;

@@ -210,7 +210,7 @@ function makeRow(call) {
   row.innerHTML = '<span class="id"></span><span class="agent"></span><span class="duration"></span>' +
     '<span class="quadrant"></span><span class="label"></span>' +
     '<span class="spark-cell"><canvas class="spark" aria-label="customer valence and arousal"></canvas></span>' +
-    '<span class="agent-arousal" title="agent arousal"><i></i></span><span class="alert"></span>';
+    '<span class="agent-arousal" title="agent arousal"><i></i></span><span class="alert-cell"></span>';
   row.querySelector(".id").textContent = call.stream;
   row.title = `open call ${call.stream}`;
   row.addEventListener("click", () => { location.href = "/call/" + encodeURIComponent(call.stream); });
@@ -232,7 +232,7 @@ function drawRow(call) {
   const alerting = alertActive(call);
   row.classList.toggle("alerting", alerting);
   row.classList.toggle("ended", call.endedAt !== null);
-  row.querySelector(".alert").textContent = call.alert
+  row.querySelector(".alert-cell").textContent = call.alert
     ? `${call.alert.name} (${call.alert.track}, ${fmtDuration(call.alert.t)})`
     : (call.endedAt !== null ? "ended" : "");
   const s = call.spark;
