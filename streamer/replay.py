@@ -11,15 +11,16 @@ alert rules) sees a replayed call exactly as a live one.
 Recorded alerts are not replayed: the server's alert rules run on the replayed events. They
 are evaluated on stream time, so the same rules fire at the same places as when recording.
 
-Fan-out: ``fanout`` copies of every call, copy ``k`` under ``<id>-<k>`` and started ``k``
-spreads later (the recording's span divided by ``fanout``), so a recording of a few calls
-becomes a floor of many, not all in step. With ``loop`` the replay starts over once its span
-has passed, for as long as it runs.
+Fan-out: ``fanout`` copies of every call, copy ``k`` under ``<id>-<k>``, each started ``1 /
+fanout`` of the call's length after the previous one, so a recording of a few calls becomes a
+floor of many, not all in step. With ``loop`` every copy starts again (same id) a second after
+it ended, for as long as the replay runs: the floor stays full.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +34,13 @@ log = logging.getLogger(__name__)
 MAX_FANOUT = 10_000
 MAX_ID = 64  # the longest stream id the protocol accepts (protocol.STREAM_ID)
 TICK_S = 0.1  # how often due events are relayed; events carry their own stream times
+LOOP_PAUSE_S = 1.0  # with loop, a copy starts again this long (recorded seconds) after it ends
 
 
 @dataclass
 class _Copy:
-    """One replayed call: which recorded call, under which id, from when (replay seconds)."""
+    """One replayed call: which recorded call, under which id, from when (replay seconds);
+    ``copy`` counts from 0."""
 
     stream: str
     call: dict
@@ -54,7 +57,7 @@ class Replay:
         path: a SQLite file written by ``serve --record``.
         speed: stream seconds replayed per second (1: the recorded pace; > 0).
         fanout: copies of each call (1: the calls under their own ids).
-        loop: start over after the recording's span, until stopped.
+        loop: replay every copy again after it ends, until stopped.
 
     Raises ``FileNotFoundError``, ``sqlite3.Error`` (not a recording) or ``ValueError`` (bad
     speed or fanout, a recording without events) on construction, so a command fails early.
@@ -73,19 +76,16 @@ class Replay:
         t_first = min((c["started"] for c in self.calls if c["started"] is not None), default=0)
         for c in self.calls:  # the call's offset in the recording, in recorded seconds
             c["offset"] = (c["started"] - t_first) if c["started"] is not None else 0.0
-        #: recorded seconds from the first call's start to the last call's end
-        self.span = max(c["offset"] + c["length"] for c in self.calls)
-        self.stats = {"calls_started": 0, "calls_refused": 0, "events": 0, "rounds": 0}
+        self.stats = {"calls_started": 0, "calls_refused": 0, "events": 0}
 
-    def schedule(self, round_: int = 0) -> list[_Copy]:
-        """The copies of one round of the replay, by start time (replay seconds)."""
-        period = self.span + 1.0  # a copy's id is free again before the next round opens it
+    def schedule(self) -> list[_Copy]:
+        """Every copy of every call, by start time (replay seconds): each call at its recorded
+        offset, its copy ``k`` (from 0) ``k / fanout`` of the call's length later."""
         copies = []
         for c in self.calls:
             for k in range(self.fanout):
-                stream = copy_id(c["stream"], k, self.fanout)
-                start = round_ * period + c["offset"] + k * self.span / self.fanout
-                copies.append(_Copy(stream, c, start / self.speed, k + 1))
+                start = c["offset"] + k * c["length"] / self.fanout
+                copies.append(_Copy(copy_id(c["stream"], k, self.fanout), c, start / self.speed, k))
         return sorted(copies, key=lambda x: x.start)
 
     async def run(self, service: MonitorService) -> None:
@@ -93,26 +93,27 @@ class Replay:
         is cancelled stay open: the service ends them when it stops."""
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        round_ = 0
-        waiting = self.schedule(round_)
+        waiting = self.schedule()
         active: list[_Copy] = []
         while waiting or active:
             now = loop.time() - t0
-            active = [c for c in active if not self._advance(service, c, now)]
+            still = []
+            for c in active:
+                if not self._advance(service, c, now):
+                    still.append(c)
+                elif self.loop:  # the same call again under the same id, after a pause
+                    again = _Copy(c.stream, c.call, now + LOOP_PAUSE_S / self.speed, c.copy)
+                    bisect.insort(waiting, again, key=lambda x: x.start)
+            active = still
             while waiting and waiting[0].start <= now:
                 copy = waiting.pop(0)
                 if await self._open(service, copy):
                     active.append(copy)
-            if not waiting and self.loop:
-                self.stats["rounds"] += 1
-                round_ += 1
-                waiting = self.schedule(round_)
             await asyncio.sleep(TICK_S)
-        self.stats["rounds"] += 1
 
     async def _open(self, service: MonitorService, copy: _Copy) -> bool:
         meta = dict(copy.call["meta"])
-        meta["replay"] = {"of": copy.call["stream"], "copy": copy.copy, "speed": self.speed}
+        meta["replay"] = {"of": copy.call["stream"], "copy": copy.copy + 1, "speed": self.speed}
         try:
             service.open_stream(copy.stream, **meta)
         except (StreamLimitError, ValueError) as exc:  # full, or the id is live already

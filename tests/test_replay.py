@@ -58,9 +58,10 @@ async def test_replay_publishes_every_recorded_call_under_each_copy_id(shift):
                 (m["name"], m["track"], m["t"]) for m in original if m["type"] == "alert"
             ]
     assert any(m["type"] == "alert" for m in col.messages)
-    # copy 2 of each call starts half the recording's span after copy 1 (replay seconds)
+    # copy 2 of each call starts half the call's length after copy 1 (replay seconds)
     plan = {c.stream: c.start for c in replay.schedule()}
-    assert plan["CA-alice-2"] - plan["CA-alice-1"] == pytest.approx(replay.span / 2 / 50)
+    length = next(c["length"] for c in replay.calls if c["stream"] == "CA-alice")
+    assert plan["CA-alice-2"] - plan["CA-alice-1"] == pytest.approx(length / 2 / 50)
 
 
 async def test_replay_beyond_max_streams_refuses_copies_and_finishes_the_rest(shift):
@@ -75,6 +76,24 @@ async def test_replay_beyond_max_streams_refuses_copies_and_finishes_the_rest(sh
     assert len(started) == replay.stats["calls_started"]
     for stream in started:  # every replayed call is complete, however many were refused
         assert len([e for e in col.of_type("event") if e["stream"] == stream]) == 24
+
+
+async def test_looped_replay_starts_every_call_again_under_its_id(shift):
+    path, _ = shift
+    replay = Replay(path, speed=50, loop=True)
+    async with running(settings=fast_settings()) as (server, col):
+        task = asyncio.create_task(replay.run(server.service))
+
+        def starts(stream: str) -> int:
+            return sum(m["stream"] == stream for m in col.of_type("stream_started"))
+
+        await col.wait_for(lambda: all(starts(sid) >= 2 for sid in SHIFT))
+        task.cancel()
+    for sid in SHIFT:  # the first run was whole and over (ended) before the second began
+        mine = [m["type"] for m in col.messages if m.get("stream") == sid]
+        end = mine.index("stream_ended")
+        assert mine[0] == "stream_started" and mine[end + 1] == "stream_started"
+        assert mine[:end].count("event") == 24
 
 
 def get(url: str) -> tuple[int, dict | str]:

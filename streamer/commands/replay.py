@@ -28,11 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=1,
         metavar="N",
-        help=f"replay each call N times under ids <id>-1..<id>-N, spread over the recording "
+        help=f"replay each call N times under ids <id>-1..<id>-N, spread over its length "
         f"(1..{MAX_FANOUT}; default 1). The server's max_streams (--config) bounds live calls",
     )
     parser.add_argument(
-        "--loop", action="store_true", help="start over after the recording's span, until stopped"
+        "--loop", action="store_true", help="replay every call again after it ends, until stopped"
     )
     serve.add_arguments(parser)
 
