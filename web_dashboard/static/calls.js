@@ -59,10 +59,11 @@ function alertValuesText(values) {
     .join(", ");
 }
 
-// Canvas backing store at the device pixel ratio; returns the 2d context in CSS pixels.
-function fitCanvas(canvas) {
+// Canvas backing store at the device pixel ratio; returns the 2d context in CSS pixels. Pass the
+// CSS size when it is fixed: reading it back forces a layout, costly between DOM updates.
+function fitCanvas(canvas, width, height) {
   const dpr = window.devicePixelRatio || 1;
-  const w = canvas.clientWidth, h = canvas.clientHeight;
+  const w = width || canvas.clientWidth, h = height || canvas.clientHeight;
   if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
     canvas.width = Math.round(w * dpr);
     canvas.height = Math.round(h * dpr);

@@ -5,6 +5,7 @@
 const RENDER_MS = 300; // the wall is redrawn at most this often, however many events arrive
 const GRACE_MS = 10000; // an ended call stays (greyed) this long, then leaves the wall
 const SPARK_POINTS = 240; // sparkline points per call; a long call is thinned, never grows
+const SPARK_W = 130, SPARK_H = 26; // CSS pixels of a sparkline (as floor.css)
 
 const $ = (sel) => document.querySelector(sel);
 const floor = {
@@ -14,7 +15,9 @@ const floor = {
   ws: null,
   retry: 500,
   timer: null,
-  stats: { events: 0, renders: 0, renderMs: 0, maxRenderMs: 0, rowsDrawn: 0 },
+  // handleMs and renderTotalMs: main-thread time spent on messages and on drawing, in total
+  stats: { events: 0, renders: 0, renderMs: 0, maxRenderMs: 0, rowsDrawn: 0, handleMs: 0,
+           renderTotalMs: 0 },
 };
 window.floor = floor; // for the console, the tests and bench/floor_bench.py
 
@@ -35,9 +38,11 @@ function connect() {
   floor.ws = ws;
   ws.onopen = () => { floor.retry = 500; setStatus("connected", "live"); };
   ws.onmessage = (e) => {
+    const began = performance.now();
     let msg;
     try { msg = JSON.parse(e.data); } catch { return; }
     handle(msg);
+    floor.stats.handleMs += performance.now() - began;
   };
   ws.onclose = () => {
     const wait = floor.retry; // back off up to 8 s so a restarting server is not hammered
@@ -55,7 +60,7 @@ function newCall(stream, meta) {
     t: 0, // latest stream time seen (the call's duration so far)
     quadrant: null, label: null, frustration: 0, agentArousal: null,
     spark: { t: [], v: [], a: [], step: 0 }, // the customer's smoothed valence/arousal
-    alert: null, endedAt: null, dirty: true, row: null,
+    alert: null, endedAt: null, dirty: true, row: null, el: null, visible: false,
   };
 }
 
@@ -86,7 +91,7 @@ function handle(msg) {
     }
     case "stream_started": {
       const old = floor.calls.get(msg.stream);
-      if (old && old.row) old.row.remove();
+      if (old && old.row) { visibility.unobserve(old.row); old.row.remove(); }
       floor.calls.set(msg.stream, newCall(msg.stream, msg.meta));
       break;
     }
@@ -172,7 +177,7 @@ function render() {
   const now = Date.now();
   for (const [stream, call] of floor.calls) {
     if (call.endedAt !== null && now - call.endedAt > GRACE_MS) {
-      if (call.row) call.row.remove();
+      if (call.row) { visibility.unobserve(call.row); call.row.remove(); }
       floor.calls.delete(stream);
     }
   }
@@ -183,14 +188,9 @@ function render() {
     if (matches(call, floor.filter)) shown.push(call);
   }
   shown.sort(attentionOrder);
+  placeRows(shown);
   for (const call of shown) {
-    if (!call.row) call.row = makeRow(call);
-    if (call.dirty) drawRow(call);
-  }
-  const order = shown.map((c) => c.stream);
-  if (order.length !== floor.order.length || order.some((s, i) => s !== floor.order[i])) {
-    $("#wall").replaceChildren(...shown.map((c) => c.row));
-    floor.order = order;
+    if (call.dirty && call.visible) drawRow(call); // the rest when scrolled into view
   }
   $("#count").textContent = `${live} live call${live === 1 ? "" : "s"}` +
     (shown.length !== floor.calls.size ? `, ${shown.length} shown` : "");
@@ -198,10 +198,35 @@ function render() {
   const ms = performance.now() - began;
   floor.stats.renders++;
   floor.stats.renderMs = ms;
+  floor.stats.renderTotalMs += ms;
   floor.stats.maxRenderMs = Math.max(floor.stats.maxRenderMs, ms);
   // Ended calls must still leave after their grace period when nothing else arrives.
   if (floor.calls.size) schedule();
 }
+
+// Puts the rows in the wall in this order, moving only those out of place: a few calls
+// changing rank must not re-insert (and re-lay out) hundreds of rows.
+function placeRows(shown) {
+  const wall = $("#wall");
+  shown.forEach((call, i) => {
+    if (!call.row) makeRow(call);
+    const here = wall.children[i];
+    if (here !== call.row) wall.insertBefore(call.row, here || null);
+  });
+  // what is left after them is filtered out
+  while (wall.children.length > shown.length) wall.lastElementChild.remove();
+  floor.order = shown.map((c) => c.stream);
+}
+
+// Rows out of sight are not drawn (their state still updates); they are when they come in view.
+const visibility = new IntersectionObserver((entries) => {
+  for (const entry of entries) {
+    const call = floor.calls.get(entry.target.dataset.stream);
+    if (!call) continue;
+    call.visible = entry.isIntersecting;
+    if (call.visible && call.dirty) schedule();
+  }
+}, { rootMargin: "200px 0px" });
 
 function makeRow(call) {
   const row = document.createElement("div");
@@ -209,42 +234,48 @@ function makeRow(call) {
   row.dataset.stream = call.stream;
   row.innerHTML = '<span class="id"></span><span class="agent"></span><span class="duration"></span>' +
     '<span class="quadrant"></span><span class="label"></span>' +
-    '<span class="spark-cell"><canvas class="spark" aria-label="customer valence and arousal"></canvas></span>' +
+    `<span class="spark-cell"><canvas class="spark" width="${SPARK_W}" height="${SPARK_H}"` +
+    ' aria-label="customer valence and arousal"></canvas></span>' +
     '<span class="agent-arousal" title="agent arousal"><i></i></span><span class="alert-cell"></span>';
   row.querySelector(".id").textContent = call.stream;
   row.title = `open call ${call.stream}`;
   row.addEventListener("click", () => { location.href = "/call/" + encodeURIComponent(call.stream); });
-  return row;
+  call.row = row;
+  call.el = {};
+  for (const name of ["agent", "duration", "quadrant", "label", "alert-cell"]) {
+    call.el[name] = row.querySelector("." + name);
+  }
+  call.el.bar = row.querySelector(".agent-arousal i");
+  call.el.spark = row.querySelector("canvas");
+  call.visible = false;
+  visibility.observe(row);
 }
 
 function drawRow(call) {
-  const row = call.row;
+  const el = call.el;
   call.dirty = false;
   floor.stats.rowsDrawn++;
-  row.querySelector(".agent").textContent = call.who;
-  row.querySelector(".duration").textContent = fmtDuration(call.t);
-  const q = row.querySelector(".quadrant");
-  q.textContent = call.quadrant || "\u2013";
-  q.style.color = SECTOR_COLORS[call.quadrant] || "";
-  row.querySelector(".label").textContent = call.label || "";
-  const bar = row.querySelector(".agent-arousal i");
-  bar.style.width = call.agentArousal === null ? "0" : `${((call.agentArousal + 1) / 2) * 100}%`;
-  const alerting = alertActive(call);
-  row.classList.toggle("alerting", alerting);
-  row.classList.toggle("ended", call.endedAt !== null);
-  row.querySelector(".alert-cell").textContent = call.alert
+  el.agent.textContent = call.who;
+  el.duration.textContent = fmtDuration(call.t);
+  el.quadrant.textContent = call.quadrant || "\u2013";
+  el.quadrant.style.color = SECTOR_COLORS[call.quadrant] || "";
+  el.label.textContent = call.label || "";
+  el.bar.style.width = call.agentArousal === null ? "0" : `${((call.agentArousal + 1) / 2) * 100}%`;
+  call.row.classList.toggle("alerting", alertActive(call));
+  call.row.classList.toggle("ended", call.endedAt !== null);
+  el["alert-cell"].textContent = call.alert
     ? `${call.alert.name} (${call.alert.track}, ${fmtDuration(call.alert.t)})`
     : (call.endedAt !== null ? "ended" : "");
   const s = call.spark;
   if (s.t.length) {
-    const { ctx, w, h } = fitCanvas(row.querySelector("canvas"));
-    drawLines(ctx, w, h, s.t, [[s.v, "#4fc3f7"], [s.a, "#ffb74d"]], s.t[0], Math.max(s.t[s.t.length - 1], s.t[0] + 1));
+    const { ctx, w, h } = fitCanvas(el.spark, SPARK_W, SPARK_H);
+    const t1 = Math.max(s.t[s.t.length - 1], s.t[0] + 1);
+    drawLines(ctx, w, h, s.t, [[s.v, "#4fc3f7"], [s.a, "#ffb74d"]], s.t[0], t1);
   }
 }
 
 $("#filter").addEventListener("input", (e) => {
   floor.filter = e.target.value.trim().toLowerCase();
-  floor.order = []; // force the wall to be rebuilt
   schedule();
 });
 
