@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "emotion_monitor.streamer.commands.report",
         "per-call summary of a recorded SQLite file",
     ),
+    "replay": (
+        "emotion_monitor.streamer.commands.replay",
+        "serve a recording of 'serve --record' again, as live calls",
+    ),
     "train": ("emotion_monitor.models.training.train", "train the emotion heads on a manifest"),
     "evaluate": (
         "emotion_monitor.models.training.evaluate",

@@ -278,6 +278,9 @@ def _summarize_stream(stream: str, meta_row, events, alerts) -> dict:
     summary = {
         "stream": stream,
         "meta": json.loads(meta_row["meta"]) if meta_row and meta_row["meta"] else {},
+        # wall-clock seconds; ``ended`` is None while the call lasts (or if the server died)
+        "started": meta_row["started"] if meta_row else None,
+        "ended": meta_row["ended"] if meta_row else None,
         "duration": max((e["t1"] for e in events), default=0.0),
         "tracks": {},
         "alerts": alerts,
@@ -328,5 +331,58 @@ def call_timelines(
             alerts = [t for (t,) in db.execute(f"SELECT t FROM alerts WHERE {_OF_CALL}", (s, call))]
             out.append((s, tracks, alerts))
         return out
+    finally:
+        db.close()
+
+
+# -- reading calls back (replay, the history of a call) -------------------------------------
+
+
+def recorded_calls(path: str | Path) -> list[dict]:
+    """Every recorded call with events, in order: ``stream``, ``call`` (its ``streams`` row),
+    ``meta``, ``started`` and ``ended`` (wall-clock seconds, ``ended`` None while it lasts) and
+    ``length`` (stream time of its last event). Events stay on disk: :func:`call_events`.
+
+    Raises ``FileNotFoundError`` and ``sqlite3.Error`` (not a recording) like :func:`summarize`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such recording")
+    db = _open_recording(path)
+    try:
+        out = []
+        for s, call in _calls(db, None):
+            row = db.execute(
+                "SELECT started, ended, meta FROM streams WHERE stream = ?1 "
+                "AND (id = ?2 OR ?2 IS NULL) ORDER BY id DESC",
+                (s, call),
+            ).fetchone()
+            sql = f"SELECT MAX(t1) FROM events WHERE {_OF_CALL}"
+            length = db.execute(sql, (s, call)).fetchone()[0]
+            started, ended, meta = row if row else (None, None, None)
+            out.append(
+                {
+                    "stream": s,
+                    "call": call,
+                    "meta": json.loads(meta) if meta else {},
+                    "started": started,
+                    "ended": ended,
+                    "length": length or 0.0,
+                }
+            )
+        return out
+    finally:
+        db.close()
+
+
+def call_events(path: str | Path, stream: str, call: int | None) -> list[dict]:
+    """The events of one recorded call (see :func:`recorded_calls`) as they were sent, in
+    stream order (by window end, the order they were made in)."""
+    db = _open_recording(Path(path))
+    try:
+        rows = db.execute(
+            f"SELECT data FROM events WHERE {_OF_CALL} ORDER BY t1, track, seq", (stream, call)
+        )
+        return [json.loads(data) for (data,) in rows]
     finally:
         db.close()

@@ -63,11 +63,13 @@ class MonitorService:
         self._streams: dict[str, dict] = {}  # stream id -> metadata, for open streams
         self._thread: threading.Thread | None = None
         self._running = False
+        self._relays = 0  # relayed batches waiting in the inbox
         self.stats = {
             "chunks_dropped": 0,
             "streams_started": 0,
             "streams_ended": 0,
             "streams_refused": 0,
+            "relayed_dropped": 0,
         }
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -194,6 +196,27 @@ class MonitorService:
         with self._cond:
             return self._room.wait_for(lambda: self._has_room(stream), timeout)
 
+    def relay(self, stream: str, messages: list[dict]) -> None:
+        """Publish messages analysed elsewhere (a replayed recording) for an open stream.
+
+        They keep their order with the stream's start and end and pass the processors (the
+        alert rules) like the engine's own events. Relayed batches waiting beyond the inbox
+        size are dropped oldest first and counted in ``stats["relayed_dropped"]``.
+        """
+        with self._cond:
+            if stream not in self._streams:
+                raise KeyError(f"stream {stream!r} is not open; call open_stream first")
+            self._inbox.append(("relay", stream, messages))
+            self._relays += 1
+            if self._relays > self._inbox_size:
+                for i, item in enumerate(self._inbox):
+                    if item[0] == "relay":
+                        del self._inbox[i]
+                        self._relays -= 1
+                        self.stats["relayed_dropped"] += len(item[2])
+                        break
+            self._cond.notify()
+
     def end_stream(self, stream: str) -> None:
         """Analyse the rest of a stream, announce its end and free its state."""
         with self._cond:
@@ -217,6 +240,7 @@ class MonitorService:
                 items = list(self._inbox)
                 self._inbox.clear()
                 self._open_skip.clear()
+                self._relays = 0
             try:
                 messages = self._handle(items)
             except Exception:  # keep serving every other stream; the traceback goes to the log
@@ -272,6 +296,8 @@ class MonitorService:
                 start = self.engine.skip(stream, item[2], item[3])
                 t0, t1 = start / SAMPLE_RATE, (start + item[3]) / SAMPLE_RATE
                 messages.append(StreamOverflow(stream, item[2], t0, t1).to_dict())
+            elif kind == "relay":
+                messages += item[2]
             else:  # flush steps the engine first, so earlier audio keeps its order
                 messages += [e.to_dict() for e in self.engine.flush(stream)]
                 messages.append(StreamEnded(stream, time.time()).to_dict())

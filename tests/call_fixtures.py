@@ -12,6 +12,7 @@ import numpy as np
 import websockets
 from conftest import load_clip, ravdess_clip
 from emotion_monitor.models.base import EmotionModel, Prediction
+from emotion_monitor.streamer.alerts.rules import AlertRule
 from emotion_monitor.streamer.audio import StreamResampler, mulaw_decode, mulaw_encode, resample
 from emotion_monitor.streamer.commands.serve import attach
 from emotion_monitor.streamer.engine import Engine
@@ -146,3 +147,28 @@ def clips() -> tuple[np.ndarray, np.ndarray]:
 def assert_contiguous(events: dict[tuple[str, str], list[dict]]) -> None:
     for key, evs in events.items():
         assert [e["seq"] for e in evs] == list(range(len(evs))), key
+
+
+#: The shift record_shift() records: call id -> (agent, customer's gain on the angry clip).
+SHIFT = {"CA-alice": ("Alice", 1.0), "CA-bob": ("Bob", 0.02), "CA-carol": ("Carol", 0.5)}
+#: The alert the shift is recorded (and replayed) with: a loud customer for 1 s.
+LOUD_CUSTOMER = AlertRule("loud_customer", (("arousal_smooth", ">", 0.4),), 1.0, "customer")
+
+
+async def record_shift(path, calls: dict = SHIFT) -> Collector:
+    """Record Twilio calls with their agents (``customParameters``) as ``serve --record`` does:
+    per call the angry RAVDESS clip at its gain, three times, from the customer and a quiet
+    agent. Loud customers fire :data:`LOUD_CUSTOMER`. Returns what the server published."""
+    angry, sad = clips()
+    settings = fast_settings(record=str(path), alerts=(LOUD_CUSTOMER,))
+    async with running(settings=settings) as (server, col):
+        for sid, (agent, gain) in calls.items():
+            await twilio_call(
+                server,
+                sid,
+                np.tile(angry * gain, 3),
+                np.tile(sad * 0.05, 2),
+                custom_parameters={"agent": agent},
+            )
+        await col.ended(list(calls))
+    return col

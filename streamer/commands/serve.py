@@ -12,6 +12,7 @@ import ssl
 import sys
 import tempfile
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from emotion_monitor.streamer.server.access import (
     tls_context,
 )
 from emotion_monitor.streamer.server.app import ListenError, Server
+from emotion_monitor.streamer.server.floor import HistoryRoute
 from emotion_monitor.streamer.service import MonitorService
 from emotion_monitor.streamer.settings import Settings
 from emotion_monitor.streamer.sources.runner import check_stdin_flags, feed_service, make_source
@@ -45,6 +47,9 @@ from emotion_monitor.streamer.telephony.call import CUSTOMER
 from emotion_monitor.streamer.telephony.twilio import TwilioHandler, TwilioSignatureCheck
 
 log = logging.getLogger(__name__)
+
+#: A task ``serve`` runs beside the server: ``async fn(server, service, settings)``.
+Background = Callable[[Server, MonitorService, Settings], Awaitable[None]]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,8 +74,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_call_center_arguments(parser)
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, background: Background | None = None) -> int:
     """Run engine + server (+ an optional source) until Ctrl-C / SIGTERM.
+
+    ``background(server, service, settings)``, when given, runs as a task once the server
+    listens (``replay`` feeds its recording so) and is cancelled at shutdown.
 
     Exit codes: 0 stopped, 1 model or server error, 2 bad flags or source.
     """
@@ -106,7 +114,7 @@ def main(args: argparse.Namespace) -> int:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
         try:
-            asyncio.run(_serve(model, settings, args, source, access, tls))
+            asyncio.run(_serve(model, settings, args, source, background, access, tls))
         except ListenError as exc:  # a port is taken: the message names which listener and port
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -120,11 +128,17 @@ def main(args: argparse.Namespace) -> int:
 
 
 async def _serve(
-    model, settings: Settings, args: argparse.Namespace, source, access: Access, tls
+    model,
+    settings: Settings,
+    args: argparse.Namespace,
+    source,
+    background: Background | None,
+    access: Access,
+    tls,
 ) -> None:
     service = MonitorService(Engine(model, settings)).start()
     server = Server(service, settings, access=access, tls=tls)
-    extras = thread = None
+    extras = thread = task = None
     try:
         extras = await attach(
             server,
@@ -136,6 +150,8 @@ async def _serve(
         )
         await server.start()
         print(f"emotion-monitor dashboard: {server.url}", flush=True)
+        if background is not None:
+            task = asyncio.create_task(background(server, service, settings))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -151,6 +167,8 @@ async def _serve(
             thread.start()
         await stop.wait()
     finally:
+        if task is not None:
+            task.cancel()
         if source is not None:
             source.stop()
             if thread is not None:
@@ -364,13 +382,14 @@ async def attach(
     listener when ``settings.audiosocket_port`` is set (on ``audiosocket_host``, default the
     server's host); alert rules (``settings.alerts``, with
     the webhook ``settings.webhook_url``) and the SQLite recorder (``settings.record``) when
-    configured.
+    configured, with ``GET /history`` reading the recording (the agent view of an ended call).
     Call from the server's event loop.
     """
 
     out = Integrations()
     if settings.record:
         out.recorder = Recorder(settings.record)
+        server.add_http_route("GET", "/history", HistoryRoute(settings.record))
         service.add_listener(out.recorder.listener)  # worker thread; it only enqueues
     if settings.alerts:
         out.alerts = AlertMonitor(settings.alerts, webhook_url=settings.webhook_url)

@@ -8,6 +8,7 @@
     WS   /ws          protocol-v1 events (hello first; ``subscribe`` filters streams)
     WS   /ingest      audio in (``start`` + binary PCM frames + ``stop``), events for it out
     POST /predict     one uploaded recording -> one JSON answer
+    GET  /floor, /call/<id>   the supervisor wall and the agent view (see :mod:`.floor`)
 
 Extending it (the telephony providers and friends) -- call before :meth:`Server.start`::
 
@@ -40,6 +41,7 @@ from emotion_monitor.streamer.protocol import PROTOCOL_VERSION
 from emotion_monitor.streamer.redact import RedactingLogger
 from emotion_monitor.streamer.server.access import Access
 from emotion_monitor.streamer.server.fanout import Fanout
+from emotion_monitor.streamer.server.floor import page_file
 from emotion_monitor.streamer.server.http import (
     FrontDoor,
     HttpHandler,
@@ -359,7 +361,8 @@ class Server:
         route = self._http_routes.get(("GET", path))
         if route is not None:
             return to_ws_response(await call_handler(route, get_request(request)))
-        return to_ws_response(static_response(self.static_dir, path))
+        page = page_file(path)
+        return to_ws_response(static_response(self.static_dir, page or path))
 
     def _healthz(self, request: HttpRequest) -> HttpResponse:
         return HttpResponse.json(
