@@ -31,6 +31,8 @@ DEPLOYMENT = "EmotionInference"
 IMPORT_PATH = "emotion_monitor.models.ray_serve:build_app"
 DEFAULT_MAX_BATCH = 32
 DEFAULT_BATCH_WAIT_S = 0.01
+#: Serve's logging for the application: one access-log line per window would drown the rest.
+LOGGING = {"log_level": "WARNING", "enable_access_log": False}
 
 
 def app_name(spec: str | None) -> str:
@@ -152,6 +154,7 @@ def serve_config(
                 "name": app_name(spec),
                 "import_path": IMPORT_PATH,
                 "route_prefix": None,
+                "logging_config": LOGGING,
                 "args": {"model": spec, "max_batch": max_batch, "batch_wait_s": batch_wait_s},
                 "deployments": [{"name": DEPLOYMENT, **options}],
             }

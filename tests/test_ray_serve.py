@@ -11,6 +11,7 @@ shared cores); the default model through Ray was checked by hand (see docs/scali
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -242,3 +243,32 @@ def test_bad_flags_fail_clearly(tier):
     for argv, message in bad:
         out = subprocess.run([*CLI, *argv], capture_output=True, text=True, timeout=120)
         assert out.returncode == 2 and message in out.stderr, (argv, out.stderr)
+
+
+def test_ray_serve_command_deploys_until_sigterm(tier, tiny_checkpoints):
+    """The command on the running cluster: a second model (a valence/arousal regressor) as its
+    own application, up until SIGTERM, then deleted; front ends reach it meanwhile."""
+    spec = str(tiny_checkpoints["regressor"])
+    address = ray.get_runtime_context().gcs_address
+    proc = subprocess.Popen(
+        [*CLI, "ray-serve", "--address", address, "--model", spec, "--cpus-per-replica", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()  # printed once the application is ready
+        assert f"application {app_name(spec)} on {address}" in line, proc.stderr.read()
+        model = RayModel.connect_app(spec)
+        (prediction,) = model.predict([dialogue_16k()[:32000]])
+        expected = load_model(spec, device="cpu").predict([dialogue_16k()[:32000]])[0]
+        assert model.has_valence_arousal and prediction.classes is None
+        assert abs(prediction.valence - expected.valence) <= 1e-4
+        assert abs(prediction.arousal - expected.arousal) <= 1e-4
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert app_name(spec) not in serve.status().applications
+    assert app_name(tier) in serve.status().applications  # the other application is untouched

@@ -128,16 +128,19 @@ def _deploy(args: argparse.Namespace, build: dict, ray_serve) -> int:
     from ray import serve  # lazy: as above
 
     stop = threading.Event()
-    old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     name = ray_serve.app_name(args.model)
+    old: dict = {}
     try:
         ray.init(address=args.address, logging_level="WARNING")
+        # after ray.init, whose own SIGTERM handler would print a stack and abort the process
+        old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
         serve.start(proxy_location="Disabled")  # handle-only: front ends call the deployment
         print(f"deploying {name} ...", file=sys.stderr, flush=True)
-        serve.run(ray_serve.build_app({"model": args.model, **build}), name=name, route_prefix=None)
+        app = ray_serve.build_app({"model": args.model, **build})
+        serve.run(app, name=name, route_prefix=None, logging_config=ray_serve.LOGGING)
     except Exception as exc:  # a bad model spec fails in the replicas: Serve says which
         print(f"error: cannot deploy {name}: {exc}", file=sys.stderr)
-        _shutdown(args.address is None)
+        _shutdown(args.address is None, old)
         return 1
     where = args.address or ray.get_runtime_context().gcs_address
     print(f"emotion-monitor inference tier: application {name} on {where}", flush=True)
@@ -152,17 +155,18 @@ def _deploy(args: argparse.Namespace, build: dict, ray_serve) -> int:
     finally:
         print(f"shutting down {name}", file=sys.stderr, flush=True)
         serve.delete(name)
-        _shutdown(args.address is None)
-        for s, handler in old.items():
-            signal.signal(s, handler)
+        _shutdown(args.address is None, old)
     return 0
 
 
-def _shutdown(local: bool) -> None:
-    """Leave the cluster; a local instance this command started is stopped with Serve."""
+def _shutdown(local: bool, handlers: dict) -> None:
+    """Leave the cluster (a local instance this command started is stopped with Serve) and put
+    the signal ``handlers`` back."""
     import ray  # lazy: an optional extra, seconds to import
     from ray import serve  # lazy: as above
 
     if local and ray.is_initialized():
         serve.shutdown()
     ray.shutdown()
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
