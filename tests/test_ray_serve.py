@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -272,3 +273,40 @@ def test_ray_serve_command_deploys_until_sigterm(tier, tiny_checkpoints):
             proc.kill()
     assert app_name(spec) not in serve.status().applications
     assert app_name(tier) in serve.status().applications  # the other application is untouched
+
+
+def test_serve_front_end_on_the_tier_events_and_metrics(tier, audio, tmp_path):
+    """``serve --inference ray:ADDRESS`` as a user runs it: a file played live through the tier,
+    the events on /ws equal in-process ones, /metrics counts the tier's requests."""
+    from test_server_cli import start_serve
+    from websockets.sync.client import connect as ws_connect
+
+    clip = audio[: 5 * 16_000]
+    wav = write_wav(tmp_path / "call.wav", clip)
+    local = {e.seq: e for e in _events(load_model(tier, device="cpu"), clip)}
+    address = ray.get_runtime_context().gcs_address
+    proc, url = start_serve(
+        "--source", f"file:{wav}", "--model", tier, "--inference", f"ray:{address}"
+    )
+    try:
+        events = []
+        with ws_connect(url.replace("http://", "ws://") + "ws", open_timeout=120) as ws:
+            while (msg := json.loads(ws.recv(timeout=120)))["type"] != "stream_ended":
+                events += [msg] if msg["type"] == "event" else []
+        assert events and {e["seq"] for e in events} <= set(local)
+        for got in events:
+            ev = local[got["seq"]]
+            assert (got["t0"], got["speech"]) == (ev.t0, ev.speech)
+            for k, v in (ev.classes or {}).items():
+                assert abs(got["classes"][k] - v) <= 1e-4
+        with urllib.request.urlopen(url + "metrics", timeout=60) as r:
+            metrics = r.read().decode()
+        speech = sum(e.speech for e in local.values())
+        assert f"emotion_monitor_inference_requests_total {speech}\n" in metrics
+        assert "emotion_monitor_inference_tier_up 1\n" in metrics
+        assert "emotion_monitor_inference_failures_total 0\n" in metrics
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
