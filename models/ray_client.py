@@ -71,6 +71,7 @@ class RayModel(EmotionModel):
         self.labels = tuple(description.get("labels", ()))
         self.has_valence_arousal = bool(description.get("valence_arousal", False))
         self.device = f"ray:{description.get('device', '?')}"
+        self._description = dict(description)
         self.retry_s = retry_s
         self.retry_every_s = retry_every_s
         self.request_timeout_s = request_timeout_s
@@ -107,7 +108,13 @@ class RayModel(EmotionModel):
         return cls(handle, app, description, **options)
 
     def describe(self) -> dict:
-        return {**super().describe(), "inference": f"ray serve application {self.app}"}
+        """The replicas' own description (kind, encoder, ...), the device as ``ray:...`` and
+        which application serves it."""
+        return {
+            **self._description,
+            **super().describe(),
+            "inference": f"ray serve application {self.app}",
+        }
 
     def close(self) -> None:
         """Stop waiting for an unreachable tier (a blocked ``predict`` raises ModelError)."""
@@ -119,7 +126,7 @@ class RayModel(EmotionModel):
         arrays = [np.ascontiguousarray(w, dtype=np.float32).reshape(-1) for w in windows]
         results: list[Prediction | None] = [None] * len(arrays)
         todo = list(range(len(arrays)))
-        failing_since = None
+        failing_since, error = None, ""
         while todo:
             started = time.perf_counter()
             self.tier_stats["requests"] += len(todo)

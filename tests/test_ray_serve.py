@@ -112,7 +112,12 @@ def _replicas() -> list[str]:
 def test_events_through_two_replicas_equal_in_process(tier, audio, local_events):
     assert len(_replicas()) == 2
     model = RayModel.connect_app(tier)
-    assert model.labels == load_model(tier, device="cpu").labels
+    local = load_model(tier, device="cpu").describe()
+    assert model.describe() == {
+        **local,
+        "device": f"ray:{local['device']}",
+        "inference": f"ray serve application {app_name(tier)}",
+    }
     _assert_same(_events(model, audio), local_events)
     assert model.tier_stats["failures"] == 0
     assert model.tier_stats["requests"] == sum(e.speech for e in local_events)
