@@ -51,7 +51,10 @@ def _deploy(spec: str, replicas: int = 2) -> None:
 def tier(tiny_checkpoints):
     """A local Ray instance serving the tiny classifier on 2 replicas; yields its spec."""
     spec = str(tiny_checkpoints["classifier"])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # a small object store: windows are 128 KB, and CI machines may have a small /dev/shm
+    ray.init(
+        num_cpus=2, object_store_memory=256 << 20, include_dashboard=False, log_to_driver=False
+    )
     try:
         serve.start(proxy_location="Disabled")
         _deploy(spec)
