@@ -73,10 +73,15 @@ class EmotionInference:
         self.model = load_model(spec, device="auto")
         self.predict.set_max_batch_size(max_batch)
         self.predict.set_batch_wait_timeout_s(batch_wait_s)
+        self.served = {"batches": 0, "windows": 0, "largest_batch": 0}
 
     def describe(self) -> dict:
         """What a front end needs to stand in for the model: ``describe()`` plus the name."""
         return self.model.describe()
+
+    def batch_stats(self) -> dict:
+        """This replica's model calls so far: batches, windows, the largest batch, its id."""
+        return {**self.served, "replica": serve.get_replica_context().replica_id.unique_id}
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
     async def predict(self, windows: list[np.ndarray]) -> list[Prediction]:
@@ -84,6 +89,9 @@ class EmotionInference:
         for w in windows:  # the replica serves many front ends: refuse what is not a window
             if not isinstance(w, np.ndarray) or w.dtype != np.float32 or w.ndim != 1:
                 raise ModelError("a window must be a 1-D float32 numpy array")
+        self.served["batches"] += 1
+        self.served["windows"] += len(windows)
+        self.served["largest_batch"] = max(self.served["largest_batch"], len(windows))
         # off the replica's event loop, so the next batch gathers while this one runs
         return await asyncio.to_thread(predict_by_length, self.model, windows)
 

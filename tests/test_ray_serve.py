@@ -318,3 +318,33 @@ def test_serve_front_end_on_the_tier_events_and_metrics(tier, audio, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_two_front_ends_share_batches(tier, tiny_checkpoints, audio):
+    """Windows of two front ends (two handles, sending at once) meet in one replica's batch."""
+    spec = str(tiny_checkpoints["classifier"]) + "/"  # same model, its own one-replica app
+    build = {"model": spec, "replicas": 1, "cpus_per_replica": 0.0, "max_batch": 32}
+    serve.run(build_app({**build, "batch_wait_s": 0.5}), name=app_name(spec), route_prefix=None)
+    try:
+        windows = [audio[i * 8000 : i * 8000 + 32000] for i in range(8)]
+        front_ends = [RayModel.connect_app(spec), RayModel.connect_app(spec)]
+        answers: list = [None, None]
+        start = threading.Barrier(2)
+
+        def send(i: int) -> None:
+            start.wait()
+            answers[i] = front_ends[i].predict(windows)
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        stats = front_ends[0].handle.batch_stats.remote().result(timeout_s=60)
+        assert stats["windows"] == 16 and stats["largest_batch"] > len(windows), stats
+        local = load_model(tier, device="cpu").predict(windows)
+        for got in answers:
+            for g, lo in zip(got, local, strict=True):
+                assert max(abs(g.classes[k] - lo.classes[k]) for k in lo.classes) <= 1e-4
+    finally:
+        serve.delete(app_name(spec))
