@@ -24,7 +24,7 @@ import ray
 from emotion_monitor.models.base import EmotionModel, ModelError, Prediction, first_line
 from emotion_monitor.models.ray_serve import app_name
 from ray import serve
-from ray.exceptions import RayTaskError
+from ray.exceptions import RayError, RayTaskError
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,10 @@ class RayModel(EmotionModel):
             raise response
         try:
             return response.result(timeout_s=self.request_timeout_s)
-        except RayTaskError as exc:  # the model itself refused this window: not a transit loss
+        except RayTaskError as exc:
+            if isinstance(exc.cause, RayError):  # Ray's own failure, passed along: in transit
+                raise _Lost(first_line(exc.cause)) from exc
+            # the model itself refused this window: that caller's error, not a transit loss
             raise ModelError(f"inference tier {self.app}: {first_line(exc.cause or exc)}") from exc
         except Exception as exc:  # replica died, application gone, timeout: send it again
             raise _Lost(first_line(exc)) from exc

@@ -24,6 +24,7 @@ import ray
 import yaml
 from audio_fixtures import dialogue_16k, write_wav
 from emotion_monitor.models import load_model
+from emotion_monitor.models.base import ModelError
 from emotion_monitor.models.ray_client import RayModel
 from emotion_monitor.models.ray_serve import app_name, build_app, serve_config
 from emotion_monitor.streamer.commands.options import INFERENCE_STREAM, report_outages
@@ -130,6 +131,10 @@ def test_bad_window_is_that_callers_error_only(tier):
     model = RayModel.connect_app(tier)
     with pytest.raises(Exception, match="1-D float32"):
         model.handle.predict.remote(np.zeros((2, 8000), np.float64)).result(timeout_s=60)
+    # a window the model itself cannot take: the caller's ModelError at once, never re-sent
+    with pytest.raises(ModelError, match=f"inference tier {app_name(tier)}: .*[Kk]ernel size"):
+        model.predict([np.zeros(10, np.float32)])
+    assert model.tier_stats["failures"] == 0 and model.tier_stats["requests"] == 1
     # the replicas still serve everyone else
     assert len(model.predict([np.zeros(16000, np.float32)])) == 1
 
