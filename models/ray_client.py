@@ -38,6 +38,7 @@ def connect(address: str | None = None) -> None:
     unless this process already belongs to one. Raises ModelError naming the address."""
     if ray.is_initialized():
         return
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # no router chatter on stderr
     address = address or "auto"
     try:
         # the replicas' logs stay on the cluster: a front end prints its own events only

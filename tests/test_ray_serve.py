@@ -53,8 +53,12 @@ def tier(tiny_checkpoints):
     """A local Ray instance serving the tiny classifier on 2 replicas; yields its spec."""
     spec = str(tiny_checkpoints["classifier"])
     # a small object store: windows are 128 KB, and CI machines may have a small /dev/shm
-    ray.init(
-        num_cpus=2, object_store_memory=256 << 20, include_dashboard=False, log_to_driver=False
+    ray.init(  # "local": a new instance even where another one runs (never join it)
+        address="local",
+        num_cpus=2,
+        object_store_memory=256 << 20,
+        include_dashboard=False,
+        log_to_driver=False,
     )
     try:
         serve.start(proxy_location="Disabled")

@@ -131,7 +131,8 @@ def _deploy(args: argparse.Namespace, build: dict, ray_serve) -> int:
     name = ray_serve.app_name(args.model)
     old: dict = {}
     try:
-        ray.init(address=args.address, logging_level="WARNING")
+        # no --address: a new local instance, even where another one runs
+        ray.init(address=args.address or "local", logging_level="WARNING")
         # after ray.init, whose own SIGTERM handler would print a stack and abort the process
         old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
         serve.start(proxy_location="Disabled")  # handle-only: front ends call the deployment
