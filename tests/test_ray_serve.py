@@ -39,7 +39,7 @@ CLI = [sys.executable, "-m", "emotion_monitor.streamer.cli"]
 CHUNK = 4000  # 250 ms of audio per push, like a live source
 BURST = 48_000  # one push of 3 s: six windows in flight at once, spread over both replicas
 #: Replicas wait this long to fill a batch: long enough to kill one while windows wait in it.
-BATCH_WAIT_S = 0.2
+BATCH_WAIT_S = 0.3
 
 
 def _deploy(spec: str, replicas: int = 2) -> None:
@@ -152,8 +152,19 @@ def test_killed_replica_costs_no_event(tier, audio, local_events):
         killed.append(before[0])
         ray.kill(ray.get_actor(before[0], namespace="serve"), no_restart=True)
 
-    def kill_during_burst() -> None:  # while the burst's windows wait in the replicas' batches
-        threading.Timer(BATCH_WAIT_S / 2, kill_one).start()
+    def kill_during_burst() -> None:
+        """Kill once the burst's windows are sent, while they wait in the replicas' batches
+        (not on a timer: on a loaded machine a timer fired before the burst or after it)."""
+        sent = model.tier_stats["requests"]
+
+        def watch() -> None:
+            deadline = time.monotonic() + 60
+            while model.tier_stats["requests"] < sent + 6 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            time.sleep(BATCH_WAIT_S / 6)  # the requests reach the replicas
+            kill_one()
+
+        threading.Thread(target=watch, daemon=True).start()
 
     _assert_same(_events(model, audio, during=kill_during_burst), local_events)
     # windows were lost with the replica and sent again, and no event was missing
