@@ -11,6 +11,6 @@ $SUDO apt-get install -y -q --no-install-recommends \
     libportaudio2 pulseaudio pulseaudio-utils espeak-ng sox ffmpeg chromium
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[cpu,test]"
+.venv/bin/python -m pip install -q -e ".[cpu,test,ray]"
 .venv/bin/ruff check .
 .venv/bin/python -m pytest -ra "$@"

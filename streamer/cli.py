@@ -36,6 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "score a model on a labelled manifest",
     ),
     "export": ("emotion_monitor.models.training.export", "export encoder and heads to ONNX"),
+    "ray-serve": (
+        "emotion_monitor.streamer.commands.ray_serve",
+        "deploy the inference tier on Ray Serve (front ends: --inference ray)",
+    ),
 }
 
 

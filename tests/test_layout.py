@@ -21,7 +21,7 @@ MAX_FILE_LINES = 600
 MAX_CLASS_LINES = 300
 #: Libraries an import inside a function may load lazily: they cost seconds or load native code.
 LAZY_ALLOWED = ("torch", "onnxruntime", "onnx", "transformers", "matplotlib", "sounddevice")
-LAZY_ALLOWED += ("safetensors", "scipy")
+LAZY_ALLOWED += ("safetensors", "scipy", "ray")
 IO_LIBRARIES = ("socket", "sounddevice", "soundfile", "websockets", "sqlite3", "subprocess")
 IO_LIBRARIES += ("asyncio", "threading")
 

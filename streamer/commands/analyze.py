@@ -15,12 +15,14 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-from emotion_monitor.models import ModelError, load_model
+from emotion_monitor.models import ModelError
 from emotion_monitor.streamer.analysis import input_damage, run_blocks, too_short_message
 from emotion_monitor.streamer.audio import AudioError
 from emotion_monitor.streamer.commands.options import (
     add_analysis_arguments,
     add_model_arguments,
+    load_inference_model,
+    report_outages,
     settings_from_args,
 )
 from emotion_monitor.streamer.plots import plot_timeline
@@ -74,7 +76,8 @@ def main(args: argparse.Namespace) -> int:
         # The file source replaces NaN/Inf samples before resampling (and counts them), as `run`
         # does: resampled, one NaN would smear over the filter's taps.
         source = FileSource(args.file, realtime=False, block_seconds=BLOCK_SECONDS)
-        model = load_model(settings.model, device=settings.device)
+        model = load_inference_model(settings, args.inference)
+        report_outages(model, lambda err: print(f"warning: {err.message}", file=sys.stderr))
         decoded = 0
 
         def counted(blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:

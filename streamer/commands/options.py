@@ -4,9 +4,17 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
+from emotion_monitor.models import load_model
+from emotion_monitor.models.base import EmotionModel, ModelError
 from emotion_monitor.streamer.audio import SAMPLE_FORMATS, SAMPLE_RATE
-from emotion_monitor.streamer.protocol import MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from emotion_monitor.streamer.protocol import (
+    MAX_CHANNELS,
+    MAX_SAMPLE_RATE,
+    MIN_SAMPLE_RATE,
+    SourceError,
+)
 from emotion_monitor.streamer.settings import DEVICES, Settings
 
 
@@ -65,6 +73,14 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="where the model runs: auto (default: CUDA when torch sees a GPU), cpu or cuda",
     )
+    p.add_argument(
+        "--inference",
+        metavar="WHERE",
+        default="local",
+        help="local (default: the model runs in this process) or ray[:ADDRESS]: the Ray Serve "
+        "tier that `emotion-monitor ray-serve --model SPEC` runs for the same --model "
+        "(ADDRESS: a Ray cluster, default the one on this machine; needs emotion-monitor[ray])",
+    )
 
 
 def add_analysis_arguments(p: argparse.ArgumentParser) -> None:
@@ -86,6 +102,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
     Raises ``ValueError`` naming the file or flag and the problem.
     """
+    parse_inference(getattr(args, "inference", "local"))  # a bad --inference fails with the flags
     flags = dict(
         window=args.window,
         hop=args.hop,
@@ -99,3 +116,46 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if args.config:
         return Settings.from_toml(args.config, **flags)
     return Settings().replace(**flags)
+
+
+#: The ``stream`` of the ``source_error`` that says the inference tier is unreachable.
+INFERENCE_STREAM = "inference"
+
+
+def parse_inference(text: str) -> tuple[str, str | None]:
+    """``--inference`` as (where, address): ``local`` or ``ray`` with an optional Ray address
+    (``ray:HOST:PORT``, ``ray:ray://HOST:PORT``). Raises ``ValueError`` for anything else."""
+    where, sep, address = text.partition(":")
+    if where == "local" and not sep:
+        return "local", None
+    if where == "ray" and (not sep or address):
+        return "ray", address or None
+    raise ValueError(f"--inference {text!r}: use local, ray or ray:ADDRESS")
+
+
+def load_inference_model(settings: Settings, inference: str = "local") -> EmotionModel:
+    """The model ``settings.model`` names, in this process or, with ``--inference ray``, the
+    Ray Serve application that serves it (a stand-in with the same interface).
+
+    Raises ``ValueError`` for a bad ``--inference`` and ModelError when the model or the tier
+    cannot be had."""
+    where, address = parse_inference(inference)
+    if where == "local":
+        return load_model(settings.model, device=settings.device)
+    try:
+        # lazy: Ray is an optional extra and takes seconds to import
+        from emotion_monitor.models.ray_client import RayModel
+    except ImportError as exc:
+        raise ModelError(
+            f"--inference {inference} needs Ray Serve: pip install 'emotion-monitor[ray]' ({exc})"
+        ) from exc
+    return RayModel.connect_app(settings.model, address)
+
+
+def report_outages(model: EmotionModel, emit: Callable[[SourceError], None]) -> None:
+    """Have a remote model's tier outages emitted as a ``source_error`` of the stream
+    :data:`INFERENCE_STREAM` (an in-process model has none; then this does nothing)."""
+    if hasattr(model, "on_outage"):
+        model.on_outage = lambda message, retry_in: emit(
+            SourceError(INFERENCE_STREAM, message, retry_in)
+        )

@@ -20,13 +20,14 @@ import threading
 from pathlib import Path
 from typing import TextIO
 
-from emotion_monitor.models import load_model
 from emotion_monitor.streamer.analysis import input_damage
 from emotion_monitor.streamer.audio import SAMPLE_RATE, AudioError
 from emotion_monitor.streamer.commands.options import (
     add_analysis_arguments,
     add_model_arguments,
     add_source_arguments,
+    load_inference_model,
+    report_outages,
     settings_from_args,
 )
 from emotion_monitor.streamer.engine import Engine
@@ -126,7 +127,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"error: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
             return 2
         try:
-            model = load_model(settings.model, device=settings.device)
+            model = load_inference_model(settings, args.inference)
         except Exception as exc:
             name = settings.model or "default"
             print(f"error: cannot load model {name!r}: {exc}", file=sys.stderr)
@@ -175,6 +176,7 @@ def _run(args: argparse.Namespace, source: Source, engine, out: TextIO | None) -
             else:
                 print(line, flush=True, file=sys.stderr if isinstance(ev, SourceError) else None)
 
+    report_outages(engine.model, emit)  # an unreachable inference tier is said like a source's
     analysed = [0]
 
     def on_audio(n: int) -> None:

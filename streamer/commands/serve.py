@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from emotion_monitor.models import load_model
 from emotion_monitor.streamer.alerts import AlertMonitor, fit_rules_to_model, load_alert_rules
 from emotion_monitor.streamer.alerts.rules import CUSTOMER_FRUSTRATION
 from emotion_monitor.streamer.audio import AudioError
@@ -24,6 +23,8 @@ from emotion_monitor.streamer.commands.options import (
     add_analysis_arguments,
     add_model_arguments,
     add_source_arguments,
+    load_inference_model,
+    report_outages,
     settings_from_args,
 )
 from emotion_monitor.streamer.engine import Engine
@@ -101,7 +102,7 @@ def main(args: argparse.Namespace, background: Background | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         try:
-            model = load_model(settings.model, device=settings.device)
+            model = load_inference_model(settings, args.inference)
         except Exception as exc:
             print(
                 f"error: cannot load model {settings.model or 'default'!r}: {exc}", file=sys.stderr
@@ -137,6 +138,8 @@ async def _serve(
     tls,
 ) -> None:
     service = MonitorService(Engine(model, settings)).start()
+    # an unreachable inference tier reaches every client like a failing source (worker thread)
+    report_outages(model, lambda err: service.publish([err.to_dict()]))
     server = Server(service, settings, access=access, tls=tls)
     extras = thread = task = None
     try:

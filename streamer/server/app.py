@@ -383,6 +383,7 @@ class Server:
             self.clients,
             len(self.service.streams),
             self.latency,
+            getattr(self.service.engine.model, "tier_stats", None),  # a remote inference tier's
         )
         return HttpResponse(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
 

@@ -30,10 +30,17 @@ class LatencyHistogram:
 
 
 def metrics_text(
-    engine: dict, service: dict, server: dict, clients: int, streams: int, latency: LatencyHistogram
+    engine: dict,
+    service: dict,
+    server: dict,
+    clients: int,
+    streams: int,
+    latency: LatencyHistogram,
+    inference: dict | None = None,
 ) -> str:
     """The Prometheus exposition of the counters (``engine``, ``service``, ``server``: their
-    ``stats`` dicts), the two gauges and the latency histogram."""
+    ``stats`` dicts), the two gauges and the latency histogram; with ``inference`` (a remote
+    model's ``tier_stats``, see ``models/ray_client.py``) the inference tier's too."""
     lines: list[str] = []
 
     def metric(name: str, kind: str, value: float, help_text: str) -> None:
@@ -100,4 +107,30 @@ def metrics_text(
     metric("clients", "gauge", clients, "Connected event subscribers.")
     metric("streams", "gauge", streams, "Open streams.")
     lines += latency.lines(PREFIX + "latency_seconds")
+    if inference is not None:
+        lines += inference_lines(inference)
     return "\n".join(lines) + "\n"
+
+
+def inference_lines(stats: dict) -> list[str]:
+    """Prometheus lines of a remote inference tier: requests, retries, failed attempts,
+    outages, whether it answers now, and the round trip of the model calls."""
+    name = PREFIX + "inference_"
+    out: list[str] = []
+    for key, kind, help_text in (
+        ("requests", "counter", "Windows sent to the inference tier (re-sends included)."),
+        ("retries", "counter", "Windows sent again after a lost request."),
+        ("failures", "counter", "Requests lost in transit (replica died, tier unreachable)."),
+        ("outages", "counter", "Times the tier stayed unreachable past the retry window."),
+        ("tier_up", "gauge", "1 while the inference tier answers, 0 during an outage."),
+    ):
+        total = f"{name}{key}_total" if kind == "counter" else f"{name}{key}"
+        out += [f"# HELP {total} {help_text}", f"# TYPE {total} {kind}", f"{total} {stats[key]}"]
+    rt = f"{name}round_trip_seconds"
+    out += [
+        f"# HELP {rt} Model calls through the tier, send to last answer.",
+        f"# TYPE {rt} summary",
+        f"{rt}_sum {stats['round_trip_seconds_sum']:.6f}",
+        f"{rt}_count {stats['calls']}",
+    ]
+    return out
