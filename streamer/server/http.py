@@ -151,6 +151,9 @@ class PostHandler:
     async def _http_exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         try:
             response = await self._read_and_answer(reader, writer)
+        except ConnectionError:  # the client left mid-request: nobody to answer
+            writer.close()
+            return
         except Exception:  # a handler bug must not kill the server; the client gets a 500
             log.exception("POST handler failed")
             response = HttpResponse.error(500, "internal", "the server failed; see its log")
@@ -163,8 +166,8 @@ class PostHandler:
             async with asyncio.timeout(LINGER_S):
                 while await reader.read(1 << 16):
                     pass
-        except (ConnectionError, TimeoutError):
-            pass
+        except (OSError, TimeoutError):  # OSError: the client left (a reset, or ENOTCONN when
+            pass  # the half-close finds the socket already gone); nothing to tell anyone
         finally:
             writer.close()
 

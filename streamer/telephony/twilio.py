@@ -26,7 +26,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import logging
 import math
 from typing import Any
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 from emotion_monitor.streamer.audio import mulaw_decode
 from emotion_monitor.streamer.engine import StreamLimitError
-from emotion_monitor.streamer.protocol import STREAM_ID
+from emotion_monitor.streamer.protocol import ProtocolError, parse_json, valid_stream_id
 from emotion_monitor.streamer.server.http import HttpRequest, HttpResponse
 from emotion_monitor.streamer.telephony.call import (
     AGENT,
@@ -74,9 +73,9 @@ class TwilioSession:
         if isinstance(raw, bytes):
             raise TwilioError("binary frames are not part of Media Streams", 1003)
         try:
-            msg = json.loads(raw)
-        except ValueError:
-            raise TwilioError("message is not valid JSON", 1007) from None
+            msg = parse_json(raw)
+        except ProtocolError as exc:
+            raise TwilioError(f"message is {exc}", 1007) from None
         if not isinstance(msg, dict):
             raise TwilioError("message is not a JSON object", 1007)
         event = msg.get("event")
@@ -111,7 +110,7 @@ class TwilioSession:
         if not isinstance(start, dict):
             raise TwilioError("'start' message without a 'start' object")
         call_sid = start.get("callSid")
-        if not isinstance(call_sid, str) or not STREAM_ID.match(call_sid):
+        if not valid_stream_id(call_sid):
             raise TwilioError(
                 f"'start' needs a callSid of 1-64 safe characters, got {call_sid!r:.40}"
             )
