@@ -17,6 +17,10 @@ SAMPLE_FORMATS = ("s16le", "f32le")
 #: files come at 5.5 kHz (old formats) up to 768 kHz (studio hardware). A rate outside is a
 #: broken or hostile header: 2 GHz turns a whole file into microseconds, 1 Hz into hours.
 MIN_FILE_RATE, MAX_FILE_RATE = 4_000, 768_000
+#: Live audio messages larger than this are converted in a worker thread (``asyncio.to_thread``),
+#: not on the event loop: one client's 1 MiB frame costs ~0.1 s of CPU, which nobody else may pay
+#: for. Smaller ones (telephony packets, 20-100 ms frames) are cheaper to convert in place.
+OFF_LOOP_BYTES = 32 << 10
 
 
 class AudioError(ValueError):
@@ -125,12 +129,23 @@ class StreamResampler:
         window = np.hanning(2 * half_taps + 2)[1:-1]
         self._filters = (np.sinc((phases - taps) * cutoff) * window * cutoff).astype(np.float32)
 
+    #: Input samples resampled per step. ``_emit`` builds (outputs x taps) index and sample
+    #: matrices, so one step of a whole 1 MiB message would cost hundreds of MB; blocks keep
+    #: that to a few MB whatever the message size (the output does not depend on the split).
+    BLOCK = 8192
+
     def process(self, chunk: np.ndarray) -> np.ndarray:
         """Feed mono float32 samples; returns the output samples now fully determined."""
+        chunk = np.asarray(chunk, dtype=np.float32)
         if self.up == self.down:
-            return np.asarray(chunk, dtype=np.float32)
-        self._buf = np.concatenate([self._buf, np.asarray(chunk, dtype=np.float32)])
-        return self._emit(final=False)
+            return chunk
+        out = []
+        for start in range(0, len(chunk), self.BLOCK):
+            self._buf = np.concatenate([self._buf, chunk[start : start + self.BLOCK]])
+            out.append(self._emit(final=False))
+        if len(out) == 1:
+            return out[0]
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
     def flush(self) -> np.ndarray:
         """Emit the tail (the missing future is taken as silence)."""

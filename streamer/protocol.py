@@ -355,21 +355,17 @@ def parse_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """Parse one JSON text from a peer (every route uses this, so all refuse the same way).
 
     Raises:
-        ProtocolError: ``bad_json`` (close code 1007 where the route closes) for invalid JSON,
+        ProtocolError: ``bad_json`` (the telephony routes close with 1007) for invalid JSON,
             invalid UTF-8, or nesting deeper than ``max_depth``.
     """
     try:
         data = json.loads(text)
     except RecursionError:  # far too deep: the parser itself gave up
-        raise ProtocolError(
-            "bad_json", f"JSON nested deeper than {max_depth} levels", close_code=1007
-        ) from None
+        raise ProtocolError("bad_json", f"JSON nested deeper than {max_depth} levels") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError("bad_json", f"not valid JSON: {exc}", close_code=1007) from None
+        raise ProtocolError("bad_json", f"not valid JSON: {exc}") from None
     if _deeper_than(data, max_depth):
-        raise ProtocolError(
-            "bad_json", f"JSON nested deeper than {max_depth} levels", close_code=1007
-        )
+        raise ProtocolError("bad_json", f"JSON nested deeper than {max_depth} levels")
     return data
 
 

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 VERSION = "2"
 RATE = 8000
+#: Largest message on /audiohook: 4 s of stereo PCMU in one frame (Genesys sends far smaller
+#: ones). Beyond, the websocket layer closes with 1009 before buffering it.
+MAX_MESSAGE_BYTES = 1 << 16
 CHANNEL_TRACKS = {"external": CUSTOMER, "internal": AGENT}
 
 
@@ -239,6 +242,8 @@ class ApiKeyCheck:
 
 class AudioHookHandler:
     """Websocket handler for ``/audiohook``: ``await handler(ws, service, settings)``."""
+
+    max_message_bytes = MAX_MESSAGE_BYTES
 
     def __init__(self, idle_timeout: float = 60.0):
         self.idle_timeout = idle_timeout

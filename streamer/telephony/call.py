@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
-from emotion_monitor.streamer.audio import SAMPLE_RATE, StreamResampler
+from emotion_monitor.streamer.audio import OFF_LOOP_BYTES, SAMPLE_RATE, StreamResampler
 from emotion_monitor.streamer.protocol import valid_stream_id
 from emotion_monitor.streamer.service import MonitorService
 from websockets.exceptions import ConnectionClosed
@@ -181,7 +181,10 @@ async def serve_call(ws: Any, session: CallSession, idle_timeout: float) -> None
     try:
         async for raw in ws:
             idle.touch()
-            replies, done = session.handle(raw)
+            if len(raw) > OFF_LOOP_BYTES:  # a big message must not stall the other calls
+                replies, done = await asyncio.to_thread(session.handle, raw)
+            else:
+                replies, done = session.handle(raw)
             for reply in replies:
                 await ws.send(json.dumps(reply))
             if done:

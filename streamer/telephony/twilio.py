@@ -8,8 +8,10 @@ with ``track`` "inbound" or "outbound", ``chunk`` and ``timestamp`` in ms), and 
 - track "inbound" (what the caller says) becomes ``customer``, "outbound" becomes ``agent``;
 - each track has its own chunk-invariant 8 -> 16 kHz resampler;
 - ``customParameters`` (from ``<Parameter>`` in the TwiML) are kept in the stream metadata;
-- when a ``media`` timestamp jumps ahead (lost packets), the gap is filled with silence, up to
-  ``max_gap`` seconds, so both tracks stay on the call's clock.
+- when a ``media`` timestamp jumps ahead (lost packets), the gap is filled with silence, so both
+  tracks stay on the call's clock: at most ``max_gap`` seconds per message and ``max_gap_total``
+  seconds per track over the whole call (then the track's clock restarts from the new
+  timestamp), so timestamps alone can never make up hours of audio.
 
 With an auth token configured (``serve --twilio-auth-token``), the upgrade request must carry a
 valid ``X-Twilio-Signature`` (see :class:`TwilioSignatureCheck`); otherwise it is refused with
@@ -47,6 +49,9 @@ log = logging.getLogger(__name__)
 
 TRACKS = {"inbound": CUSTOMER, "outbound": AGENT}
 TWILIO_RATE = 8000
+#: Largest message on /twilio: a 20 ms ``media`` message is ~400 bytes, a ``start`` with custom
+#: parameters a few KB. Beyond, the websocket layer closes with 1009 before buffering it.
+MAX_MESSAGE_BYTES = 1 << 16
 
 
 class TwilioError(CallError):
@@ -59,14 +64,22 @@ class TwilioSession:
     provider = "twilio"
     done_reason = "stream stopped"
 
-    def __init__(self, service: Any, max_gap: float = 5.0):
+    def __init__(self, service: Any, max_gap: float = 5.0, max_gap_total: float = 30.0):
         self.service = service
         self.max_gap = max_gap
+        self.max_gap_total = max_gap_total
+        self._filled: dict[str, int] = {}  # per track: samples of silence filled so far
         self.call: CallStream | None = None
         self.rate = TWILIO_RATE
         self._received: dict[str, int] = {}  # samples per Twilio track, to detect gaps
-        self._skew: dict[str, int] = {}  # per track: samples forgiven after a gap > max_gap
-        self.stats = {"media": 0, "gap_samples": 0, "marks": 0, "dtmf": 0}
+        self._skew: dict[str, int] = {}  # per track: samples forgiven after a gap over the bounds
+        self.stats = {
+            "media": 0,
+            "gap_samples": 0,
+            "gap_samples_unfilled": 0,
+            "marks": 0,
+            "dtmf": 0,
+        }
 
     def handle(self, raw: str | bytes) -> tuple[list[dict], bool]:
         """Process one websocket message: (no replies, whether the stream has stopped)."""
@@ -180,10 +193,13 @@ class TwilioSession:
         gap = expected - self._skew.get(name, 0) - received
         if gap <= self.rate // 50:  # within one 20 ms packet: jitter, not loss
             return 0
-        cap = int(self.max_gap * self.rate)
-        if gap > cap:  # fill at most max_gap, and from now on count from the new timestamp
+        filled = self._filled.get(name, 0)
+        cap = min(int(self.max_gap * self.rate), int(self.max_gap_total * self.rate) - filled)
+        if gap > cap:  # fill what the bounds allow; from now on count from the new timestamp
             self._skew[name] = self._skew.get(name, 0) + gap - cap
+            self.stats["gap_samples_unfilled"] += gap - cap
             gap = cap
+        self._filled[name] = filled + gap
         self.stats["gap_samples"] += gap
         return gap
 
@@ -243,12 +259,20 @@ class TwilioSignatureCheck:
 class TwilioHandler:
     """Websocket handler for ``/twilio``: ``await handler(ws, service, settings)``.
 
-    ``idle_timeout``: seconds without any message after which the call is ended.
+    ``idle_timeout``: seconds without any message after which the call is ended;
+    ``max_gap`` / ``max_gap_total``: seconds of silence filled for lost packets per message /
+    per track over the call.
     """
 
-    def __init__(self, max_gap: float = 5.0, idle_timeout: float = 60.0):
+    max_message_bytes = MAX_MESSAGE_BYTES
+
+    def __init__(
+        self, max_gap: float = 5.0, idle_timeout: float = 60.0, max_gap_total: float = 30.0
+    ):
         self.max_gap = max_gap
+        self.max_gap_total = max_gap_total
         self.idle_timeout = idle_timeout
 
     async def __call__(self, ws: Any, service: Any, settings: Any = None) -> None:
-        await serve_call(ws, TwilioSession(service, self.max_gap), self.idle_timeout)
+        session = TwilioSession(service, self.max_gap, self.max_gap_total)
+        await serve_call(ws, session, self.idle_timeout)
