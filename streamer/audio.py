@@ -42,7 +42,9 @@ def pcm_to_float(data: bytes, sample_format: str, channels: int = 1) -> np.ndarr
             f"{len(data)} bytes is not a whole number of {sample_format} frames "
             f"of {channels} channel(s)"
         )
-    samples = np.frombuffer(data, dtype=dtype).astype(np.float32) * scale
+    samples = np.frombuffer(data, dtype=dtype).astype(np.float32)
+    if scale != 1.0:  # f32le is used as is (NaN/Inf are for silence_nonfinite to deal with)
+        samples *= np.float32(scale)
     return samples.reshape(-1, channels)
 
 

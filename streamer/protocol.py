@@ -371,7 +371,7 @@ def parse_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
 
 def _deeper_than(data: Any, limit: int) -> bool:
     # Iterative on purpose: a recursive walk would hit the recursion limit it guards against.
-    stack = [(data, 1)]
+    stack = [(data, 1)] if isinstance(data, (dict, list)) else []
     while stack:
         value, depth = stack.pop()
         children = value.values() if isinstance(value, dict) else value

@@ -125,6 +125,14 @@ async def test_audiohook_version_must_be_2():
         assert len(col.of_type("stream_started")) == 1
 
 
+@pytest.mark.parametrize("text", ["null", "123", '"start"', "1e400", "[]"])
+def test_json_that_is_not_an_object_is_bad_json(text):
+    assert protocol.parse_json(text) == json.loads(text)  # the parser takes any JSON value
+    with pytest.raises(protocol.ProtocolError) as err:
+        protocol.decode(text)
+    assert err.value.code == "bad_json"
+
+
 @pytest.mark.parametrize("version", ["true", "1.0", '"1"'])
 def test_protocol_version_1_is_the_integer_1(version):
     with pytest.raises(protocol.ProtocolError) as err:

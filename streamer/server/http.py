@@ -29,6 +29,7 @@ from emotion_monitor.streamer import protocol
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,8 @@ class FrontDoor(ServerConnection):
 
     def data_received(self, data: bytes) -> None:
         if self._decided:
-            return super().data_received(data)
+            super().data_received(data)
+            return self._settle_failed_handshake()
         self._head += data
         line_end = self._head.find(b"\r\n")
         if line_end < 0 and len(self._head) < HEAD_LIMIT:
@@ -113,7 +115,21 @@ class FrontDoor(ServerConnection):
         super().data_received(self._head)
 
     def eof_received(self) -> bool | None:
-        return super().eof_received() if self._decided else None
+        if not self._decided:
+            return None
+        keep_open = super().eof_received()
+        self._settle_failed_handshake()
+        return keep_open
+
+    def _settle_failed_handshake(self) -> None:
+        # A websockets race (fixed upstream in python-websockets PR #1744): when the peer's EOF
+        # or garbage after its request arrives before the handshake task resumes, websockets
+        # fails the connection (sends EOF) but leaves it CONNECTING, and the handshake then
+        # answers anyway and trips an assertion, logged as "unexpected internal error". The
+        # peer is gone either way: mark it closed, so the handshake answers nothing (what
+        # websockets does when the timing is the other way round).
+        if self.protocol.state is State.CONNECTING and self.protocol.eof_sent:
+            self.protocol.state = State.CLOSED
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
