@@ -1,12 +1,14 @@
 """Seeded fuzzer: malformed, mistyped, oversized, deeply nested and truncated input on every route
 at once (/ws, /ingest, /twilio, /audiohook, AudioSocket TCP, plain HTTP), while a well-behaved
-client streams real speech in real time on /ingest.
+client streams real speech in real time on /ingest. The server runs on this process's event loop
+as ``serve`` runs it; every client (fuzzers, the good client, the health probe) runs in a spawned
+process, as real callers would.
 
     python bench/fuzz.py                               # 10,000 inputs, seed 1, default model
     python bench/fuzz.py --inputs 2000 --seed 7 --model hf:DIR --no-vad
 
 It checks, and exits 1 listing what failed otherwise: the server stays up; ``/healthz`` answers
-within 1 s throughout (a separate thread asks every 100 ms); every fuzz connection is answered or
+within 1 s throughout (asked every 100 ms from its own thread); every fuzz connection is answered or
 closed within ``HANG_S`` (else it counts as a hang); the good stream loses nothing (``seq`` and
 ``t0`` continuous, events received = windows sent, no error); no traceback, unhandled exception
 or ERROR record in the log. The same seed gives the same inputs. ``tests/test_fuzz.py`` runs it
@@ -251,7 +253,7 @@ def _as_frame(kind: int, payload: bytes) -> bytes:
     return struct.pack(">BH", kind, len(payload)) + payload
 
 
-# -- the server under test, the log, the health probe -----------------------------------------
+# -- the server's log, the health probe -------------------------------------------------------
 
 
 class LogWatch(logging.Handler):
@@ -266,60 +268,12 @@ class LogWatch(logging.Handler):
         text = record.getMessage()
         warned = record.name == "py.warnings"  # numpy overflow / invalid value: garbage math
         if record.exc_info or record.levelno >= logging.ERROR or "nhandled" in text or warned:
-            self.bad.append(f"{record.name}: {text.splitlines()[0][:200]}")
+            trace = record.exc_info and logging.Formatter().formatException(record.exc_info)
+            where = [line.strip() for line in trace.splitlines()[-5:]] if trace else []  # innermost
+            self.bad.append(" | ".join([f"{record.name}: {text.splitlines()[0][:200]}", *where]))
 
     def thread_exception(self, args) -> None:
         self.bad.append(f"thread {args.thread.name}: {args.exc_type.__name__}: {args.exc_value}")
-
-
-class ServerThread:
-    """``serve`` as it runs (server, /twilio, /audiohook, AudioSocket) on its own event loop
-    in a thread, so the fuzzing clients and the health probe never share its loop."""
-
-    def __init__(self, model, settings):
-        self.model, self.settings = model, settings.replace(audiosocket_port=0)
-        self.ready = threading.Event()
-        self.server = self.service = self.error = None
-        self._stop = self._loop = None  # the server thread's, once it runs
-        self.thread = threading.Thread(target=self._run, name="fuzz-server", daemon=True)
-
-    def start(self) -> ServerThread:
-        self.thread.start()
-        if not self.ready.wait(120) or self.error:
-            raise RuntimeError(f"the server did not start: {self.error!r}")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self.thread.join(60)
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:
-            self.error = exc
-            self.ready.set()
-
-    async def _main(self) -> None:
-        from emotion_monitor.streamer.commands.serve import attach
-        from emotion_monitor.streamer.engine import Engine
-        from emotion_monitor.streamer.server.app import Server
-        from emotion_monitor.streamer.service import MonitorService
-
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        self.service = MonitorService(Engine(self.model, self.settings)).start()
-        self.server = Server(self.service, self.settings)
-        extras = await attach(self.server, self.service, self.settings)
-        try:
-            await self.server.start()
-            self.ready.set()
-            await self._stop.wait()
-        finally:
-            await extras.close_listeners()
-            await self.server.stop()
-            await asyncio.to_thread(self.service.stop)
-            await extras.close()
 
 
 class HealthProbe:
@@ -470,12 +424,12 @@ async def fuzz_worker(inputs: Inputs, ports: dict, report: Report, budget: list[
         budget[0] -= sent
 
 
-async def good_client(port: int, speech: np.ndarray, settings, done: asyncio.Event) -> dict:
+async def good_client(port: int, speech, window_s: float, hop_s: float, done) -> dict:
     """Streams ``speech`` (looped) on /ingest at real-time pace until ``done``, then up to a
     whole number of hops, and checks that every window came back in order."""
     import websockets
 
-    window, hop = round(settings.window * 16000), round(settings.hop * 16000)
+    window, hop = round(window_s * 16000), round(hop_s * 16000)
     pcm = (np.clip(speech, -1, 1) * 32767).astype("<i2")
     events, errors, ended = [], [], asyncio.Event()
     async with websockets.connect(f"ws://127.0.0.1:{port}/ingest", max_size=None) as ws:
@@ -515,49 +469,90 @@ async def good_client(port: int, speech: np.ndarray, settings, done: asyncio.Eve
     }
 
 
+async def clients(ports: dict, limits: dict, speech, window_s, hop_s, inputs, seed, workers):
+    """Everything on the client side (the spawned process): the health probe, the good client
+    and the fuzzing workers; returns what they saw as plain data."""
+    report, budget = Report(seed), [inputs]
+    start = time.perf_counter()
+    with HealthProbe(ports["http"]) as probe:
+        done = asyncio.Event()
+        good = asyncio.create_task(good_client(ports["http"], speech, window_s, hop_s, done))
+        await asyncio.gather(
+            *(fuzz_worker(Inputs(seed * 1000 + w, limits, f"w{w}-"), ports, report, budget)
+              for w in range(workers))
+        )  # fmt: skip
+        done.set()
+        report.good = await good
+    alive = probe.ask()
+    return {
+        "inputs": dict(report.inputs), "connections": dict(report.connections),
+        "hangs": report.hangs, "client_errors": report.client_errors, "good": report.good,
+        "seconds": time.perf_counter() - start, "health_worst_s": probe.worst,
+        "health_asked": probe.asked, "health_failures": probe.failures, "alive": alive is None,
+    }  # fmt: skip
+
+
+def clients_process(args: tuple, conn) -> None:
+    """Entry point of the spawned client process."""
+    try:
+        conn.send(asyncio.run(clients(*args)))
+    except BaseException as exc:  # report instead of leaving the server waiting
+        conn.send({"error": repr(exc)})
+
+
 async def run(model, speech, settings, inputs: int = 10_000, seed: int = 1, workers: int = 6):
-    """Serve with ``model`` and ``settings``, fuzz ``inputs`` inputs with ``seed`` beside the
-    good client streaming ``speech`` (16 kHz mono float32); returns the :class:`Report`."""
-    watch = LogWatch()
-    root = logging.getLogger()
-    root.addHandler(watch)
+    """Serve with ``model`` and ``settings`` on this event loop (as ``serve`` does: /twilio,
+    /audiohook, AudioSocket) and fuzz it with ``inputs`` inputs of ``seed`` from a spawned
+    process, beside the good client streaming ``speech`` (16 kHz mono float32)."""
+    import multiprocessing as mp
+
+    from emotion_monitor.streamer.commands.serve import attach
+    from emotion_monitor.streamer.engine import Engine
+    from emotion_monitor.streamer.server.app import Server
+    from emotion_monitor.streamer.service import MonitorService
+
+    watch, root = LogWatch(), logging.getLogger()
     old_level, old_hook = root.level, threading.excepthook
+    root.addHandler(watch)
     root.setLevel(min(old_level, logging.INFO))
     threading.excepthook = watch.thread_exception
     logging.captureWarnings(True)
-    report = Report(seed)
-    served = ServerThread(model, settings).start()
+    settings = settings.replace(audiosocket_port=0)
+    service = MonitorService(Engine(model, settings)).start()
+    server = Server(service, settings)
+    extras = await attach(server, service, settings)
     try:
-        ports = {"http": served.server.port, "audiosocket": served.server.tcp_ports["audiosocket"]}
-        limits = dict(served.server.max_message_bytes)
-        start = time.perf_counter()
-        with HealthProbe(ports["http"]) as probe:
-            done = asyncio.Event()
-            good = asyncio.create_task(good_client(ports["http"], speech, settings, done))
-            budget = [inputs]
-            await asyncio.gather(
-                *(fuzz_worker(Inputs(seed * 1000 + w, limits, f"w{w}-"), ports, report, budget)
-                  for w in range(workers))
-            )  # fmt: skip
-            done.set()
-            report.good = await good
-        report.seconds = time.perf_counter() - start
-        report.health_worst_s, report.health_asked = probe.worst, probe.asked
-        report.health_failures = probe.failures
-        report.alive = served.thread.is_alive() and probe.ask() is None
-        report.server_stats = {
-            "windows_dropped": served.service.engine.stats["windows_dropped"],
-            "chunks_dropped": served.service.stats["chunks_dropped"],
-            "protocol_errors": served.server.stats["protocol_errors"],
-            "streams_started": served.service.stats["streams_started"],
-        }
+        await server.start()
+        ports = {"http": server.port, "audiosocket": server.tcp_ports["audiosocket"]}
+        args = (ports, dict(server.max_message_bytes), np.asarray(speech, np.float32))
+        args += (settings.window, settings.hop, inputs, seed, workers)
+        ctx = mp.get_context("spawn")  # no fork of a process holding ONNX Runtime threads
+        mine, theirs = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=clients_process, args=(args, theirs), name="fuzz-clients")
+        proc.start()
+        theirs.close()  # so that a client process dying unannounced ends recv() below
+        try:
+            seen = await asyncio.to_thread(mine.recv)
+        finally:
+            await asyncio.to_thread(proc.join, 60)
     finally:
-        served.stop()
+        await extras.close_listeners()
+        await server.stop()
+        await asyncio.to_thread(service.stop)
+        await extras.close()
         root.removeHandler(watch)
         root.setLevel(old_level)
         threading.excepthook = old_hook
         logging.captureWarnings(False)
-    report.log = watch.bad
+    if "error" in seen:
+        raise RuntimeError(f"the fuzzing clients failed: {seen['error']}")
+    report = Report(seed, **{**seen, "inputs": Counter(seen["inputs"])}, log=watch.bad)
+    report.server_stats = {
+        "windows_dropped": service.engine.stats["windows_dropped"],
+        "chunks_dropped": service.stats["chunks_dropped"],
+        "protocol_errors": server.stats["protocol_errors"],
+        "streams_started": service.stats["streams_started"],
+    }
     return report
 
 

@@ -168,6 +168,23 @@ async def test_abandoned_post_logs_nothing_unhandled(caplog):
     assert tracebacks(caplog) == []
 
 
+async def test_a_request_followed_by_junk_logs_nothing(caplog):
+    """Bytes after a request head in the same packet fail the websocket connection before its
+    handshake answers; websockets would then answer anyway and log an internal error."""
+    caplog.set_level(logging.INFO)
+    async with running() as (server, _):
+        for head in (b"GET /healthz HTTP/1.1\r\n", b"PUT /x HTTP/1.1\r\n", b"GET /ws HTTP/1.1\r\n"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(head + b"Host: x\r\n\r\n\x00\x01junk")
+            await asyncio.wait_for(reader.read(), TIMEOUT)  # closed by the server
+            writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await asyncio.wait_for(reader.readline(), TIMEOUT)).startswith(b"HTTP/1.1 200")
+        writer.close()
+    assert tracebacks(caplog) == []
+
+
 def test_resampling_a_large_message_needs_memory_of_a_block_not_the_message():
     speech = resample(clips()[0], 16000, 8000)
     big = np.tile(speech, 1 + (1 << 19) // len(speech))[: 1 << 19]  # one 1 MiB s16le frame

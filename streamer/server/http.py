@@ -113,6 +113,7 @@ class FrontDoor(ServerConnection):
         self._decided = True
         super().connection_made(self._transport)
         super().data_received(self._head)
+        self._settle_failed_handshake()
 
     def eof_received(self) -> bool | None:
         if not self._decided:
