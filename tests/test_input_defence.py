@@ -121,8 +121,8 @@ async def test_audiohook_version_must_be_2():
         async with websockets.connect(ws_url(server, "/audiohook")) as ws:
             await ws.send(hook_open("v-2"))
             assert (await recv_json(ws))["type"] == "opened"
-        assert col.of_type("stream_started")[0]["meta"]["session_id"] == "v-2"
-        assert len(col.of_type("stream_started")) == 1
+            await col.wait_for(lambda: col.of_type("stream_started"))
+        assert [m["meta"]["session_id"] for m in col.of_type("stream_started")] == ["v-2"]
 
 
 @pytest.mark.parametrize("text", ["null", "123", '"start"', "1e400", "[]"])
