@@ -204,16 +204,18 @@ class Inputs:
         return out
 
     def audiosocket_session(self) -> list[bytes]:
+        from emotion_monitor.streamer.telephony.audiosocket import frame
+
         r = self.rng
         out = []
         if r.random() < 0.7:
-            out.append(_as_frame(0x01, uuid.UUID(int=r.getrandbits(128)).bytes))
+            out.append(frame(0x01, uuid.UUID(int=r.getrandbits(128)).bytes))
         for _ in range(r.randint(1, 10)):
             kind = r.choice((0x10, 0x10, 0x12, 0x16, 0x18, 0x01, 0x03, 0x00, 0xFF, 0x42))
             payload = r.randbytes(r.choice((320, 321, 0, 16, 7680, 16384)))
             pick = r.random()
             if pick < 0.8:
-                out.append(_as_frame(kind, payload))
+                out.append(frame(kind, payload))
             elif pick < 0.9:  # announces more than it sends (then the connection ends)
                 out.append(struct.pack(">BH", kind, len(payload) + 100) + payload)
                 break
@@ -247,13 +249,6 @@ def _paths(value, prefix=()):
         yield (*prefix, key)
         if isinstance(child, (dict, list)) and child:
             yield from _paths(child, (*prefix, key))
-
-
-def _as_frame(kind: int, payload: bytes) -> bytes:
-    return struct.pack(">BH", kind, len(payload)) + payload
-
-
-# -- the server's log, the health probe -------------------------------------------------------
 
 
 class LogWatch(logging.Handler):
@@ -310,9 +305,6 @@ class HealthProbe:
     def __exit__(self, *exc) -> None:
         self._done.set()
         self.thread.join(10)
-
-
-# -- the clients ------------------------------------------------------------------------------
 
 
 @dataclass
@@ -531,9 +523,12 @@ async def run(model, speech, settings, inputs: int = 10_000, seed: int = 1, work
         proc = ctx.Process(target=clients_process, args=(args, theirs), name="fuzz-clients")
         proc.start()
         theirs.close()  # so that a client process dying unannounced ends recv() below
+        lags: list[float] = []  # how late a 100 ms tick of the server's loop fires: stalls
+        ticker = asyncio.create_task(_tick(lags))
         try:
             seen = await asyncio.to_thread(mine.recv)
         finally:
+            ticker.cancel()
             await asyncio.to_thread(proc.join, 60)
     finally:
         await extras.close_listeners()
@@ -552,8 +547,18 @@ async def run(model, speech, settings, inputs: int = 10_000, seed: int = 1, work
         "chunks_dropped": service.stats["chunks_dropped"],
         "protocol_errors": server.stats["protocol_errors"],
         "streams_started": service.stats["streams_started"],
+        "loop_lag_max_ms": round(max(lags, default=0.0) * 1000),
+        "loop_lag_p99_ms": round(float(np.percentile(lags, 99)) * 1000 if lags else 0.0),
     }
     return report
+
+
+async def _tick(lags: list[float]) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        t = loop.time()
+        await asyncio.sleep(0.1)
+        lags.append(loop.time() - t - 0.1)
 
 
 def main() -> int:
