@@ -17,10 +17,6 @@ SAMPLE_FORMATS = ("s16le", "f32le")
 #: files come at 5.5 kHz (old formats) up to 768 kHz (studio hardware). A rate outside is a
 #: broken or hostile header: 2 GHz turns a whole file into microseconds, 1 Hz into hours.
 MIN_FILE_RATE, MAX_FILE_RATE = 4_000, 768_000
-#: Live audio messages larger than this are converted in a worker thread (``asyncio.to_thread``),
-#: not on the event loop: one client's 1 MiB frame costs ~0.1 s of CPU, which nobody else may pay
-#: for. Smaller ones (telephony packets, 20-100 ms frames) are cheaper to convert in place.
-OFF_LOOP_BYTES = 32 << 10
 
 
 class AudioError(ValueError):

@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Callable
 
 from emotion_monitor.streamer import protocol
-from emotion_monitor.streamer.audio import OFF_LOOP_BYTES
+from emotion_monitor.streamer.offload import OFF_LOOP_BYTES, off_loop
 from emotion_monitor.streamer.server.fanout import Fanout, Subscriber
 from emotion_monitor.streamer.server.ingest import CLOSE_TRY_AGAIN_LATER, IngestStream
 from emotion_monitor.streamer.service import MonitorService
@@ -130,7 +130,7 @@ class EventSockets:
                     self._check_size("/ingest", message)
                     if isinstance(message, bytes):
                         if len(message) > OFF_LOOP_BYTES:  # a big frame must not stall others
-                            await asyncio.to_thread(ingest.audio, message)
+                            await off_loop(ingest.audio, message)
                         else:
                             ingest.audio(message)
                         continue

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
-from emotion_monitor.streamer.audio import OFF_LOOP_BYTES, SAMPLE_RATE, StreamResampler
+from emotion_monitor.streamer.audio import SAMPLE_RATE, StreamResampler
+from emotion_monitor.streamer.offload import OFF_LOOP_BYTES, off_loop
 from emotion_monitor.streamer.protocol import valid_stream_id
 from emotion_monitor.streamer.service import MonitorService
 from websockets.exceptions import ConnectionClosed
@@ -182,7 +183,7 @@ async def serve_call(ws: Any, session: CallSession, idle_timeout: float) -> None
         async for raw in ws:
             idle.touch()
             if len(raw) > OFF_LOOP_BYTES:  # a big message must not stall the other calls
-                replies, done = await asyncio.to_thread(session.handle, raw)
+                replies, done = await off_loop(session.handle, raw)
             else:
                 replies, done = session.handle(raw)
             for reply in replies:
