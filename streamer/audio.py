@@ -38,7 +38,9 @@ def pcm_to_float(data: bytes, sample_format: str, channels: int = 1) -> np.ndarr
             f"{len(data)} bytes is not a whole number of {sample_format} frames "
             f"of {channels} channel(s)"
         )
-    samples = np.frombuffer(data, dtype=dtype).astype(np.float32) * scale
+    samples = np.frombuffer(data, dtype=dtype).astype(np.float32)
+    if scale != 1.0:  # f32le is used as is (NaN/Inf are for silence_nonfinite to deal with)
+        samples *= np.float32(scale)
     return samples.reshape(-1, channels)
 
 
@@ -125,12 +127,23 @@ class StreamResampler:
         window = np.hanning(2 * half_taps + 2)[1:-1]
         self._filters = (np.sinc((phases - taps) * cutoff) * window * cutoff).astype(np.float32)
 
+    #: Input samples resampled per step. ``_emit`` builds (outputs x taps) index and sample
+    #: matrices, so one step of a whole 1 MiB message would cost hundreds of MB; blocks keep
+    #: that to a few MB whatever the message size (the output does not depend on the split).
+    BLOCK = 8192
+
     def process(self, chunk: np.ndarray) -> np.ndarray:
         """Feed mono float32 samples; returns the output samples now fully determined."""
+        chunk = np.asarray(chunk, dtype=np.float32)
         if self.up == self.down:
-            return np.asarray(chunk, dtype=np.float32)
-        self._buf = np.concatenate([self._buf, np.asarray(chunk, dtype=np.float32)])
-        return self._emit(final=False)
+            return chunk
+        out = []
+        for start in range(0, len(chunk), self.BLOCK):
+            self._buf = np.concatenate([self._buf, chunk[start : start + self.BLOCK]])
+            out.append(self._emit(final=False))
+        if len(out) == 1:
+            return out[0]
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
     def flush(self) -> np.ndarray:
         """Emit the tail (the missing future is taken as silence)."""

@@ -26,9 +26,19 @@ PROTOCOL_VERSION = 1
 #: Sample rates an ingest client may announce (telephony 8 kHz up to studio 192 kHz).
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8_000, 192_000
 MAX_CHANNELS = 8
-#: Stream ids: short, printable, safe in URLs, logs and Prometheus labels.
-STREAM_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+#: Stream ids: short, printable, safe in URLs, logs and Prometheus labels. ``\A``/``\Z``, not
+#: ``^``/``$``: ``$`` also matches before a final newline, which let ``"id\n"`` through.
+STREAM_ID = re.compile(r"\A[A-Za-z0-9_.:\-]{1,64}\Z")
 MAX_SUBSCRIPTIONS = 256
+#: Deepest nesting of arrays/objects a client message may have. Real messages need 4; deeper
+#: JSON would only cost recursion (json.loads raises RecursionError near 1000 levels, and
+#: nested metadata echoed in hello / stream_started would fail again when encoded).
+MAX_JSON_DEPTH = 32
+
+
+def valid_stream_id(value: Any) -> bool:
+    """Whether ``value`` is a stream id: a string of 1-64 of ``A-Z a-z 0-9 _ . : -``."""
+    return isinstance(value, str) and STREAM_ID.fullmatch(value) is not None
 
 
 class ProtocolError(ValueError):
@@ -212,7 +222,7 @@ class Start(Message):
     @classmethod
     def from_dict(cls, d: dict) -> Start:
         stream = _field(d, "stream", str, "")
-        if stream and not STREAM_ID.match(stream):
+        if stream and not valid_stream_id(stream):
             raise ProtocolError(
                 "bad_field", "start: 'stream' must be 1-64 characters of A-Z a-z 0-9 _ . : -"
             )
@@ -341,17 +351,15 @@ def decode(text: str | bytes, registry: dict[str, type] = CLIENT_MESSAGES) -> An
     Raises:
         ProtocolError: invalid JSON, not an object, wrong version, unknown type, bad fields.
     """
-    try:
-        data = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError("bad_json", f"not valid JSON: {exc}") from None
+    data = parse_json(text)
     if not isinstance(data, dict):
         raise ProtocolError("bad_json", "a message must be a JSON object")
     kind = data.get("type")
     if not isinstance(kind, str):
         raise ProtocolError("bad_field", "a message needs a string 'type'")
     version = data.get("v", PROTOCOL_VERSION)
-    if version != PROTOCOL_VERSION:
+    # type(): JSON true equals 1 and 1.0 too in Python, but neither is protocol version 1.
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise ProtocolError(
             "bad_version",
             f"protocol version {version!r} is not supported; this server speaks "
@@ -363,6 +371,36 @@ def decode(text: str | bytes, registry: dict[str, type] = CLIENT_MESSAGES) -> An
             "unknown_type", f"unknown message type {kind!r}; expected one of {sorted(registry)}"
         )
     return cls.from_dict(data)
+
+
+def parse_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Parse one JSON text from a peer (every route uses this, so all refuse the same way).
+
+    Raises:
+        ProtocolError: ``bad_json`` (the telephony routes close with 1007) for invalid JSON,
+            invalid UTF-8, or nesting deeper than ``max_depth``.
+    """
+    try:
+        data = json.loads(text)
+    except RecursionError:  # far too deep: the parser itself gave up
+        raise ProtocolError("bad_json", f"JSON nested deeper than {max_depth} levels") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError("bad_json", f"not valid JSON: {exc}") from None
+    if _deeper_than(data, max_depth):
+        raise ProtocolError("bad_json", f"JSON nested deeper than {max_depth} levels")
+    return data
+
+
+def _deeper_than(data: Any, limit: int) -> bool:
+    # Iterative on purpose: a recursive walk would hit the recursion limit it guards against.
+    stack = [(data, 1)] if isinstance(data, (dict, list)) else []
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
 
 
 def encode(message: Message | Event | dict) -> str:

@@ -140,6 +140,8 @@ class Server:
             "/ws": self._sockets.events,
             "/ingest": self._sockets.ingest,
         }
+        #: largest message each websocket route takes (declared in hello)
+        self.max_message_bytes: dict[str, int] = dict(self._sockets.max_message_bytes)
         self._http_routes: dict[tuple[str, str], HttpHandler] = {
             ("GET", "/healthz"): self._healthz,
             ("GET", "/metrics"): self._metrics,
@@ -169,7 +171,8 @@ class Server:
         ``websockets.asyncio.server.ServerConnection``; ``ws.request`` holds the path, query and
         headers. The connection closes when the handler returns. Feed audio with
         ``service.open_stream`` / ``push`` / ``end_stream``: events reach ``/ws`` clients through
-        the service. May be called before or after :meth:`start`.
+        the service. May be called before or after :meth:`start`. Messages over the handler's
+        ``max_message_bytes`` (default: the settings') close with 1009 before being buffered.
         """
         if not path.startswith("/"):
             raise ValueError(f"route path must start with '/': {path!r}")
@@ -186,6 +189,8 @@ class Server:
             self._ws_routes[path] = handler
         if authorize is not None:
             self._ws_authorize[path] = authorize
+        limit = getattr(handler, "max_message_bytes", None) or self.settings.max_message_bytes
+        self.max_message_bytes[path] = limit
 
     def add_http_route(self, method: str, path: str, handler: HttpHandler) -> None:
         """Answer ``method path`` (GET or POST) with ``handler(HttpRequest) -> HttpResponse``.
@@ -330,6 +335,7 @@ class Server:
                 "max_clients": s.max_clients,
                 "client_queue": s.client_queue,
                 "max_message_bytes": s.max_message_bytes,
+                "max_message_bytes_per_route": dict(self.max_message_bytes),
                 "max_streams": s.max_streams,
                 "sample_rates": [protocol.MIN_SAMPLE_RATE, protocol.MAX_SAMPLE_RATE],
                 "formats": list(protocol.SAMPLE_FORMATS),
@@ -350,6 +356,8 @@ class Server:
             resp.headers["Allow"] = "GET, POST"
             return to_ws_response(resp)
         if path in self._ws_routes:
+            limit = self.max_message_bytes[path]
+            ws.protocol.max_message_size = self._sockets.frame_limit(path, limit)
             browser = path in BROWSER_ROUTES  # telephony platforms may send an Origin of their own
             own_check = self._ws_authorize.get(path)
             refusal = self.access.check_upgrade(get_request(request), browser, own_check)

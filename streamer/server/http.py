@@ -29,6 +29,7 @@ from emotion_monitor.streamer import protocol
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,8 @@ class FrontDoor(ServerConnection):
 
     def data_received(self, data: bytes) -> None:
         if self._decided:
-            return super().data_received(data)
+            super().data_received(data)
+            return self._settle_failed_handshake()
         self._head += data
         line_end = self._head.find(b"\r\n")
         if line_end < 0 and len(self._head) < HEAD_LIMIT:
@@ -111,9 +113,24 @@ class FrontDoor(ServerConnection):
         self._decided = True
         super().connection_made(self._transport)
         super().data_received(self._head)
+        self._settle_failed_handshake()
 
     def eof_received(self) -> bool | None:
-        return super().eof_received() if self._decided else None
+        if not self._decided:
+            return None
+        keep_open = super().eof_received()
+        self._settle_failed_handshake()
+        return keep_open
+
+    def _settle_failed_handshake(self) -> None:
+        # A websockets race (fixed upstream in python-websockets PR #1744): when the peer's EOF
+        # or garbage after its request arrives before the handshake task resumes, websockets
+        # fails the connection (sends EOF) but leaves it CONNECTING, and the handshake then
+        # answers anyway and trips an assertion, logged as "unexpected internal error". The
+        # peer is gone either way: mark it closed, so the handshake answers nothing (what
+        # websockets does when the timing is the other way round).
+        if self.protocol.state is State.CONNECTING and self.protocol.eof_sent:
+            self.protocol.state = State.CLOSED
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
@@ -154,6 +171,9 @@ class PostHandler:
     async def _http_exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         try:
             response = await self._read_and_answer(reader, writer)
+        except ConnectionError:  # the client left mid-request: nobody to answer
+            writer.close()
+            return
         except Exception:  # a handler bug must not kill the server; the client gets a 500
             log.exception("POST handler failed")
             response = HttpResponse.error(500, "internal", "the server failed; see its log")
@@ -167,8 +187,8 @@ class PostHandler:
             async with asyncio.timeout(LINGER_S):
                 while await reader.read(1 << 16):
                     pass
-        except (ConnectionError, TimeoutError):
-            pass
+        except (OSError, TimeoutError):  # OSError: the client left (a reset, or ENOTCONN when
+            pass  # the half-close finds the socket already gone); nothing to tell anyone
         finally:
             writer.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+import numpy as np
 from emotion_monitor.streamer import protocol
 from emotion_monitor.streamer.audio import StreamResampler, pcm_to_float, silence_nonfinite, to_mono
 from emotion_monitor.streamer.engine import StreamLimitError
@@ -61,6 +62,9 @@ class IngestStream:
         frames = pcm_to_float(data, self.fmt.format, self.fmt.channels)
         frames, nonfinite = silence_nonfinite(frames)  # before resampling
         self.stats["nonfinite_samples"] += nonfinite
+        # f32le beyond full scale is clipped: a hostile 3e38 would overflow to inf when the
+        # channels are mixed and smear over the resampling filter.
+        np.clip(frames, -1.0, 1.0, out=frames)
         samples = self.resampler.process(to_mono(frames))
         if not len(samples):
             return

@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Callable
 
 from emotion_monitor.streamer import protocol
+from emotion_monitor.streamer.offload import OFF_LOOP_BYTES, off_loop
 from emotion_monitor.streamer.server.fanout import Fanout, Subscriber
 from emotion_monitor.streamer.server.ingest import CLOSE_TRY_AGAIN_LATER, IngestStream
 from emotion_monitor.streamer.service import MonitorService
@@ -20,6 +21,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 MAX_ERRORS = 20  # protocol errors tolerated from one client before it is closed
+#: /ws takes only small control messages (a subscribe naming 256 streams is ~17 KB)
+WS_MAX_MESSAGE_BYTES = 1 << 16
 
 
 class EventSockets:
@@ -39,6 +42,11 @@ class EventSockets:
         self.stats = stats
         self.hello = hello
         self._ingest_count = 0
+        #: the largest message each route takes
+        self.max_message_bytes = {
+            "/ws": min(WS_MAX_MESSAGE_BYTES, settings.max_message_bytes),
+            "/ingest": settings.max_message_bytes,
+        }
 
     async def _refuse_full(self, ws: ServerConnection) -> None:
         self.stats["clients_refused"] += 1
@@ -63,8 +71,15 @@ class EventSockets:
                 pass
         await closing
 
-    def _check_size(self, message: str | bytes) -> None:
-        limit = self.settings.max_message_bytes
+    def frame_limit(self, path: str, limit: int) -> int:
+        """What the websocket layer lets through on ``path`` with a route limit of ``limit``:
+        /ws and /ingest answer messages up to twice their limit with a readable ``too_big``
+        error; beyond that, and on other routes beyond their limit, websockets closes with 1009
+        before buffering the message."""
+        return limit * 2 if path in self.max_message_bytes else limit
+
+    def _check_size(self, route: str, message: str | bytes) -> None:
+        limit = self.max_message_bytes[route]
         if len(message) > limit:
             raise protocol.ProtocolError(
                 "too_big",
@@ -82,7 +97,7 @@ class EventSockets:
             client.offer(self.hello())
             async for message in ws:
                 try:
-                    self._check_size(message)
+                    self._check_size("/ws", message)
                     if isinstance(message, bytes):
                         raise protocol.ProtocolError(
                             "unexpected_binary", "/ws takes JSON text only"
@@ -112,9 +127,12 @@ class EventSockets:
             client.offer(self.hello())
             async for message in ws:
                 try:
-                    self._check_size(message)
+                    self._check_size("/ingest", message)
                     if isinstance(message, bytes):
-                        ingest.audio(message)
+                        if len(message) > OFF_LOOP_BYTES:  # a big frame must not stall others
+                            await off_loop(ingest.audio, message)
+                        else:
+                            ingest.audio(message)
                         await ingest.wait_for_room()  # backpressure: a fast sender waits
                         continue
                     msg = protocol.decode(message)

@@ -17,13 +17,12 @@ and answers the client's ``close`` with ``closed``.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from typing import Any
 
 from emotion_monitor.streamer.audio import mulaw_decode
 from emotion_monitor.streamer.engine import StreamLimitError
-from emotion_monitor.streamer.protocol import STREAM_ID
+from emotion_monitor.streamer.protocol import ProtocolError, parse_json, valid_stream_id
 from emotion_monitor.streamer.server.http import HttpRequest, HttpResponse
 from emotion_monitor.streamer.telephony.call import (
     AGENT,
@@ -36,6 +35,9 @@ log = logging.getLogger(__name__)
 
 VERSION = "2"
 RATE = 8000
+#: Largest message on /audiohook: 4 s of stereo PCMU in one frame (Genesys sends far smaller
+#: ones). Beyond, the websocket layer closes with 1009 before buffering it.
+MAX_MESSAGE_BYTES = 1 << 16
 CHANNEL_TRACKS = {"external": CUSTOMER, "internal": AGENT}
 
 
@@ -106,13 +108,18 @@ class AudioHookSession:
 
     def _text(self, raw: str) -> tuple[list[dict], bool]:
         try:
-            msg = json.loads(raw)
-        except ValueError:
-            raise AudioHookError("message is not valid JSON") from None
+            msg = parse_json(raw)
+        except ProtocolError as exc:
+            raise AudioHookError(f"message is {exc}") from None
         if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
             raise AudioHookError("message is not a JSON object with a 'type'")
+        if msg.get("version") != VERSION:  # the string "2"; 2, "1", "3", null are not
+            raise AudioHookError(
+                f"protocol version {msg.get('version')!r:.20} is not supported; "
+                f"this server speaks AudioHook version {VERSION!r}"
+            )
         seq = msg.get("seq")
-        if isinstance(seq, int):
+        if isinstance(seq, int) and not isinstance(seq, bool):
             self.client_seq = seq
         kind = msg["type"]
         params = msg.get("parameters") if isinstance(msg.get("parameters"), dict) else {}
@@ -138,18 +145,14 @@ class AudioHookSession:
         if self.id is not None:
             raise AudioHookError("a second 'open' in the same session")
         session_id = msg.get("id")
-        if not isinstance(session_id, str) or not STREAM_ID.match(session_id):
+        if not valid_stream_id(session_id):
             raise AudioHookError("'open' needs a session 'id' of 1-64 safe characters")
         self.id = session_id
         media = choose_media(params.get("media"))
         if media is None:
             raise AudioHookError("no offered media is PCMU at 8000 Hz with external/internal")
         conversation = params.get("conversationId")
-        stream = (
-            conversation
-            if isinstance(conversation, str) and STREAM_ID.match(conversation)
-            else session_id
-        )
+        stream = conversation if valid_stream_id(conversation) else session_id
         if stream in self.service.streams:  # a second session on the same conversation
             stream = session_id
         meta = {
@@ -239,6 +242,8 @@ class ApiKeyCheck:
 
 class AudioHookHandler:
     """Websocket handler for ``/audiohook``: ``await handler(ws, service, settings)``."""
+
+    max_message_bytes = MAX_MESSAGE_BYTES
 
     def __init__(self, idle_timeout: float = 60.0):
         self.idle_timeout = idle_timeout

@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 import numpy as np
 from emotion_monitor.streamer.audio import SAMPLE_RATE, StreamResampler
+from emotion_monitor.streamer.offload import OFF_LOOP_BYTES, off_loop
+from emotion_monitor.streamer.protocol import valid_stream_id
 from emotion_monitor.streamer.service import MonitorService
 from websockets.exceptions import ConnectionClosed
 
@@ -30,7 +32,8 @@ class CallStream:
     """One call on the service: open, per-track resampling to 16 kHz, end exactly once.
 
     Raises (from the constructor) what :meth:`MonitorService.open_stream` raises:
-    ``StreamLimitError`` when the server is full, ``ValueError`` for a duplicate stream id.
+    ``StreamLimitError`` when the server is full, ``ValueError`` for a duplicate stream id; and
+    ``ValueError`` for an id that is not a protocol stream id, whatever the provider let through.
     """
 
     #: Audio is handed to the service in blocks of at least this many 16 kHz samples (100 ms),
@@ -40,6 +43,8 @@ class CallStream:
     COALESCE = 1600
 
     def __init__(self, service: MonitorService, stream: str, **meta: Any):
+        if not valid_stream_id(stream):
+            raise ValueError(f"{stream!r:.80} is not a stream id (1-64 of A-Z a-z 0-9 _ . : -)")
         self.service = service
         self.stream = stream
         self._resamplers: dict[str, StreamResampler] = {}
@@ -177,7 +182,10 @@ async def serve_call(ws: Any, session: CallSession, idle_timeout: float) -> None
     try:
         async for raw in ws:
             idle.touch()
-            replies, done = session.handle(raw)
+            if len(raw) > OFF_LOOP_BYTES:  # a big message must not stall the other calls
+                replies, done = await off_loop(session.handle, raw)
+            else:
+                replies, done = session.handle(raw)
             for reply in replies:
                 await ws.send(json.dumps(reply))
             if done:

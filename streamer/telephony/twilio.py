@@ -8,8 +8,10 @@ with ``track`` "inbound" or "outbound", ``chunk`` and ``timestamp`` in ms), and 
 - track "inbound" (what the caller says) becomes ``customer``, "outbound" becomes ``agent``;
 - each track has its own chunk-invariant 8 -> 16 kHz resampler;
 - ``customParameters`` (from ``<Parameter>`` in the TwiML) are kept in the stream metadata;
-- when a ``media`` timestamp jumps ahead (lost packets), the gap is filled with silence, up to
-  ``max_gap`` seconds, so both tracks stay on the call's clock.
+- when a ``media`` timestamp jumps ahead (lost packets), the gap is filled with silence, so both
+  tracks stay on the call's clock: at most ``max_gap`` seconds per message and ``max_gap_total``
+  seconds per track over the whole call (then the track's clock restarts from the new
+  timestamp), so timestamps alone can never make up hours of audio.
 
 With an auth token configured (``serve --twilio-auth-token``), the upgrade request must carry a
 valid ``X-Twilio-Signature`` (see :class:`TwilioSignatureCheck`); otherwise it is refused with
@@ -26,7 +28,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import logging
 import math
 from typing import Any
@@ -34,7 +35,7 @@ from typing import Any
 import numpy as np
 from emotion_monitor.streamer.audio import mulaw_decode
 from emotion_monitor.streamer.engine import StreamLimitError
-from emotion_monitor.streamer.protocol import STREAM_ID
+from emotion_monitor.streamer.protocol import ProtocolError, parse_json, valid_stream_id
 from emotion_monitor.streamer.server.http import HttpRequest, HttpResponse
 from emotion_monitor.streamer.telephony.call import (
     AGENT,
@@ -48,6 +49,9 @@ log = logging.getLogger(__name__)
 
 TRACKS = {"inbound": CUSTOMER, "outbound": AGENT}
 TWILIO_RATE = 8000
+#: Largest message on /twilio: a 20 ms ``media`` message is ~400 bytes, a ``start`` with custom
+#: parameters a few KB. Beyond, the websocket layer closes with 1009 before buffering it.
+MAX_MESSAGE_BYTES = 1 << 16
 
 
 class TwilioError(CallError):
@@ -60,23 +64,31 @@ class TwilioSession:
     provider = "twilio"
     done_reason = "stream stopped"
 
-    def __init__(self, service: Any, max_gap: float = 5.0):
+    def __init__(self, service: Any, max_gap: float = 5.0, max_gap_total: float = 30.0):
         self.service = service
         self.max_gap = max_gap
+        self.max_gap_total = max_gap_total
+        self._filled: dict[str, int] = {}  # per track: samples of silence filled so far
         self.call: CallStream | None = None
         self.rate = TWILIO_RATE
         self._received: dict[str, int] = {}  # samples per Twilio track, to detect gaps
-        self._skew: dict[str, int] = {}  # per track: samples forgiven after a gap > max_gap
-        self.stats = {"media": 0, "gap_samples": 0, "marks": 0, "dtmf": 0}
+        self._skew: dict[str, int] = {}  # per track: samples forgiven after a gap over the bounds
+        self.stats = {
+            "media": 0,
+            "gap_samples": 0,
+            "gap_samples_unfilled": 0,
+            "marks": 0,
+            "dtmf": 0,
+        }
 
     def handle(self, raw: str | bytes) -> tuple[list[dict], bool]:
         """Process one websocket message: (no replies, whether the stream has stopped)."""
         if isinstance(raw, bytes):
             raise TwilioError("binary frames are not part of Media Streams", 1003)
         try:
-            msg = json.loads(raw)
-        except ValueError:
-            raise TwilioError("message is not valid JSON", 1007) from None
+            msg = parse_json(raw)
+        except ProtocolError as exc:
+            raise TwilioError(f"message is {exc}", 1007) from None
         if not isinstance(msg, dict):
             raise TwilioError("message is not a JSON object", 1007)
         event = msg.get("event")
@@ -111,7 +123,7 @@ class TwilioSession:
         if not isinstance(start, dict):
             raise TwilioError("'start' message without a 'start' object")
         call_sid = start.get("callSid")
-        if not isinstance(call_sid, str) or not STREAM_ID.match(call_sid):
+        if not valid_stream_id(call_sid):
             raise TwilioError(
                 f"'start' needs a callSid of 1-64 safe characters, got {call_sid!r:.40}"
             )
@@ -181,10 +193,13 @@ class TwilioSession:
         gap = expected - self._skew.get(name, 0) - received
         if gap <= self.rate // 50:  # within one 20 ms packet: jitter, not loss
             return 0
-        cap = int(self.max_gap * self.rate)
-        if gap > cap:  # fill at most max_gap, and from now on count from the new timestamp
+        filled = self._filled.get(name, 0)
+        cap = min(int(self.max_gap * self.rate), int(self.max_gap_total * self.rate) - filled)
+        if gap > cap:  # fill what the bounds allow; from now on count from the new timestamp
             self._skew[name] = self._skew.get(name, 0) + gap - cap
+            self.stats["gap_samples_unfilled"] += gap - cap
             gap = cap
+        self._filled[name] = filled + gap
         self.stats["gap_samples"] += gap
         return gap
 
@@ -244,12 +259,20 @@ class TwilioSignatureCheck:
 class TwilioHandler:
     """Websocket handler for ``/twilio``: ``await handler(ws, service, settings)``.
 
-    ``idle_timeout``: seconds without any message after which the call is ended.
+    ``idle_timeout``: seconds without any message after which the call is ended;
+    ``max_gap`` / ``max_gap_total``: seconds of silence filled for lost packets per message /
+    per track over the call.
     """
 
-    def __init__(self, max_gap: float = 5.0, idle_timeout: float = 60.0):
+    max_message_bytes = MAX_MESSAGE_BYTES
+
+    def __init__(
+        self, max_gap: float = 5.0, idle_timeout: float = 60.0, max_gap_total: float = 30.0
+    ):
         self.max_gap = max_gap
+        self.max_gap_total = max_gap_total
         self.idle_timeout = idle_timeout
 
     async def __call__(self, ws: Any, service: Any, settings: Any = None) -> None:
-        await serve_call(ws, TwilioSession(service, self.max_gap), self.idle_timeout)
+        session = TwilioSession(service, self.max_gap, self.max_gap_total)
+        await serve_call(ws, session, self.idle_timeout)
