@@ -18,13 +18,13 @@ Extending it (the telephony providers and friends) -- call before :meth:`Server.
                                      # async handler(reader, writer, service, settings)
 
 The rooms beside this one: :mod:`.http` (the hand-written HTTP beside websockets), :mod:`.fanout`
-(per-client queues), :mod:`.ingest`, :mod:`.metrics`, :mod:`.predict`.
+(per-client queues), :mod:`.ingest`, :mod:`.metrics`, :mod:`.predict`, :mod:`.status` (hello,
+/healthz, /metrics).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import importlib.metadata
 import importlib.resources
 import inspect
@@ -32,12 +32,10 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
-from emotion_monitor.streamer import protocol
+import emotion_monitor.streamer.server.status as status
 from emotion_monitor.streamer.decode import MAX_UPLOAD_BYTES
-from emotion_monitor.streamer.protocol import PROTOCOL_VERSION
 from emotion_monitor.streamer.redact import RedactingLogger
 from emotion_monitor.streamer.server.access import Access
 from emotion_monitor.streamer.server.fanout import Fanout
@@ -53,7 +51,7 @@ from emotion_monitor.streamer.server.http import (
     static_response,
     to_ws_response,
 )
-from emotion_monitor.streamer.server.metrics import LatencyHistogram, metrics_text
+from emotion_monitor.streamer.server.metrics import LatencyHistogram
 from emotion_monitor.streamer.server.predict import PredictRoute
 from emotion_monitor.streamer.server.sockets import EventSockets
 from emotion_monitor.streamer.service import MonitorService
@@ -135,7 +133,9 @@ class Server:
             self.stats,
             self.latency.observe_event,
         )
-        self._sockets = EventSockets(service, self.settings, self.fanout, self.stats, self._hello)
+        self._sockets = EventSockets(
+            service, self.settings, self.fanout, self.stats, lambda: status.hello(self)
+        )
         self._ws_routes: dict[str, WebSocketHandler] = {
             "/ws": self._sockets.events,
             "/ingest": self._sockets.ingest,
@@ -143,8 +143,8 @@ class Server:
         #: largest message each websocket route takes (declared in hello)
         self.max_message_bytes: dict[str, int] = dict(self._sockets.max_message_bytes)
         self._http_routes: dict[tuple[str, str], HttpHandler] = {
-            ("GET", "/healthz"): self._healthz,
-            ("GET", "/metrics"): self._metrics,
+            ("GET", "/healthz"): lambda request: status.healthz(self),
+            ("GET", "/metrics"): lambda request: status.metrics(self),
             ("POST", "/predict"): PredictRoute(service, self.settings, self.stats),
         }
         self._posts = PostHandler(
@@ -245,7 +245,7 @@ class Server:
                 logger=RedactingLogger(logging.getLogger("websockets.server")),
                 # Per-client deflate compresses every broadcast once per client; events are small.
                 compression=None,
-                server_header=f"emotion-monitor/{_version()}",
+                server_header=f"emotion-monitor/{status.version()}",
             )
         except OSError as exc:
             self.service.remove_listener(self.broadcast)
@@ -327,26 +327,6 @@ class Server:
             return
         await handler(ws, self.service, self.settings)
 
-    def _hello(self) -> str:
-        s = self.settings
-        return protocol.Hello(
-            server=_version(),
-            limits={
-                "max_clients": s.max_clients,
-                "client_queue": s.client_queue,
-                "max_message_bytes": s.max_message_bytes,
-                "max_message_bytes_per_route": dict(self.max_message_bytes),
-                "max_streams": s.max_streams,
-                "sample_rates": [protocol.MIN_SAMPLE_RATE, protocol.MAX_SAMPLE_RATE],
-                "formats": list(protocol.SAMPLE_FORMATS),
-                "max_channels": protocol.MAX_CHANNELS,
-                "ping_interval": s.ping_interval,
-            },
-            streams=self.service.streams,
-            model=self.service.engine.model.describe(),
-            settings=_jsonable(s.to_dict()),
-        ).to_json()
-
     # -- plain HTTP -------------------------------------------------------------------------
 
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
@@ -371,44 +351,3 @@ class Server:
             return to_ws_response(await call_handler(route, get_request(request)))
         page = page_file(path)
         return to_ws_response(static_response(self.static_dir, page or path))
-
-    def _healthz(self, request: HttpRequest) -> HttpResponse:
-        return HttpResponse.json(
-            {
-                "ok": True,
-                "v": PROTOCOL_VERSION,
-                "model": self.service.engine.model.describe(),
-                "streams": self.service.streams,
-                "clients": self.clients,
-            }
-        )
-
-    def _metrics(self, request: HttpRequest) -> HttpResponse:
-        text = metrics_text(
-            self.service.engine.stats,
-            self.service.stats,
-            self.stats,
-            self.clients,
-            len(self.service.streams),
-            self.latency,
-            getattr(self.service.engine.model, "tier_stats", None),  # a remote inference tier's
-        )
-        return HttpResponse(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
-
-
-def _jsonable(value: Any) -> Any:
-    """Settings hold tuples and dataclasses; JSON wants lists and dicts."""
-    if dataclasses.is_dataclass(value):
-        value = dataclasses.asdict(value)
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("emotion-monitor")
-    except Exception:  # not installed (running from a checkout)
-        return "0+unknown"
