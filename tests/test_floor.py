@@ -210,7 +210,17 @@ def test_agent_view_of_a_microphone_stream(shift, browser):
         )
         assert page.evaluate(events_seen(page, "desk-mic"))[1] == 0
         assert page.inner_text("#who") == "microphone"
+        # on the wall beside the phone calls; an AudioHook call shows its participant
+        participant = {"id": "p-1", "ani": "tel:+15551230000", "aniName": "Jane Roe"}
+        service.open_stream("conv-7", source="audiohook", participant=participant)
+        wall = browser.new_page(viewport={"width": 1280, "height": 500})
+        wall.goto(srv.url + "/floor")
+        wall.wait_for_selector('.row[data-stream="desk-mic"]', timeout=TIMEOUT_MS)
+        wall.locator('.row[data-stream="conv-7"] .agent:has-text("caller Jane Roe")').wait_for(
+            timeout=TIMEOUT_MS
+        )
         service.end_stream("desk-mic")
+        service.end_stream("conv-7")
 
 
 def test_an_ended_recorded_call_shows_its_history(shift, browser, tmp_path):
