@@ -292,3 +292,35 @@ def test_serve_max_streams_auto_measures_and_announces_its_capacity(tiny_checkpo
     finally:
         proc.terminate()
         proc.wait(TIMEOUT)
+
+
+class SlowerThanRealTime(LoudnessModel):
+    """The loudness model on a machine too slow for it: 0.6 s per window (0.5 s of audio)."""
+
+    def predict(self, windows):
+        time.sleep(0.6 * len(windows))
+        return super().predict(windows)
+
+
+async def test_a_server_behind_drops_and_reports_audio_but_keeps_the_socket_alive():
+    # Holding a sender back longer than the keepalive allows would close it as dead (1011):
+    # past half the ping timeout the server reads on, and what does not fit its budget is
+    # dropped and reported on the socket, which stays open to the end of the stream.
+    settings = fast_settings(max_pending_windows=1, ping_interval=0.3, ping_timeout=0.6)
+    async with running_call_center(SlowerThanRealTime(), settings) as (server, col):
+        url = f"ws://127.0.0.1:{server.port}/ingest"
+        async with connect(url, ping_interval=None) as ws:
+            await ws.recv()
+            await ws.send(start_message("fast"))
+            quarter = pcm(np.full(4000, 0.1, np.float32))
+            for _ in range(48):  # 12 s of audio as fast as the server takes it, in more
+                await ws.send(quarter)  # frames than websockets buffers before it stops reading
+            await ws.send(json.dumps({"type": "stop"}))
+            got = await messages_until_end(ws, "fast", timeout=60)
+    lost = [(m["t0"], m["t1"]) for m in got if m["type"] == "stream_overflow"]
+    assert lost
+    events = [m for m in got if m["type"] == "event"]
+    assert [e["seq"] for e in events] == list(range(len(events)))
+    for t0, t1 in lost:  # no event covers a lost second
+        assert not [e for e in events if e["t0"] < t1 and e["t1"] > t0]
+    assert max(events[-1]["t1"], lost[-1][1]) == 12.0  # stream time went on to its end

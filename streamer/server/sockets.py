@@ -115,7 +115,8 @@ class EventSockets:
                     self._check_size(message)
                     if isinstance(message, bytes):
                         ingest.audio(message)
-                        await ingest.wait_for_room()  # backpressure: a fast sender waits
+                        # backpressure: a fast sender waits (not past half the ping timeout)
+                        await ingest.wait_for_room(self.settings.ping_timeout / 2)
                         continue
                     msg = protocol.decode(message)
                     if isinstance(msg, protocol.Start):
