@@ -58,6 +58,7 @@ class Result:
     latencies: list[float] = field(default_factory=list)
     overflows: int = 0
     ended: bool = False
+    closed: str = ""  # how the server closed the socket before the stream ended
 
     def expected(self) -> int:
         """Windows the engine cuts from ``seconds`` of audio: whole windows, then the tail."""
@@ -84,7 +85,7 @@ class Result:
         if self.overflows:
             out.append(f"{self.overflows} stream_overflow messages")
         if not self.ended:
-            out.append("no stream_ended")
+            out.append(f"no stream_ended ({self.closed or 'still open'})")
         return out
 
 
@@ -156,8 +157,9 @@ async def client(port: int, stream: str, audio: np.ndarray, frame_ms: int) -> Re
                 elif kind == "stream_ended" and msg["stream"] == stream:
                     result.ended = True
                     break
-        except ConnectionClosed:
-            pass
+        except ConnectionClosed as exc:
+            rcvd = exc.rcvd
+            result.closed = f"closed {rcvd.code} {rcvd.reason}" if rcvd else "connection lost"
         finally:
             sender.cancel()
     return result
