@@ -6,7 +6,10 @@ and reading its events back. Per stream it checks that nothing was lost: ``seq``
 ``t0`` advancing by exactly one hop (a lost window shows in ``t0`` even when ``seq`` does not
 jump), events received vs expected from the audio length. It prints the server's RSS at 10, 50
 and 100 % of the run, the end-to-end latency (last sample of a window sent -> its event
-received) p50/p95/max, and the server's loss counters from ``/metrics``.
+received) p50/p95/max, and the server's loss counters from ``/metrics``. It passes when no
+admitted stream lost anything, the refusals are as expected, p95 latency stays under
+``--max-p95-ms`` (a server that cannot keep up holds its clients back instead of dropping
+audio, so falling behind shows here) and RSS grows less than ``--max-rss-growth`` percent.
 
     python bench/soak.py --clients 4 --minutes 2              # at capacity (capacity = clients)
     python bench/soak.py --capacity 4 --overload --minutes 1  # 8 clients against capacity 4
@@ -55,6 +58,7 @@ class Result:
     latencies: list[float] = field(default_factory=list)
     overflows: int = 0
     ended: bool = False
+    closed: str = ""  # how the server closed the socket before the stream ended
 
     def expected(self) -> int:
         """Windows the engine cuts from ``seconds`` of audio: whole windows, then the tail."""
@@ -81,7 +85,7 @@ class Result:
         if self.overflows:
             out.append(f"{self.overflows} stream_overflow messages")
         if not self.ended:
-            out.append("no stream_ended")
+            out.append(f"no stream_ended ({self.closed or 'still open'})")
         return out
 
 
@@ -153,8 +157,9 @@ async def client(port: int, stream: str, audio: np.ndarray, frame_ms: int) -> Re
                 elif kind == "stream_ended" and msg["stream"] == stream:
                     result.ended = True
                     break
-        except ConnectionClosed:
-            pass
+        except ConnectionClosed as exc:
+            rcvd = exc.rcvd
+            result.closed = f"closed {rcvd.code} {rcvd.reason}" if rcvd else "connection lost"
         finally:
             sender.cancel()
     return result
@@ -199,10 +204,15 @@ def report(args: argparse.Namespace, results: list[Result], rss: list, counters:
             f"latency ms p50 {np.percentile(lat, 50):.0f}  p95 {np.percentile(lat, 95):.0f}"
             f"  max {lat.max():.0f}"
         )
-    base = rss[0][1]
+        p95 = float(np.percentile(lat, 95))
+        kept_up = p95 <= args.max_p95_ms
+        ok &= kept_up
+        print(f"kept real time (p95 <= {args.max_p95_ms:g} ms): {'yes' if kept_up else 'NO'}")
     print("server RSS MB " + "  ".join(f"{share}%: {mb:.0f}" for share, mb in rss))
-    ten = dict(rss).get(10, base)
-    print(f"RSS growth from 10% to 100%: {100 * (rss[-1][1] - ten) / ten:+.1f} %")
+    ten = dict(rss).get(10, rss[0][1])
+    growth = 100 * (rss[-1][1] - ten) / ten
+    ok &= growth <= args.max_rss_growth
+    print(f"RSS growth from 10% to 100%: {growth:+.1f} % (limit {args.max_rss_growth:g} %)")
     keys = (
         "windows_dropped_total",
         "chunks_dropped_total",
@@ -226,16 +236,26 @@ def main() -> None:
     parser.add_argument("--overload", action="store_true", help="2 x capacity clients")
     parser.add_argument("--frame-ms", type=int, default=20, help="audio per websocket frame")
     parser.add_argument("--model", help="model spec for serve (default: the shipped model)")
+    parser.add_argument(
+        "--max-p95-ms", type=float, default=1000.0, help="latency that still counts as real time"
+    )
+    parser.add_argument(
+        "--max-rss-growth", type=float, default=5.0, help="percent, from 10 %% to 100 %% of the run"
+    )
     args = parser.parse_args()
     args.capacity = args.capacity or args.clients
     proc, port = start_server(args)
     try:
         results, rss = asyncio.run(soak(args, port, proc.pid))
-        counters = metrics(port)
+        ok = report(args, results, rss, metrics(port))
     finally:
         proc.terminate()
-        proc.wait(30)
-    sys.exit(0 if report(args, results, rss, counters) else 1)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            print("serve did not stop within 30 s of SIGTERM; killed")
+            proc.kill()
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":

@@ -178,8 +178,8 @@ class Engine:
 
     @property
     def behind(self) -> bool:
-        """Whether some track has complete windows that a later :meth:`step` will analyse."""
-        return any(self._complete(st) for st in self._tracks.values())
+        """Whether some windows (complete or already cut) wait for a later :meth:`step`."""
+        return bool(self._pending) or any(self._complete(st) for st in self._tracks.values())
 
     def push(self, stream: str, samples: np.ndarray, track: str = "main") -> list[Event]:
         """Feed samples and return the events of every window they completed."""

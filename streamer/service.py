@@ -175,21 +175,31 @@ class MonitorService:
             if key[0] == stream
         )
 
-    async def wait_for_room(self, stream: str) -> None:
-        """Return once every track of ``stream`` is under its budget (or the stream is gone).
+    def has_room(self, stream: str) -> bool:
+        """Whether every track of ``stream`` is under its budget (True once it is gone)."""
+        with self._cond:
+            return self._has_room(stream)
+
+    async def wait_for_room(self, stream: str, timeout: float | None = None) -> bool:
+        """Wait until every track of ``stream`` is under its budget (or the stream is gone);
+        False when ``timeout`` seconds passed first.
 
         ``/ingest`` awaits this before reading the next message, so a sender faster than real
         time is held back by TCP instead of losing audio or taking other streams' capacity.
         """
         loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         while True:
             with self._cond:
                 if self._has_room(stream):
-                    return
+                    return True
                 woken = loop.create_future()
                 self._waiters.append((stream, loop, woken))
+            left = 1.0 if deadline is None else min(1.0, deadline - loop.time())
+            if left <= 0:
+                return False
             with contextlib.suppress(TimeoutError):  # re-check now and then, whatever happens
-                await asyncio.wait_for(woken, 1.0)
+                await asyncio.wait_for(woken, left)
 
     def wait_for_room_sync(self, stream: str, timeout: float | None = None) -> bool:
         """Block the calling thread until ``stream`` has room; False on ``timeout``."""

@@ -584,3 +584,17 @@ def test_call_on_a_phone_names_tracks_alert_values_and_the_end(tiny_model, brows
         page.locator("#notice").wait_for(state="hidden", timeout=TIMEOUT_MS)
         page.wait_for_load_state("networkidle", timeout=TIMEOUT_MS)
         assert not errors, errors
+
+
+def test_a_stream_overflow_says_which_seconds_were_dropped(tiny_model, browser):
+    with ServerThread(tiny_model) as srv:
+        page = browser.new_page()
+        page.goto(srv.url)
+        page.wait_for_function(
+            "document.querySelector('#status').textContent === 'live'", timeout=TIMEOUT_MS
+        )
+        lost = {"type": "stream_overflow", "v": 1, "stream": "s1", "track": "main"}
+        srv.call(srv.server.broadcast, [lost | {"t0": 8.0, "t1": 41.0}])
+        page.locator("#notice").wait_for(state="visible", timeout=TIMEOUT_MS)
+        text = page.locator("#notice").inner_text()
+        assert "stream s1: 33.0 s of audio dropped at 8.0 s" in text, text

@@ -301,3 +301,49 @@ def test_quadrant_is_neutral_near_the_origin():
     # None stays None, also where the other coordinate would be neutral.
     assert quadrant(0.0, None) is None
     assert quadrant(None, None) is None
+
+
+def test_a_backlogged_track_takes_only_its_share_of_each_step(default_model):
+    speech = speech_with_pause()
+    backlog = np.concatenate([speech] * 3)  # about 22 s arriving at once
+    live = speech[:40_000]  # 2.5 s: two windows
+    engine = Engine(default_model, Settings(max_batch=8))  # a share of 4 windows per track
+    engine.feed("backlog", backlog)
+    engine.feed("live", live)
+    first = engine.step()
+    assert [e.stream for e in first].count("live") == 2  # not held back by the backlog
+    assert [e.stream for e in first].count("backlog") == 4
+    assert engine.behind and engine.backlog("backlog") > 16_000 * 15
+    got = {"backlog": [], "live": []}
+    for e in first:
+        got[e.stream].append(e)
+    while engine.behind:
+        for e in engine.step():
+            got[e.stream].append(e)
+    for e in engine.flush():
+        got[e.stream].append(e)
+    # the same events as each stream analysed alone, none lost
+    assert_events_close(
+        run_chunked(default_model, backlog, [len(backlog)], stream="backlog"), got["backlog"]
+    )
+    assert_events_close(run_chunked(default_model, live, [len(live)], stream="live"), got["live"])
+
+
+def test_skipped_audio_moves_stream_time_on_and_counts_the_lost_windows(default_model):
+    speech = np.concatenate([speech_with_pause()] * 2)
+    engine = Engine(default_model, Settings())
+    engine.feed("s", speech[:48_000])  # 0..3 s
+    assert engine.skip("s", "main", 32_000) == 48_000  # 3..5 s lost
+    engine.feed("s", speech[80_000:128_000])  # 5..8 s
+    events = engine.step() + engine.flush()
+    assert [(e.t0, e.t1) for e in events] == [
+        (0.0, 2.0),
+        (0.5, 2.5),
+        (1.0, 3.0),
+        (5.0, 7.0),
+        (5.5, 7.5),
+        (6.0, 8.0),
+    ]
+    assert [e.seq for e in events] == list(range(6))
+    assert engine.stats["windows_dropped"] == 7  # starts 1.5 .. 4.5 s
+    assert any(e.speech for e in events[3:])  # the gate works after the gap

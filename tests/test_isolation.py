@@ -7,14 +7,18 @@ import argparse
 import asyncio
 import contextlib
 import json
+import re
+import subprocess
+import sys
 import time
 import urllib.request
 
 import numpy as np
 import pytest
-from call_fixtures import fast_settings, twilio_call
+from call_fixtures import LoudnessModel, fast_settings, twilio_call
 from call_fixtures import running as running_call_center
 from conftest import load_clip, ravdess_clip
+from emotion_monitor.streamer.capacity import measure_capacity
 from emotion_monitor.streamer.commands.options import settings_from_args
 from emotion_monitor.streamer.commands.serve import add_arguments
 from emotion_monitor.streamer.engine import Engine
@@ -23,6 +27,7 @@ from emotion_monitor.streamer.service import MonitorService
 from emotion_monitor.streamer.settings import Settings
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as sync_connect
 
 TIMEOUT = 120.0
 MIB = 1 << 20
@@ -241,3 +246,81 @@ async def test_streams_beyond_capacity_are_refused_on_every_route_and_counted():
             events = assert_no_loss(await messages_until_end(a, "a"), 0.5, 3.0)
             assert len(events) == 3
         assert await metric(server, "streams_refused_total") == 2
+
+
+class SlowLoudness(LoudnessModel):
+    """The loudness model on a virtual clock that runs 4 ms per window it analyses."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def predict(self, windows):
+        self.now += 0.004 * len(windows)
+        return super().predict(windows)
+
+
+def test_measured_capacity_follows_the_model_cost():
+    model = SlowLoudness()
+    capacity = measure_capacity(model, Settings(hop=0.5), budget_s=1.0, clock=model.clock)
+    assert capacity.seconds_per_window == pytest.approx(0.004)
+    # 0.6 x 0.5 s / 4 ms = 75 tracks: 37 calls of two tracks
+    assert capacity.streams == 37
+    assert "capacity 37 streams" in capacity.describe()
+    halved = measure_capacity(model, Settings(hop=0.25), budget_s=1.0, clock=model.clock)
+    assert halved.streams == 18  # windows twice as often
+
+
+def test_serve_max_streams_auto_measures_and_announces_its_capacity(tiny_checkpoints):
+    cmd = [sys.executable, "-m", "emotion_monitor.streamer.cli", "serve", "--port", "0"]
+    cmd += ["--max-streams", "auto", "--model", str(tiny_checkpoints["classifier"])]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "dashboard: http://" in line:
+                break
+        announced = [re.search(r"capacity (\d+) streams", x) for x in lines]
+        streams = int(next(m for m in announced if m).group(1))
+        url = lines[-1].split("dashboard: ", 1)[1].strip().replace("http://", "ws://") + "ws"
+        with sync_connect(url, open_timeout=TIMEOUT) as ws:
+            hello = json.loads(ws.recv(timeout=TIMEOUT))
+        assert hello["limits"]["max_streams"] == streams >= 1
+    finally:
+        proc.terminate()
+        proc.wait(TIMEOUT)
+
+
+class SlowerThanRealTime(LoudnessModel):
+    """The loudness model on a machine too slow for it: 0.6 s per window (0.5 s of audio)."""
+
+    def predict(self, windows):
+        time.sleep(0.6 * len(windows))
+        return super().predict(windows)
+
+
+async def test_a_server_behind_drops_and_reports_audio_but_keeps_the_socket_alive():
+    # Holding a sender back longer than the keepalive allows would close it as dead (1011):
+    # past half the ping timeout the server reads on, and what does not fit its budget is
+    # dropped and reported on the socket, which stays open to the end of the stream.
+    settings = fast_settings(max_pending_windows=1, ping_interval=0.3, ping_timeout=0.6)
+    async with running_call_center(SlowerThanRealTime(), settings) as (server, col):
+        url = f"ws://127.0.0.1:{server.port}/ingest"
+        async with connect(url, ping_interval=None) as ws:
+            await ws.recv()
+            await ws.send(start_message("fast"))
+            quarter = pcm(np.full(4000, 0.1, np.float32))
+            for _ in range(48):  # 12 s of audio as fast as the server takes it, in more
+                await ws.send(quarter)  # frames than websockets buffers before it stops reading
+            await ws.send(json.dumps({"type": "stop"}))
+            got = await messages_until_end(ws, "fast", timeout=60)
+    lost = [(m["t0"], m["t1"]) for m in got if m["type"] == "stream_overflow"]
+    assert lost
+    events = [m for m in got if m["type"] == "event"]
+    assert [e["seq"] for e in events] == list(range(len(events)))
+    for t0, t1 in lost:  # no event covers a lost second
+        assert not [e for e in events if e["t0"] < t1 and e["t1"] > t0]
+    assert max(events[-1]["t1"], lost[-1][1]) == 12.0  # stream time went on to its end

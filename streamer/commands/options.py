@@ -103,6 +103,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     Raises ``ValueError`` naming the file or flag and the problem.
     """
     parse_inference(getattr(args, "inference", "local"))  # a bad --inference fails with the flags
+    max_streams = getattr(args, "max_streams", None)  # a serve flag
     flags = dict(
         window=args.window,
         hop=args.hop,
@@ -111,7 +112,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         device=args.model_device,
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
-        max_streams=getattr(args, "max_streams", None),
+        max_streams=max_streams if max_streams != "auto" else None,  # auto: measured later
     )
     if args.config:
         return Settings.from_toml(args.config, **flags)

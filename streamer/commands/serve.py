@@ -19,6 +19,7 @@ from typing import Any
 from emotion_monitor.streamer.alerts import AlertMonitor, fit_rules_to_model, load_alert_rules
 from emotion_monitor.streamer.alerts.rules import CUSTOMER_FRUSTRATION
 from emotion_monitor.streamer.audio import AudioError
+from emotion_monitor.streamer.capacity import measure_capacity
 from emotion_monitor.streamer.commands.options import (
     add_analysis_arguments,
     add_model_arguments,
@@ -65,10 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=None, help="port (default 8765; 0: any)")
     parser.add_argument(
         "--max-streams",
-        type=int,
-        metavar="N",
+        type=lambda v: v if v == "auto" else int(v),
+        metavar="N|auto",
         help="capacity: streams served at once; more are refused (1013), never degraded "
-        "(default 64; set it to what bench/stream_bench.py reports)",
+        "(default 64; auto: measured at start-up, see streamer/capacity.py)",
     )
     add_analysis_arguments(parser)
     add_access_arguments(parser)
@@ -108,6 +109,10 @@ def main(args: argparse.Namespace, background: Background | None = None) -> int:
                 f"error: cannot load model {settings.model or 'default'!r}: {exc}", file=sys.stderr
             )
             return 1
+        if args.max_streams == "auto":
+            capacity = measure_capacity(model, settings)
+            print(capacity.describe(), flush=True)
+            settings = settings.replace(max_streams=capacity.streams)
         if settings.alerts:  # checked here so hello shows the rules that run, and errors are short
             try:
                 settings = settings.replace(alerts=fit_rules_to_model(settings.alerts, model))

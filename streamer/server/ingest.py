@@ -23,6 +23,7 @@ class IngestStream:
         self.stats = stats
         self.fmt: protocol.Start | None = None
         self.resampler: StreamResampler | None = None
+        self.behind = False  # the server could not make room in time: read on, drop the rest
 
     def start(self, msg: protocol.Start, peer: Any) -> None:
         if self.fmt is not None:
@@ -75,10 +76,21 @@ class IngestStream:
                 "stream_gone", "the server ended this stream", fatal=True, close_code=1001
             ) from None
 
-    async def wait_for_room(self) -> None:
-        """Hold the connection (its socket is not read) while the stream's budget is full."""
-        if self.fmt is not None:
-            await self.service.wait_for_room(self.fmt.stream)
+    async def wait_for_room(self, timeout: float) -> None:
+        """Hold the connection (its socket is not read) while the stream's budget is full.
+
+        A socket not read for long misses its keepalive pings and is closed as dead, so one
+        wait lasts at most ``timeout`` seconds; after a wait that found no room the connection
+        reads on without waiting, the audio that does not fit is dropped and reported
+        (``stream_overflow``: the server is behind, not the client), until the stream has room
+        again.
+        """
+        if self.fmt is None:
+            return
+        if self.behind:
+            self.behind = not self.service.has_room(self.fmt.stream)
+        else:
+            self.behind = not await self.service.wait_for_room(self.fmt.stream, timeout)
 
     def stop(self) -> None:
         """End the open stream, if any (idempotent, never raises)."""

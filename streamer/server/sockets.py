@@ -133,7 +133,8 @@ class EventSockets:
                             await off_loop(ingest.audio, message)
                         else:
                             ingest.audio(message)
-                        await ingest.wait_for_room()  # backpressure: a fast sender waits
+                        # backpressure: a fast sender waits (not past half the ping timeout)
+                        await ingest.wait_for_room(self.settings.ping_timeout / 2)
                         continue
                     msg = protocol.decode(message)
                     if isinstance(msg, protocol.Start):

@@ -84,6 +84,10 @@ function handle(msg) {
                  (msg.retry_in ? ` (retrying in ${msg.retry_in} s)` : ""));
       state.failedSource = msg.stream; // its next event says it recovered
       break;
+    case "stream_overflow": // the stream sent audio faster than it could be analysed
+      showNotice(`stream ${msg.stream}: ${(msg.t1 - msg.t0).toFixed(1)} s of audio dropped ` +
+                 `at ${msg.t0.toFixed(1)} s (sent faster than it can be analysed)`);
+      break;
     case "error":
       showNotice(`server: ${msg.message}`);
       break;
