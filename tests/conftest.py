@@ -101,3 +101,24 @@ def tiny_model(tiny_checkpoints):
     classifier = load_model(str(tiny_checkpoints["classifier"]), device="cpu")
     regressor = load_model(str(tiny_checkpoints["regressor"]), device="cpu")
     return combine_models(classifier, regressor)
+
+
+@pytest.fixture()
+def browser():
+    """Debian's chromium through playwright, with a fake microphone playing real speech."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    from browser_fixtures import CHROMIUM, CHROMIUM_ARGS, fake_mic_wav  # lazy: imports this module
+
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=CHROMIUM_ARGS
+            + [
+                # A fake microphone that plays a file: the mic button can be tested for real.
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={fake_mic_wav()}",
+            ],
+        )
+        yield browser
+        browser.close()

@@ -6,22 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from pathlib import Path
 
-import pytest
+from browser_fixtures import (
+    BROWSER_MARKS,
+    TIMEOUT_MS,
+    ServerThread,
+    replay,
+    speech,
+)
 from emotion_monitor.streamer.engine import Engine
 from emotion_monitor.streamer.server.access import Access
 from emotion_monitor.streamer.server.app import Server
 from emotion_monitor.streamer.service import MonitorService
-from test_dashboard import CHROMIUM, TIMEOUT_MS, ServerThread, browser, replay, speech  # noqa: F401
 
 TOKEN = "dash-7Hq2Wm9Xc4Rt8Kp3Ly"
 LIVE = "document.querySelector('#status').textContent === 'live'"
 
-pytestmark = [
-    pytest.mark.slow,  # a real Chromium
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium"),
-]
+pytestmark = BROWSER_MARKS
 
 
 class ProtectedServerThread(ServerThread):

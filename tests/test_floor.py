@@ -12,27 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser_fixtures import ARTIFACTS, BROWSER_MARKS, TIMEOUT_MS
 from call_fixtures import LOUD_CUSTOMER, fast_settings, record_shift, running
 from conftest import load_clip, ravdess_clip
 from emotion_monitor.streamer.replay import Replay
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--no-first-run",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-TIMEOUT_MS = 60_000
-
-pytestmark = [
-    pytest.mark.slow,  # a real Chromium
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium"),
-]
+pytestmark = BROWSER_MARKS
 
 
 @pytest.fixture(scope="module")
@@ -82,15 +67,6 @@ class FloorServer:
             self._ready.set()
             await self._stop.wait()
             task.cancel()
-
-
-@pytest.fixture()
-def browser():
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 ROW_ORDER = "() => [...document.querySelectorAll('#wall .row')].map(r => r.dataset.stream)"
