@@ -69,14 +69,22 @@ class ServerThread:
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        await self.serve()
+
+    async def serve(self) -> None:
+        """Start the server, set ``self.url`` and ``_ready``, serve until ``_stop``, stop it.
+        Subclasses serve other things (behind a token, a replayed shift) by overriding this."""
         self.service = MonitorService(Engine(self.model, self.settings)).start()
-        self.server = Server(self.service, self.settings)
+        self.server = self.make_server(self.service)
         await self.server.start()
         self.url = self.server.url
         self._ready.set()
         await self._stop.wait()
         await self.server.stop()
         await asyncio.to_thread(self.service.stop)
+
+    def make_server(self, service: MonitorService) -> Server:
+        return Server(service, self.settings)
 
     def call(self, fn, *args):
         """Run ``fn(*args)`` (sync or coroutine function) on the server's loop; its result."""

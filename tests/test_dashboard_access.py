@@ -4,7 +4,6 @@ work for the rest of the browser session."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 
 from browser_fixtures import (
@@ -14,7 +13,6 @@ from browser_fixtures import (
     replay,
     speech,
 )
-from emotion_monitor.streamer.engine import Engine
 from emotion_monitor.streamer.server.access import Access
 from emotion_monitor.streamer.server.app import Server
 from emotion_monitor.streamer.service import MonitorService
@@ -32,17 +30,8 @@ class ProtectedServerThread(ServerThread):
         super().__init__(model)
         self.token = token
 
-    async def _main(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        self.service = MonitorService(Engine(self.model, self.settings)).start()
-        self.server = Server(self.service, self.settings, access=Access(self.token))
-        await self.server.start()
-        self.url = self.server.url
-        self._ready.set()
-        await self._stop.wait()
-        await self.server.stop()
-        await asyncio.to_thread(self.service.stop)
+    def make_server(self, service: MonitorService) -> Server:
+        return Server(service, self.settings, access=Access(self.token))
 
 
 def sign_in(page, token: str) -> None:

@@ -7,12 +7,11 @@ Screenshots land in artifacts/ (gitignored) for people to look at.
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
-from browser_fixtures import ARTIFACTS, BROWSER_MARKS, TIMEOUT_MS
+from browser_fixtures import ARTIFACTS, BROWSER_MARKS, TIMEOUT_MS, ServerThread
 from call_fixtures import LOUD_CUSTOMER, fast_settings, record_shift, running
 from conftest import load_clip, ravdess_clip
 from emotion_monitor.streamer.replay import Replay
@@ -29,37 +28,16 @@ def shift(tmp_path_factory) -> Path:
     return path
 
 
-class FloorServer:
+class FloorServer(ServerThread):
     """A live server (integrations attached as ``serve`` does) on its own event loop thread,
     replaying ``replay`` once it listens, so the sync playwright API can drive the browser."""
 
     def __init__(self, replay: Replay, **settings):
+        super().__init__(None)
         self.replay = replay
         self.settings = fast_settings(alerts=(LOUD_CUSTOMER,), **settings)
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> FloorServer:
-        self._thread.start()
-        if not self._ready.wait(60) or self._error:
-            raise RuntimeError(f"server did not start: {self._error}")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(30)
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # surfaced by __enter__
-            self._error = exc
-            self._ready.set()
-
-    async def _main(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
+    async def serve(self) -> None:
         async with running(settings=self.settings) as (server, _):
             self.server = server
             self.url = f"http://127.0.0.1:{server.port}"
