@@ -11,7 +11,8 @@
    replay's schedule (the call's ``stream_started`` time + the event's ``t1``), through the
    phases: no wall page, one wall page, 20 /ws clients that take in everything as a wall page
    does (another process: what 20 walls cost the server, without 20 renderers competing for the
-   CPU) and, with ``--chromium-walls``, 20 real wall pages in Chromium.
+   CPU), once with one frame per message and once in 100 ms batch frames as the page asks
+   for, and, with ``--chromium-walls``, 20 real wall pages in Chromium.
 4. With one wall page: main-thread frame times (requestAnimationFrame deltas, long tasks), the
    events/s the page takes in, the JS heap every 10 s for ``--duration`` seconds.
 
@@ -40,6 +41,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
+#: the wall page's batch_ms (web_dashboard/static/floor.js BATCH_MS)
+BATCH_MS = 100
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--no-first-run", "--disable-component-update", "--disable-sync",
                  # every page renders as if it were in front (a wall on its own screen)
@@ -158,12 +161,15 @@ def events_of(page) -> float | None:
         return None
 
 
-def wall_clients(port: int, n: int) -> None:
-    """``n`` /ws clients that take in everything, as wall pages do, until terminated."""
+def wall_clients(port: int, n: int, batch_ms: int) -> None:
+    """``n`` /ws clients that take in everything, as wall pages do, until terminated; with
+    ``batch_ms`` > 0 in batch frames, as the wall page asks for (floor.js's BATCH_MS)."""
     import websockets
 
     async def client() -> None:
         async with websockets.connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as ws:
+            subscribe = {"type": "subscribe", "v": 1, "streams": None, "batch_ms": batch_ms}
+            await ws.send(json.dumps(subscribe))
             async for text in ws:
                 json.loads(text)
 
@@ -209,10 +215,11 @@ def main() -> int:
         help="also open that many real wall pages in Chromium (needs cores to spare)",
     )
     ap.add_argument("--wall-clients", type=int, help=argparse.SUPPRESS)  # the helper process
+    ap.add_argument("--wall-batch-ms", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.wall_clients:
-        wall_clients(args.port, args.wall_clients)
+        wall_clients(args.port, args.wall_clients, args.wall_batch_ms)
         return 0
     from playwright.sync_api import sync_playwright
 
@@ -301,13 +308,16 @@ def main() -> int:
                     if a is not None and b is not None
                 )
             browser.close()
-        clients = subprocess.Popen([sys.executable, __file__, "--wall-clients", str(args.walls),
-                                    "--port", str(port)])  # fmt: skip
-        time.sleep(5)  # connected and reading
-        name = f"{args.walls} /ws clients"
-        results[name] = phase(name, args.phase_s)
-        clients.terminate()
-        clients.wait(10)
+        # the same 20 walls as one frame per message (before batching) and as the page asks
+        for batch_ms, how in ((0, "per msg"), (BATCH_MS, "batched")):
+            clients = subprocess.Popen([sys.executable, __file__, "--wall-clients",
+                                        str(args.walls), "--wall-batch-ms", str(batch_ms),
+                                        "--port", str(port)])  # fmt: skip
+            time.sleep(5)  # connected and reading
+            name = f"{args.walls} /ws {how}"
+            results[name] = phase(name, args.phase_s)
+            clients.terminate()
+            clients.wait(10)
         probe.stop()
     finally:
         server.terminate()
@@ -322,11 +332,11 @@ def main() -> int:
     else:
         print(f"  none of the {args.walls} wall pages answered within 20 s (machine overloaded)")
     print("\nserver fan-out and the probe client's lateness (10 subscribed calls)")
-    print("  phase            queued/s  dropped  server_cpu  probe_p50_ms  probe_p95_ms  n")
+    print("  phase                queued/s  dropped  server_cpu  probe_p50_ms  probe_p95_ms  n")
     for name, r in results.items():
         lags = probe.lags.get(name, [])
         p50, p95 = 1000 * pct(lags, 50), 1000 * pct(lags, 95)
-        print(f"  {name:15s}  {r['queued/s']:8.0f}  {r['dropped']:7.0f}  {r['server_cpu']:10.2f}"
+        print(f"  {name:19s}  {r['queued/s']:8.0f}  {r['dropped']:7.0f}  {r['server_cpu']:10.2f}"
               f"  {p50:12.0f}  {p95:12.0f}  {len(lags)}")  # fmt: skip
     return 0
 

@@ -57,6 +57,7 @@ async def subscribe(
     open_timeout: float = 10.0,
     token: str | None = None,
     ssl: ssl_module.SSLContext | None = None,
+    batch_ms: int = 0,
 ) -> AsyncIterator[Event | Alert | dict]:
     """Yield items from a server's ``/ws`` feed.
 
@@ -73,6 +74,9 @@ async def subscribe(
             Bearer``. A refused token (HTTP 401/403) raises ``InvalidStatus`` at once, even with
             ``reconnect``: retrying cannot fix it.
         ssl: TLS context for ``wss://`` (e.g. one trusting a self-signed certificate).
+        batch_ms: ask the server for one ``batch`` frame per ``batch_ms`` milliseconds (20-1000)
+            instead of one frame per message: cheaper for both sides when taking in many
+            calls. The items are yielded one by one either way.
     """
     url = events_url(url)
     wanted = list(streams) if streams is not None else None
@@ -89,23 +93,26 @@ async def subscribe(
                 ssl=ssl,
                 logger=RedactingLogger(logging.getLogger("websockets.client")),
             ) as ws:
+                subscription = {"streams": wanted, "batch_ms": batch_ms}
                 await ws.send(
-                    json.dumps({"type": "subscribe", "v": PROTOCOL_VERSION, "streams": wanted})
+                    json.dumps({"type": "subscribe", "v": PROTOCOL_VERSION, **subscription})
                 )
                 async for raw in ws:
                     # reset only once the server talks: one that is full accepts, then closes
                     backoff = 0.5
-                    msg = json.loads(raw)
-                    kind = msg.get("type")
-                    stream = msg.get("stream")
-                    if wanted is not None and stream is not None and stream not in wanted:
-                        continue  # sent before the server processed our subscribe
-                    if kind in types:
-                        yield _decode(msg)
-                    if until_ended and kind == "stream_ended":
-                        remaining.discard(stream)
-                        if not remaining:
-                            return
+                    frame = json.loads(raw)
+                    batch = frame["messages"] if frame.get("type") == "batch" else [frame]
+                    for msg in batch:
+                        kind = msg.get("type")
+                        stream = msg.get("stream")
+                        if wanted is not None and stream is not None and stream not in wanted:
+                            continue  # sent before the server processed our subscribe
+                        if kind in types:
+                            yield _decode(msg)
+                        if until_ended and kind == "stream_ended":
+                            remaining.discard(stream)
+                            if not remaining:
+                                return
             reason = "server closed the connection"
         except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
             if isinstance(exc, InvalidURI) or _refused(exc) or not reconnect:

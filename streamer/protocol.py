@@ -30,6 +30,8 @@ MAX_CHANNELS = 8
 #: ``^``/``$``: ``$`` also matches before a final newline, which let ``"id\n"`` through.
 STREAM_ID = re.compile(r"\A[A-Za-z0-9_.:\-]{1,64}\Z")
 MAX_SUBSCRIPTIONS = 256
+#: range of a subscriber's ``batch_ms`` (0 turns batching off)
+MIN_BATCH_MS, MAX_BATCH_MS = 20, 1000
 #: Deepest nesting of arrays/objects a client message may have. Real messages need 4; deeper
 #: JSON would only cost recursion (json.loads raises RecursionError near 1000 levels, and
 #: nested metadata echoed in hello / stream_started would fail again when encoded).
@@ -176,16 +178,26 @@ class Hello(Message):
 
 @dataclass
 class Subscribe(Message):
-    """Receive only the listed streams (``None``: every stream, the default)."""
+    """Receive only the listed streams (``None``: every stream, the default), one message per
+    frame or, with ``batch_ms`` > 0, everything of the last ``batch_ms`` milliseconds in one
+    ``batch`` frame (a wall of hundreds of calls takes a few frames a second, not thousands)."""
 
     TYPE: ClassVar[str] = "subscribe"
     streams: list[str] | None = None
+    batch_ms: int = 0
 
     @classmethod
     def from_dict(cls, d: dict) -> Subscribe:
+        batch_ms = _field(d, "batch_ms", int, 0)
+        if batch_ms and not MIN_BATCH_MS <= batch_ms <= MAX_BATCH_MS:
+            raise ProtocolError(
+                "bad_field",
+                f"subscribe: 'batch_ms' must be 0 or {MIN_BATCH_MS}..{MAX_BATCH_MS}, "
+                f"got {batch_ms}",
+            )
         streams = d.get("streams")
         if streams is None:
-            return cls(None)
+            return cls(None, batch_ms)
         if not isinstance(streams, list) or not all(isinstance(s, str) for s in streams):
             raise ProtocolError(
                 "bad_field", "subscribe: 'streams' must be a list of strings or null"
@@ -194,7 +206,7 @@ class Subscribe(Message):
             raise ProtocolError(
                 "bad_field", f"subscribe: at most {MAX_SUBSCRIPTIONS} streams, got {len(streams)}"
             )
-        return cls(list(streams))
+        return cls(list(streams), batch_ms)
 
 
 @dataclass
@@ -203,10 +215,16 @@ class Subscribed(Message):
 
     TYPE: ClassVar[str] = "subscribed"
     streams: list[str] | None = None
+    batch_ms: int = 0
 
     @classmethod
     def from_dict(cls, d: dict) -> Subscribed:
-        return cls(d.get("streams"))
+        return cls(d.get("streams"), d.get("batch_ms", 0))
+
+
+def batch_frame(texts: list[str]) -> str:
+    """One ``batch`` frame holding already-encoded messages, in order (see :class:`Subscribe`)."""
+    return f'{{"type":"batch","v":{PROTOCOL_VERSION},"messages":[{",".join(texts)}]}}'
 
 
 @dataclass

@@ -25,15 +25,17 @@ def test_events_url():
     assert events_url("h:1") == "ws://h:1/ws"
 
 
-async def collect(url, streams) -> list[Event]:
-    return [e async for e in subscribe(url, streams=streams, until_ended=True)]
+async def collect(url, streams, batch_ms: int = 0) -> list[Event]:
+    feed = subscribe(url, streams=streams, until_ended=True, batch_ms=batch_ms)
+    return [e async for e in feed]
 
 
-async def test_subscribe_gets_only_its_call():
+@pytest.mark.parametrize("batch_ms", [0, 100])  # one frame per message, or batch frames
+async def test_subscribe_gets_only_its_call(batch_ms):
     angry, sad = clips()
     async with running() as (server, col):
         url = f"ws://127.0.0.1:{server.port}"
-        task = asyncio.create_task(collect(url, ["CA1"]))
+        task = asyncio.create_task(collect(url, ["CA1"], batch_ms))
         await col.wait_for(lambda: server.clients == 1)
         await asyncio.gather(
             twilio_call(server, "CA1", angry, sad), twilio_call(server, "CA2", sad, angry)

@@ -104,6 +104,16 @@ def test_subscription_limit():
         protocol.decode(json.dumps({"type": "subscribe", "streams": streams}))
 
 
+def test_subscribe_batch_ms_is_zero_or_in_range():
+    decode = protocol.decode
+    assert decode('{"type": "subscribe"}').batch_ms == 0
+    assert decode('{"type": "subscribe", "batch_ms": 100}').batch_ms == 100
+    for bad in ("5", "1001", "true", "1.5", '"100"'):
+        with pytest.raises(ProtocolError) as info:
+            decode(f'{{"type": "subscribe", "batch_ms": {bad}}}')
+        assert info.value.code == "bad_field" and "batch_ms" in str(info.value)
+
+
 def test_alerts_and_source_errors_decode_like_every_message():
     alert = protocol.Alert("CA1", "customer", "x", t=7.5, since=2.5, values={"arousal": 0.8})
     assert protocol.decode(alert.to_json(), protocol.SERVER_MESSAGES) == alert

@@ -187,7 +187,8 @@ async def test_hello_and_subscribe(tiny_model):
             assert hello["limits"]["max_clients"] == 64 and hello["streams"] == {}
             assert hello["settings"]["window"] == 2.0
             await ws.send(json.dumps({"type": "subscribe", "streams": ["b"]}))
-            assert (await recv_json(ws)) == {"type": "subscribed", "v": 1, "streams": ["b"]}
+            subscribed = {"type": "subscribed", "v": 1, "streams": ["b"], "batch_ms": 0}
+            assert (await recv_json(ws)) == subscribed
             server.broadcast(
                 [{"type": "event", "stream": s, "seq": i} for i, s in enumerate("abab")]
             )
@@ -197,6 +198,26 @@ async def test_hello_and_subscribe(tiny_model):
             await recv_json(ws)
             server.broadcast([{"type": "stream_ended", "stream": "a"}])
             assert (await recv_json(ws))["stream"] == "a"
+
+
+async def test_a_batching_subscriber_gets_every_message_in_order_in_few_frames(tiny_model):
+    # A wall page takes in every call: one frame per batch_ms instead of one per event.
+    async with running(tiny_model) as server:
+        async with connect(ws_url(server, "/ws")) as ws, connect(ws_url(server, "/ws")) as plain:
+            await recv_json(ws), await recv_json(plain)
+            await ws.send(json.dumps({"type": "subscribe", "streams": None, "batch_ms": 200}))
+            ack = await recv_json(ws)  # the ack itself may come alone or in a batch
+            acks = ack["messages"] if ack["type"] == "batch" else [ack]
+            assert acks == [{"type": "subscribed", "v": 1, "streams": None, "batch_ms": 200}]
+            # (under client_queue, 256: a batch holds at most what the queue holds)
+            sent = [{"type": "event", "stream": f"c{i % 7}", "seq": i} for i in range(200)]
+            server.broadcast([*sent, {"type": "stream_ended", "stream": "c3"}])
+            frame = await recv_json(ws)
+            assert frame["type"] == "batch" and frame["v"] == 1
+            assert [m.get("seq") for m in frame["messages"]] == [*range(200), None]
+            assert frame["messages"][-1] == {"type": "stream_ended", "stream": "c3"}
+            # a subscriber that did not ask keeps one message per frame
+            assert (await recv_json(plain)) == sent[0]
 
 
 async def test_ingest_speech_returns_events(tiny_model):

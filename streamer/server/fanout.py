@@ -1,4 +1,5 @@
-"""Events out: one bounded queue per subscriber, each drained by its own task.
+"""Events out: one bounded queue per subscriber, each drained by its own task (one message per
+frame, or what queued over the subscriber's ``batch_ms`` in one ``batch`` frame).
 
 Broadcasting only appends to queues, so a client that reads slowly (or not at all) never delays
 anyone else. When a queue is full an event is dropped and counted: the oldest event of the
@@ -10,6 +11,7 @@ whose queue is full of them is closed with :data:`CLOSE_TOO_SLOW` instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter, deque
 from collections.abc import Callable
@@ -38,7 +40,9 @@ class Subscriber:
         self.dropped = 0
         self.errors = 0
         self.too_slow = False
+        self.batch_s = 0.0  # > 0: send what queued over this many seconds as one batch frame
         self._wakeup = asyncio.Event()
+        self._half_full = asyncio.Event()  # a batch goes early rather than drop events
         self.task = asyncio.create_task(self._pump())
 
     def wants(self, stream: str | None) -> bool:
@@ -63,6 +67,8 @@ class Subscriber:
         if droppable_of is not None:
             self._droppable[droppable_of] += 1
         self._wakeup.set()
+        if 2 * len(self.queue) >= self.size:
+            self._half_full.set()
         return not pushed_out
 
     def _most_waiting(self, incoming: str | None) -> str | None:
@@ -97,14 +103,26 @@ class Subscriber:
         try:
             while True:
                 await self._wakeup.wait()
+                if self.batch_s:  # let the batch fill (one frame instead of hundreds) or
+                    # go early at half the queue: a burst of calls must not overflow it
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._half_full.wait(), self.batch_s)
                 self._wakeup.clear()
-                while self.queue:
-                    text, of = self.queue.popleft()
-                    if of is not None:
-                        self._droppable[of] -= 1
-                    await self.ws.send(text)
+                self._half_full.clear()
+                if not self.batch_s:
+                    while self.queue:
+                        await self.ws.send(self._pop())
+                elif self.queue:  # what arrives while this is sent waits for the next batch
+                    texts = [self._pop() for _ in range(len(self.queue))]
+                    await self.ws.send(protocol.batch_frame(texts))
         except ConnectionClosed:
             pass
+
+    def _pop(self) -> str:
+        text, of = self.queue.popleft()
+        if of is not None:
+            self._droppable[of] -= 1
+        return text
 
     async def drain(self, timeout: float = 2.0) -> None:
         """Wait (bounded) until the queue is sent, e.g. before a deliberate close."""

@@ -108,7 +108,9 @@ class EventSockets:
                             "unexpected_type", f"{msg.TYPE!r} is for /ingest; /ws takes subscribe"
                         )
                     client.streams = None if msg.streams is None else set(msg.streams)
-                    self.fanout.offer(client, protocol.Subscribed(msg.streams).to_json())
+                    client.batch_s = msg.batch_ms / 1000
+                    ack = protocol.Subscribed(msg.streams, msg.batch_ms)
+                    self.fanout.offer(client, ack.to_json())
                 except protocol.ProtocolError as err:
                     if self._client_error(client, err):
                         return await self._close(client, err)

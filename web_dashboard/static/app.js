@@ -11,42 +11,15 @@ const COLORS = { valence: "#4fc3f7", arousal: "#ffb74d", grid: "#2c353f", text: 
                  point: "#ba68c8", sector: "rgba(186,104,200,0.12)" };
 
 const $ = (sel) => document.querySelector(sel);
-const state = { model: null, cards: new Map(), dirty: new Set(), ws: null, retry: 500,
+const state = { model: null, cards: new Map(), dirty: new Set(),
                 failedSource: null, // the stream whose source_error notice is up
                 stats: { events: 0, frames: 0, cardDraws: 0, maxFrameMs: 0 } };
 window.emotionMonitor = state; // handy in the browser console and for tests
 
 // -- connection ------------------------------------------------------------------------------
 
-function wsUrl(path) {
-  return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + path;
-}
-
-function setStatus(kind, text) {
-  const el = $("#status");
-  el.className = "status " + kind;
-  el.textContent = text;
-}
-
 function connect() {
-  setStatus("connecting", "connecting");
-  const ws = new WebSocket(wsUrl("/ws"));
-  state.ws = ws;
-  let opened = false;
-  ws.onopen = () => { opened = true; state.retry = 500; setStatus("connected", "live"); };
-  ws.onmessage = (e) => {
-    let msg;
-    try { msg = JSON.parse(e.data); } catch { return; }
-    handle(msg);
-  };
-  ws.onclose = () => {
-    if (!opened) window.emotionAuth?.recheck(); // refused for a stale token? (auth.js)
-    // Back off up to 8 s so a restarting server is not hammered, then try again.
-    const wait = state.retry;
-    state.retry = Math.min(wait * 2, 8000);
-    setStatus("disconnected", `offline, retrying in ${Math.round(wait / 1000) || 1}s`);
-    setTimeout(connect, wait);
-  };
+  openFeed({ onMessage: handle });
 }
 
 function handle(msg) {

@@ -20,7 +20,6 @@ const view = {
   alert: null,
   t: 0,
   timer: null,
-  retry: 500,
   history: null,
   // every message received: type, stream and whether the subscription was acknowledged yet
   received: [],
@@ -33,45 +32,23 @@ function streamOfPage() {
   return decodeURIComponent(location.pathname.replace(/^\/call\//, ""));
 }
 
-// The one place this page builds server URLs (websocket and fetch).
-function serverUrl(path, websocket = false) {
-  const scheme = websocket ? (location.protocol === "https:" ? "wss://" : "ws://") : location.protocol + "//";
-  return scheme + location.host + path;
-}
-
-function setStatus(kind, text) {
-  const el = $("#status");
-  el.className = "status " + kind;
-  el.textContent = text;
-}
-
 function setState(text) { $("#state").textContent = text; }
 
 function connect() {
-  setStatus("connecting", "connecting");
-  const ws = new WebSocket(serverUrl("/ws", true));
-  let opened = false;
-  ws.onopen = () => { opened = true; view.retry = 500; setStatus("connected", "live"); };
-  ws.onmessage = (e) => {
-    let msg;
-    try { msg = JSON.parse(e.data); } catch { return; }
-    if (view.received.length < 100000) {
-      view.received.push({ type: msg.type, stream: msg.stream, subscribed: view.subscribed });
-    }
-    if (msg.type === "hello") {
-      // Only this call from now on; whatever else arrives before the acknowledgement is ignored.
-      ws.send(JSON.stringify({ type: "subscribe", v: 1, streams: [view.stream] }));
-    }
-    handle(msg);
-  };
-  ws.onclose = () => {
-    if (!opened) window.emotionAuth?.recheck(); // refused for a stale token? (auth.js)
-    view.subscribed = false;
-    const wait = view.retry;
-    view.retry = Math.min(wait * 2, 8000);
-    setStatus("disconnected", `offline, retrying in ${Math.round(wait / 1000) || 1}s`);
-    setTimeout(connect, wait);
-  };
+  openFeed({
+    onMessage: (msg, ws) => {
+      if (view.received.length < 100000) {
+        view.received.push({ type: msg.type, stream: msg.stream, subscribed: view.subscribed });
+      }
+      if (msg.type === "hello") {
+        // Only this call from now on; whatever else arrives before the acknowledgement is
+        // ignored.
+        ws.send(JSON.stringify({ type: "subscribe", v: 1, streams: [view.stream] }));
+      }
+      handle(msg);
+    },
+    onClose: () => { view.subscribed = false; },
+  });
 }
 
 function handle(msg) {
@@ -166,7 +143,7 @@ function render() {
 async function loadHistory(attempt) {
   let resp, body;
   try {
-    resp = await fetch(serverUrl("/history?stream=" + encodeURIComponent(view.stream)));
+    resp = await fetch("/history?stream=" + encodeURIComponent(view.stream));
     body = await resp.json();
   } catch (err) {
     setState(`history unavailable: ${err}`);

@@ -3,6 +3,7 @@
 "use strict";
 
 const RENDER_MS = 300; // the wall is redrawn at most this often, however many events arrive
+const BATCH_MS = 100; // the server sends the wall its messages in one frame per 100 ms
 const GRACE_MS = 10000; // an ended call stays (greyed) this long, then leaves the wall
 const SPARK_POINTS = 240; // sparkline points per call; a long call is thinned, never grows
 const SPARK_W = 130, SPARK_H = 26; // CSS pixels of a sparkline (as floor.css)
@@ -12,8 +13,6 @@ const floor = {
   calls: new Map(), // stream id -> call state
   filter: "",
   order: [], // streams in the order the wall shows them
-  ws: null,
-  retry: 500,
   timer: null,
   // handleMs and renderTotalMs: main-thread time spent on messages and on drawing, in total
   stats: { events: 0, renders: 0, renderMs: 0, maxRenderMs: 0, rowsDrawn: 0, handleMs: 0,
@@ -21,37 +20,17 @@ const floor = {
 };
 window.floor = floor; // for the console, the tests and bench/floor_bench.py
 
-// The one place this page builds server URLs.
-function serverUrl(path) {
-  return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + path;
-}
-
-function setStatus(kind, text) {
-  const el = $("#status");
-  el.className = "status " + kind;
-  el.textContent = text;
-}
-
 function connect() {
-  setStatus("connecting", "connecting");
-  const ws = new WebSocket(serverUrl("/ws"));
-  floor.ws = ws;
-  let opened = false;
-  ws.onopen = () => { opened = true; floor.retry = 500; setStatus("connected", "live"); };
-  ws.onmessage = (e) => {
-    const began = performance.now();
-    let msg;
-    try { msg = JSON.parse(e.data); } catch { return; }
-    handle(msg);
-    floor.stats.handleMs += performance.now() - began;
-  };
-  ws.onclose = () => {
-    if (!opened) window.emotionAuth?.recheck(); // refused for a stale token? (auth.js)
-    const wait = floor.retry; // back off up to 8 s so a restarting server is not hammered
-    floor.retry = Math.min(wait * 2, 8000);
-    setStatus("disconnected", `offline, retrying in ${Math.round(wait / 1000) || 1}s`);
-    setTimeout(connect, wait);
-  };
+  openFeed({
+    // every call, in one frame per BATCH_MS: a full floor sends ~1000 events/s
+    onOpen: (ws) => ws.send(JSON.stringify({ type: "subscribe", v: 1, streams: null,
+                                             batch_ms: BATCH_MS })),
+    onMessage: (msg) => {
+      const began = performance.now();
+      handle(msg);
+      floor.stats.handleMs += performance.now() - began;
+    },
+  });
 }
 
 // -- state ------------------------------------------------------------------------------------
