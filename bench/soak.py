@@ -30,6 +30,7 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -90,9 +91,16 @@ class Result:
 
 
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, int]:
-    """``serve`` in a subprocess; returns it and its port once the dashboard URL is printed."""
+    """``serve`` in a subprocess; returns it and its port once the dashboard URL is printed.
+
+    Its ``max_clients`` leaves room for every client, so the streams beyond ``--capacity`` are
+    refused by the stream limit (what is measured), not by the connection limit."""
+    clients = 2 * args.capacity if args.overload else args.clients
+    config = Path(tempfile.mkdtemp()) / "soak.toml"
+    config.write_text(f"max_clients = {max(64, clients + 8)}\n")
     cmd = [sys.executable, "-m", "emotion_monitor.streamer.cli", "serve", "--port", "0"]
     cmd += ["--max-streams", str(args.capacity), "--window", str(WINDOW_S), "--hop", str(HOP_S)]
+    cmd += ["--config", str(config)]
     if args.model:
         cmd += ["--model", args.model]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
