@@ -93,10 +93,13 @@ async def subscribe(
                 ssl=ssl,
                 logger=RedactingLogger(logging.getLogger("websockets.client")),
             ) as ws:
-                subscription = {"streams": wanted, "batch_ms": batch_ms}
-                await ws.send(
-                    json.dumps({"type": "subscribe", "v": PROTOCOL_VERSION, **subscription})
-                )
+                subscription = {
+                    "type": "subscribe",
+                    "v": PROTOCOL_VERSION,
+                    "streams": wanted,
+                    "batch_ms": batch_ms,
+                }
+                await ws.send(json.dumps(subscription))
                 async for raw in ws:
                     # reset only once the server talks: one that is full accepts, then closes
                     backoff = 0.5

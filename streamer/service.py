@@ -190,14 +190,14 @@ class MonitorService:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
+            left = 1.0 if deadline is None else min(1.0, deadline - loop.time())
             with self._cond:
                 if self._has_room(stream):
                     return True
+                if left <= 0:  # before registering: nobody would await the waiter
+                    return False
                 woken = loop.create_future()
                 self._waiters.append((stream, loop, woken))
-            left = 1.0 if deadline is None else min(1.0, deadline - loop.time())
-            if left <= 0:
-                return False
             with contextlib.suppress(TimeoutError):  # re-check now and then, whatever happens
                 await asyncio.wait_for(woken, left)
 

@@ -57,9 +57,9 @@ function handle(msg) {
                  (msg.retry_in ? ` (retrying in ${msg.retry_in} s)` : ""));
       state.failedSource = msg.stream; // its next event says it recovered
       break;
-    case "stream_overflow": // the stream sent audio faster than it could be analysed
+    case "stream_overflow": // audio came faster than the server could analyse it
       showNotice(`stream ${msg.stream}: ${(msg.t1 - msg.t0).toFixed(1)} s of audio dropped ` +
-                 `at ${msg.t0.toFixed(1)} s (sent faster than it can be analysed)`);
+                 `at ${msg.t0.toFixed(1)} s (more than the server could analyse in time)`);
       break;
     case "error":
       showNotice(`server: ${msg.message}`);
